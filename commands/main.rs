@@ -1,0 +1,39 @@
+//! The `wsgw` binary: parses the command line and hands each subcommand to its own module.
+//! Every subcommand owns its options and a `run` that returns the process exit code.
+
+mod serve;
+mod token;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wsgw::config::LogFormat;
+
+/// wsgw — a WebSocket gateway in front of gRPC business backends.
+#[derive(Parser)]
+#[command(name = "wsgw", version, about, propagate_version = true)]
+struct Cli {
+    /// Log format (overrides `log.format`).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Serve(serve::Args),
+    Token(token::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args, cli.log_format),
+        Command::Token(args) => token::run(args),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,322 @@
+//! Client authentication: verifying the handshake JWT and minting tokens (for `wsgw token`).
+//!
+//! Owns: the claims contract of SPEC §3 (`user_id`, `biz_id` positive integers, as JSON numbers
+//! or numeric strings; `exp` checked when present; `iss`/`aud` when configured) and the short,
+//! client-safe reason for each failure. Must never log or return the secret or the token.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Deserializer, Serialize, de};
+
+use crate::config::{JwtAlgorithm, JwtConfig};
+
+/// Who a connection belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identity {
+    pub biz_id: i64,
+    pub user_id: i64,
+}
+
+/// Why a token was refused. `Display` is the one-line reason sent to the client.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing token")]
+    Missing,
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token issuer")]
+    Issuer,
+    #[error("invalid token audience")]
+    Audience,
+    #[error("invalid token claims: {0}")]
+    Claims(&'static str),
+    #[error("invalid token")]
+    Invalid,
+}
+
+impl AuthError {
+    /// The handshake-outcome label for metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing_token",
+            Self::Expired => "expired",
+            Self::Issuer | Self::Audience | Self::Claims(_) => "bad_claims",
+            Self::Invalid => "bad_token",
+        }
+    }
+}
+
+/// HMAC needs a secret; an empty one is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the JWT secret must not be empty")]
+pub struct EmptySecret;
+
+/// Verifies handshake tokens against one configuration.
+pub struct TokenVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default, deserialize_with = "id")]
+    user_id: Option<i64>,
+    #[serde(default, deserialize_with = "id")]
+    biz_id: Option<i64>,
+}
+
+impl TokenVerifier {
+    pub fn new(config: &JwtConfig, secret: &[u8]) -> Result<Self, EmptySecret> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = config.algorithms.iter().copied().map(algorithm).collect();
+        validation.required_spec_claims.clear();
+        validation.leeway = config.leeway.as_secs();
+        if let Some(iss) = &config.issuer {
+            validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        match &config.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.required_spec_claims.insert("aud".into());
+            }
+            None => validation.validate_aud = false,
+        }
+        let key = DecodingKey::from_secret(secret).map_err(|_| EmptySecret)?;
+        Ok(Self { key, validation })
+    }
+
+    /// Checks `token` (an optional `Bearer ` prefix is tolerated) and returns who it is for.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let token = strip_bearer(token);
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidIssuer => AuthError::Issuer,
+                ErrorKind::InvalidAudience => AuthError::Audience,
+                ErrorKind::MissingRequiredClaim(c) if c == "iss" => AuthError::Issuer,
+                ErrorKind::MissingRequiredClaim(c) if c == "aud" => AuthError::Audience,
+                ErrorKind::Json(_) => {
+                    AuthError::Claims("user_id and biz_id must be positive integers")
+                }
+                _ => AuthError::Invalid,
+            },
+        )?;
+        let user_id = data
+            .claims
+            .user_id
+            .ok_or(AuthError::Claims("user_id is required"))?;
+        let biz_id = data
+            .claims
+            .biz_id
+            .ok_or(AuthError::Claims("biz_id is required"))?;
+        Ok(Identity { biz_id, user_id })
+    }
+}
+
+/// Removes a case-insensitive `Bearer ` prefix.
+pub fn strip_bearer(token: &str) -> &str {
+    let token = token.trim();
+    match token.get(..6) {
+        Some(p) if p.eq_ignore_ascii_case("bearer") && token[6..].starts_with([' ', '\t']) => {
+            token[6..].trim_start()
+        }
+        Some(p) if p.eq_ignore_ascii_case("bearer") && token.len() == 6 => "",
+        _ => token,
+    }
+}
+
+fn algorithm(a: JwtAlgorithm) -> Algorithm {
+    match a {
+        JwtAlgorithm::HS256 => Algorithm::HS256,
+        JwtAlgorithm::HS384 => Algorithm::HS384,
+        JwtAlgorithm::HS512 => Algorithm::HS512,
+    }
+}
+
+/// A positive id given as a JSON number (integral) or a numeric string.
+fn id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(i64),
+        Float(f64),
+        Text(String),
+    }
+    let n = match Raw::deserialize(d)? {
+        Raw::Int(n) => Some(n),
+        Raw::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(f as i64),
+        Raw::Text(s) => s.trim().parse::<i64>().ok(),
+        Raw::Float(_) => None,
+    };
+    match n {
+        Some(n) if n > 0 => Ok(Some(n)),
+        _ => Err(de::Error::custom("not a positive integer")),
+    }
+}
+
+/// What to put in a minted token.
+#[derive(Clone, Debug)]
+pub struct TokenSpec {
+    pub identity: Identity,
+    pub ttl: Duration,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub algorithm: JwtAlgorithm,
+}
+
+#[derive(Serialize)]
+struct MintClaims<'a> {
+    user_id: i64,
+    biz_id: i64,
+    iat: u64,
+    exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+}
+
+/// Signs a token the gateway accepts.
+pub fn mint(spec: &TokenSpec, secret: &[u8]) -> Result<String, jsonwebtoken::errors::Error> {
+    let key = EncodingKey::from_secret(secret)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let claims = MintClaims {
+        user_id: spec.identity.user_id,
+        biz_id: spec.identity.biz_id,
+        iat: now,
+        exp: now + spec.ttl.as_secs(),
+        iss: spec.issuer.as_deref(),
+        aud: spec.audience.as_deref(),
+    };
+    let header = Header::new(algorithm(spec.algorithm));
+    jsonwebtoken::encode(&header, &claims, &key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"test-secret";
+
+    fn sign(claims: serde_json::Value, alg: Algorithm, secret: &[u8]) -> String {
+        let key = EncodingKey::from_secret(secret).expect("non-empty secret");
+        jsonwebtoken::encode(&Header::new(alg), &claims, &key).expect("sign")
+    }
+
+    fn verifier(f: impl FnOnce(&mut JwtConfig)) -> TokenVerifier {
+        let mut c = JwtConfig::default();
+        f(&mut c);
+        TokenVerifier::new(&c, SECRET).expect("non-empty secret")
+    }
+
+    #[test]
+    fn accepts_numbers_numeric_strings_all_hmac_and_bearer_prefix() {
+        let v = verifier(|_| {});
+        let want = Identity {
+            biz_id: 9999,
+            user_id: 42,
+        };
+        for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+            let t = sign(json!({"user_id": 42, "biz_id": 9999}), alg, SECRET);
+            assert_eq!(v.verify(&t), Ok(want));
+            assert_eq!(v.verify(&format!("Bearer {t}")), Ok(want));
+        }
+        let t = sign(
+            json!({"user_id": "42", "biz_id": 9999.0}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        assert_eq!(v.verify(&t), Ok(want));
+    }
+
+    #[test]
+    fn refuses_with_a_reason() {
+        let v = verifier(|_| {});
+        let ok = json!({"user_id": 1, "biz_id": 2});
+        assert_eq!(v.verify(""), Err(AuthError::Missing));
+        assert_eq!(v.verify("Bearer "), Err(AuthError::Missing));
+        assert_eq!(v.verify("not.a.jwt"), Err(AuthError::Invalid));
+        assert_eq!(
+            v.verify(&sign(ok.clone(), Algorithm::HS256, b"other")),
+            Err(AuthError::Invalid)
+        );
+        let expired = json!({"user_id": 1, "biz_id": 2, "exp": 1_000_000});
+        assert_eq!(
+            v.verify(&sign(expired, Algorithm::HS256, SECRET)),
+            Err(AuthError::Expired)
+        );
+        for bad in [
+            json!({"biz_id": 2}),
+            json!({"user_id": 1}),
+            json!({"user_id": 0, "biz_id": 2}),
+            json!({"user_id": -5, "biz_id": 2}),
+            json!({"user_id": "x", "biz_id": 2}),
+            json!({"user_id": 1.5, "biz_id": 2}),
+        ] {
+            let got = v.verify(&sign(bad.clone(), Algorithm::HS256, SECRET));
+            assert!(matches!(got, Err(AuthError::Claims(_))), "{bad}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn algorithms_issuer_and_audience_are_enforced_when_configured() {
+        let v = verifier(|c| {
+            c.algorithms = vec![JwtAlgorithm::HS512];
+            c.issuer = Some("im".into());
+            c.audience = Some("gw".into());
+        });
+        let good = json!({"user_id": 1, "biz_id": 2, "iss": "im", "aud": "gw"});
+        assert!(
+            v.verify(&sign(good.clone(), Algorithm::HS512, SECRET))
+                .is_ok()
+        );
+        assert_eq!(
+            v.verify(&sign(good, Algorithm::HS256, SECRET)),
+            Err(AuthError::Invalid)
+        );
+        let no_iss = json!({"user_id": 1, "biz_id": 2, "aud": "gw"});
+        assert_eq!(
+            v.verify(&sign(no_iss, Algorithm::HS512, SECRET)),
+            Err(AuthError::Issuer)
+        );
+        let bad_aud = json!({"user_id": 1, "biz_id": 2, "iss": "im", "aud": "x"});
+        assert_eq!(
+            v.verify(&sign(bad_aud, Algorithm::HS512, SECRET)),
+            Err(AuthError::Audience)
+        );
+    }
+
+    #[test]
+    fn an_empty_secret_is_refused() {
+        assert_eq!(
+            TokenVerifier::new(&JwtConfig::default(), b"").err(),
+            Some(EmptySecret)
+        );
+    }
+
+    #[test]
+    fn minted_tokens_verify() {
+        let spec = TokenSpec {
+            identity: Identity {
+                biz_id: 9999,
+                user_id: 42,
+            },
+            ttl: Duration::from_secs(60),
+            issuer: Some("im".into()),
+            audience: None,
+            algorithm: JwtAlgorithm::HS384,
+        };
+        let token = mint(&spec, SECRET).expect("mint");
+        let v = verifier(|c| c.issuer = Some("im".into()));
+        assert_eq!(v.verify(&token), Ok(spec.identity));
+    }
+}

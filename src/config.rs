@@ -1,0 +1,249 @@
+//! The node's configuration: typed sections with defaults, loaded from an optional YAML file and
+//! `WSGW_*` environment overrides, then validated as a whole.
+//!
+//! Owns: the config schema (mirrored, key by key, in `config/wsgw.yaml`), loading and validation.
+//! Every problem is collected and reported at once, each naming its key. This module must never
+//! start anything or read the environment beyond what [`load`] is given.
+
+mod load;
+mod validate;
+
+use std::{net::SocketAddr, time::Duration};
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::Serializer;
+
+pub use load::{ConfigError, Problem, load, load_from_env};
+
+/// The whole configuration of one node.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub protocol: ProtocolConfig,
+    pub limits: LimitsConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct NodeConfig {
+    /// Unique id of this node in a cluster; empty means the host name.
+    pub id: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    pub websocket: WebSocketConfig,
+    pub governor: GovernorConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct WebSocketConfig {
+    pub listen: SocketAddr,
+    /// Time a client has from TCP accept to a completed WebSocket upgrade.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// `Origin` values allowed to connect; empty allows any (and requests without `Origin`).
+    pub allowed_origins: Vec<String>,
+    /// Connections this node holds at most; beyond it handshakes get 503 + Retry-After.
+    pub max_connections: usize,
+    /// The Retry-After sent with a 503.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// Test switch: serve a plain echo endpoint (no auth, no protocol) on the same WebSocket
+    /// stack and limits, for the Autobahn conformance suite. Never enable in production.
+    pub conformance_echo: bool,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9002)),
+            handshake_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
+            max_connections: 100_000,
+            retry_after: Duration::from_secs(5),
+            conformance_echo: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct GovernorConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for GovernorConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9003)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    pub jwt: JwtConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct JwtConfig {
+    /// HMAC secret (raw UTF-8 bytes). Empty: an ephemeral secret is generated at start (dev only).
+    pub secret: String,
+    /// Accepted signature algorithms.
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// Required `iss` claim, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    pub audience: Option<String>,
+    /// Clock skew tolerated when checking `exp`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            secret: String::new(),
+            algorithms: vec![
+                JwtAlgorithm::HS256,
+                JwtAlgorithm::HS384,
+                JwtAlgorithm::HS512,
+            ],
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The HMAC algorithms of the original gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    HS384,
+    HS512,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ProtocolConfig {
+    pub serializer: Serializer,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    /// Largest message a client may send; larger ones close the connection with 1009.
+    pub max_message_size: ByteSize,
+    /// Bytes that may wait in one connection's outbound queue; a client that lets more pile up
+    /// is closed with 1008 (slow consumer).
+    pub outbound_queue_bytes: ByteSize,
+    /// Send a ping after this long without hearing from the client.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Close the connection when nothing arrives this long after a ping (or after our close).
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// Close a connection after this long without an application message from the client.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Which connections the idle timeout applies to.
+    pub idle_close: IdleClose,
+    /// A write to a client that does not finish within this time closes the connection.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: ByteSize::kib(64),
+            outbound_queue_bytes: ByteSize::kib(256),
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            idle_close: IdleClose::Header,
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Which connections `limits.idle_timeout` closes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdleClose {
+    /// Only connections that sent `X-AutoClose: true` (the original gateway's behaviour).
+    #[default]
+    Header,
+    /// Every connection.
+    All,
+    /// None.
+    Off,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ShutdownConfig {
+    /// Longest a graceful shutdown waits for clients to leave.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `wsgw=debug,info`, ...
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Human,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+impl Config {
+    /// The node id, or the host name when none is configured.
+    pub fn node_id(&self) -> String {
+        if !self.node.id.is_empty() {
+            return self.node.id.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "wsgw".to_owned())
+    }
+}

@@ -1,0 +1,371 @@
+//! Loading: YAML file → JSON value tree → `WSGW_*` overrides → typed [`Config`] → validation.
+//!
+//! Every problem is collected: an invalid value is recorded with its key and removed from the
+//! tree (so its default is used) and deserialization runs again, until the rest is clean.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use serde_json::{Map, Value};
+use serde_path_to_error::Segment;
+
+use super::{Config, validate};
+
+/// Environment variables starting with this override config keys: `WSGW_A__B_C` sets `a.b_c`.
+pub const ENV_PREFIX: &str = "WSGW_";
+
+/// One problem with the configuration, naming the key it is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration:\n{}", list(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn list(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
+    lines.join("\n")
+}
+
+/// [`load`] with the process environment.
+pub fn load_from_env(path: Option<&Path>) -> Result<Config, ConfigError> {
+    load(path, std::env::vars())
+}
+
+/// Loads the config file at `path` (or the defaults), applies `WSGW_*` overrides from `env`
+/// and validates the result.
+pub fn load(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let mut problems = Vec::new();
+    let mut tree = match path {
+        Some(path) => read_yaml(path, &mut problems)?,
+        None => Value::Object(Map::new()),
+    };
+    let defaults = serde_json::to_value(Config::default()).unwrap_or(Value::Null);
+    apply_env(&mut tree, &defaults, env, &mut problems);
+    let config = deserialize_collecting(tree, &mut problems);
+    if let Some(config) = &config {
+        problems.extend(validate::validate(config));
+    }
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => Err(ConfigError::Invalid(problems)),
+    }
+}
+
+fn read_yaml(path: &Path, problems: &mut Vec<Problem>) -> Result<Value, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    match serde_yaml_ng::from_str::<Value>(&text) {
+        Ok(Value::Null) => Ok(Value::Object(Map::new())),
+        Ok(tree) => Ok(tree),
+        Err(err) => {
+            problems.push(Problem::new(
+                path.display().to_string(),
+                format!("not valid YAML: {err}"),
+            ));
+            Ok(Value::Object(Map::new()))
+        }
+    }
+}
+
+/// Applies `WSGW_*` variables. The default config's shape says which keys exist and whether a
+/// value is text (kept as is), a list (YAML flow list or comma-separated) or a scalar (YAML).
+fn apply_env(
+    tree: &mut Value,
+    defaults: &Value,
+    env: impl IntoIterator<Item = (String, String)>,
+    problems: &mut Vec<Problem>,
+) {
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+        let key = path.join(".");
+        let pointer = format!("/{}", path.join("/"));
+        let value = match defaults.pointer(&pointer) {
+            None => {
+                problems.push(Problem::new(
+                    key,
+                    format!("unknown key (from environment variable {name})"),
+                ));
+                continue;
+            }
+            Some(Value::Object(_)) => {
+                problems.push(Problem::new(
+                    key,
+                    format!("is a section, not a value (from {name})"),
+                ));
+                continue;
+            }
+            Some(Value::String(_) | Value::Null) => Value::String(raw),
+            Some(Value::Array(_)) if !raw.trim_start().starts_with('[') => Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Value::String(s.to_owned()))
+                    .collect(),
+            ),
+            Some(_) => serde_yaml_ng::from_str(&raw).unwrap_or(Value::String(raw)),
+        };
+        set(tree, &path, value);
+    }
+}
+
+fn set(tree: &mut Value, path: &[String], value: Value) {
+    let mut node = tree;
+    for part in path {
+        if !node.is_object() {
+            *node = Value::Object(Map::new());
+        }
+        let Value::Object(map) = node else { return };
+        node = map.entry(part.clone()).or_insert(Value::Null);
+    }
+    *node = value;
+}
+
+/// Deserializes, recording each invalid or unknown key; an invalid value is dropped from the
+/// tree and deserialization repeats so that every problem is found in one run.
+fn deserialize_collecting(mut tree: Value, problems: &mut Vec<Problem>) -> Option<Config> {
+    const MAX_ROUNDS: usize = 100;
+    let mut unknown = Vec::new();
+    for _ in 0..MAX_ROUNDS {
+        unknown.clear();
+        let mut track = serde_path_to_error::Track::new();
+        let result: Result<Config, _> = {
+            let de = serde_path_to_error::Deserializer::new(tree.clone(), &mut track);
+            serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
+        };
+        match result {
+            Ok(config) => {
+                problems.extend(
+                    unknown
+                        .drain(..)
+                        .map(|key| Problem::new(key, "unknown key")),
+                );
+                return Some(config);
+            }
+            Err(err) => {
+                let path = track.path();
+                let key = match path.to_string() {
+                    p if p == "." => "(top level)".to_owned(),
+                    p => p,
+                };
+                problems.push(Problem::new(key, err.to_string()));
+                if !remove(&mut tree, path.iter()) {
+                    break;
+                }
+            }
+        }
+    }
+    problems.extend(
+        unknown
+            .drain(..)
+            .map(|key| Problem::new(key, "unknown key")),
+    );
+    None
+}
+
+/// Removes the value at `path`; false when there is nothing to remove.
+fn remove<'a>(tree: &mut Value, path: impl Iterator<Item = &'a Segment>) -> bool {
+    let segments: Vec<&Segment> = path.collect();
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut node = tree;
+    for segment in parents {
+        node = match (segment, node) {
+            (Segment::Map { key }, Value::Object(map)) => match map.get_mut(key) {
+                Some(child) => child,
+                None => return false,
+            },
+            (Segment::Seq { index }, Value::Array(items)) => match items.get_mut(*index) {
+                Some(child) => child,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, node) {
+        (Segment::Map { key }, Value::Object(map)) => map.remove(key).is_some(),
+        (Segment::Seq { index }, Value::Array(items)) if *index < items.len() => {
+            items.remove(*index);
+            true
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{io::Write, time::Duration};
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn yaml(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(text.as_bytes()).expect("write");
+        f
+    }
+
+    fn problems(err: ConfigError) -> Vec<Problem> {
+        match err {
+            ConfigError::Invalid(p) => p,
+            other => panic!("expected Invalid, got {other}"),
+        }
+    }
+
+    #[test]
+    fn no_file_and_no_env_gives_defaults() {
+        let c = load(None, env(&[])).expect("defaults are valid");
+        assert_eq!(c.server.websocket.listen.port(), 9002);
+        assert_eq!(c.server.governor.listen.port(), 9003);
+        assert_eq!(c.limits.max_message_size.as_u64(), 64 * 1024);
+    }
+
+    #[test]
+    fn env_overrides_file_and_keeps_types() {
+        let f =
+            yaml("server:\n  websocket:\n    listen: 127.0.0.1:1\nlimits:\n  ping_interval: 5s\n");
+        let c = load(
+            Some(f.path()),
+            env(&[
+                ("WSGW_SERVER__WEBSOCKET__LISTEN", "127.0.0.1:9102"),
+                ("WSGW_NODE__ID", "123"),
+                ("WSGW_AUTH__JWT__ALGORITHMS", "HS256, HS512"),
+                ("WSGW_SERVER__WEBSOCKET__MAX_CONNECTIONS", "7"),
+                ("WSGW_LIMITS__MAX_MESSAGE_SIZE", "128KiB"),
+                ("WSGW_PROTOCOL__SERIALIZER", "proto"),
+                ("OTHER", "ignored"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.server.websocket.listen.to_string(), "127.0.0.1:9102");
+        assert_eq!(c.node.id, "123");
+        assert_eq!(c.auth.jwt.algorithms.len(), 2);
+        assert_eq!(c.server.websocket.max_connections, 7);
+        assert_eq!(c.limits.max_message_size.as_u64(), 128 * 1024);
+        assert_eq!(c.limits.ping_interval, Duration::from_secs(5));
+        assert_eq!(c.protocol.serializer, crate::protocol::Serializer::Proto);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_key() {
+        let f = yaml(
+            "server:\n  websocket:\n    listen: nowhere\n    bogus: 1\nlimits:\n  ping_interval: soon\n\
+             protocol:\n  serializer: xml\nextra: true\n",
+        );
+        let p = problems(load(Some(f.path()), env(&[("WSGW_NOPE", "1")])).unwrap_err());
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        for want in [
+            "nope",
+            "server.websocket.listen",
+            "limits.ping_interval",
+            "protocol.serializer",
+            "server.websocket.bogus",
+            "extra",
+        ] {
+            assert!(keys.contains(&want), "{want} missing from {p:?}");
+        }
+    }
+
+    #[test]
+    fn semantic_problems_are_collected_too() {
+        let p = problems(
+            load(
+                None,
+                env(&[
+                    ("WSGW_LIMITS__PING_INTERVAL", "0s"),
+                    ("WSGW_AUTH__JWT__ALGORITHMS", "[]"),
+                    ("WSGW_LOG__LEVEL", "[[["),
+                ]),
+            )
+            .unwrap_err(),
+        );
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"limits.ping_interval"), "{p:?}");
+        assert!(keys.contains(&"auth.jwt.algorithms"), "{p:?}");
+        assert!(keys.contains(&"log.level"), "{p:?}");
+    }
+
+    #[test]
+    fn broken_yaml_and_missing_file_are_clear_errors() {
+        let f = yaml("server: [unclosed\n");
+        let p = problems(load(Some(f.path()), env(&[])).unwrap_err());
+        assert!(p[0].message.contains("not valid YAML"), "{p:?}");
+        let err = load(Some(Path::new("/nonexistent/wsgw.yaml")), env(&[])).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+    }
+
+    #[test]
+    fn documented_default_config_is_complete_and_valid() {
+        let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/wsgw.yaml");
+        let c = load(Some(&doc), env(&[])).expect("config/wsgw.yaml is valid");
+        let ours = serde_json::to_value(&c).expect("serialize");
+        let defaults = serde_json::to_value(Config::default()).expect("serialize");
+        assert_eq!(
+            ours, defaults,
+            "config/wsgw.yaml must document exactly the defaults"
+        );
+        let text = std::fs::read_to_string(&doc).expect("read");
+        let tree: Value = serde_yaml_ng::from_str(&text).expect("yaml");
+        assert_eq!(
+            leaf_keys(&tree, ""),
+            leaf_keys(&defaults, ""),
+            "every key must be documented"
+        );
+    }
+
+    fn leaf_keys(v: &Value, prefix: &str) -> Vec<String> {
+        match v {
+            Value::Object(map) => {
+                let mut keys: Vec<String> = map
+                    .iter()
+                    .flat_map(|(k, v)| leaf_keys(v, &format!("{prefix}{k}.")))
+                    .collect();
+                keys.sort();
+                keys
+            }
+            _ => vec![prefix.trim_end_matches('.').to_owned()],
+        }
+    }
+}

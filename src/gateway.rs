@@ -1,0 +1,103 @@
+//! The connection layer: accepting sockets, the WebSocket handshake with JWT auth, the task that
+//! owns each connection, and the registry of live links.
+//!
+//! Owns: every client socket. Each connection has exactly one task, which is the socket's only
+//! reader and only writer; everyone else reaches a connection through its [`Link`]'s bounded,
+//! non-blocking outbound queue. Must never await a remote service (Redis, etcd, Kafka, a
+//! backend) on a connection's frame path, and never let one slow client block another.
+//!
+//! Close codes sent to clients:
+//!
+//! | code | reason | when |
+//! |---|---|---|
+//! | 1000 | `idle timeout` | no application message for `limits.idle_timeout` (see `idle_close`) |
+//! | 1001 | `going away` | the node drains (graceful shutdown) |
+//! | 1001 | `pong timeout` | nothing heard for `limits.pong_timeout` after a ping |
+//! | 1002 | `protocol error` | a WebSocket protocol violation |
+//! | 1007 | `invalid message` | a frame that is not a valid `Message` for the serializer, or bad UTF-8 |
+//! | 1008 | `slow consumer` | the outbound queue exceeded `limits.outbound_queue_bytes`, or a write timed out |
+//! | 1009 | `message too big` | a message larger than `limits.max_message_size` |
+//!
+//! A decodable message with a command a client may not send (or an unknown one) is answered with
+//! `COMMAND_TYPE_ERROR` (`ErrorInfo.code = CODE_UNSUPPORTED_COMMAND`) and the connection stays.
+
+mod close;
+mod connection;
+mod dispatch;
+mod handshake;
+mod links;
+mod listener;
+
+use std::sync::Arc;
+
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as WsConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::{EmptySecret, TokenVerifier},
+    config::{Config, IdleClose},
+    protocol::Serializer,
+    shutdown::PhaseCell,
+    telemetry::Metrics,
+};
+
+pub use close::CloseReason;
+pub use links::{ConnId, Link, LinkRegistry, SendError};
+pub use listener::run as run_listener;
+
+/// What every connection task shares: immutable settings and the node's shared services.
+pub struct Shared {
+    pub node_id: String,
+    pub config: Config,
+    pub ws_config: WsConfig,
+    pub serializer: Serializer,
+    pub verifier: TokenVerifier,
+    pub links: LinkRegistry,
+    pub metrics: Arc<Metrics>,
+    pub phase: Arc<PhaseCell>,
+    /// Cancelled when the node drains: every connection says goodbye and ends.
+    pub drain: CancellationToken,
+    /// Cancelled when the drain deadline passes: every connection ends at once.
+    pub abort: CancellationToken,
+}
+
+impl Shared {
+    pub fn new(
+        config: Config,
+        secret: &[u8],
+        metrics: Arc<Metrics>,
+        phase: Arc<PhaseCell>,
+    ) -> Result<Self, EmptySecret> {
+        let max = config.limits.max_message_size.as_u64() as usize;
+        let ws_config = WsConfig::default()
+            .read_buffer_size(READ_BUFFER_SIZE)
+            .write_buffer_size(0)
+            .max_write_buffer_size(config.limits.outbound_queue_bytes.as_u64() as usize + max)
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max));
+        Ok(Self {
+            node_id: config.node_id(),
+            serializer: config.protocol.serializer,
+            verifier: TokenVerifier::new(&config.auth.jwt, secret)?,
+            links: LinkRegistry::new(config.server.websocket.max_connections),
+            ws_config,
+            config,
+            metrics,
+            phase,
+            drain: CancellationToken::new(),
+            abort: CancellationToken::new(),
+        })
+    }
+
+    fn idle_applies(&self, auto_close_header: bool) -> bool {
+        match self.config.limits.idle_close {
+            IdleClose::All => true,
+            IdleClose::Header => auto_close_header,
+            IdleClose::Off => false,
+        }
+    }
+}
+
+/// Per-connection read chunk. Small on purpose: idle connections dominate a gateway's memory,
+/// and messages are small (SPEC §7: 128 KiB here costs 134 KB per idle connection).
+const READ_BUFFER_SIZE: usize = 1024;

@@ -1,0 +1,57 @@
+//! Why a connection ended, and the close code and reason the client is sent.
+
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
+
+/// Why a connection ended (see the table in the [`gateway`](super) docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed the connection (close frame or EOF).
+    ClientClosed,
+    /// The socket failed; nothing can be sent.
+    ConnectionLost,
+    /// The node drains.
+    GoingAway,
+    PongTimeout,
+    IdleTimeout,
+    ProtocolError,
+    InvalidMessage,
+    MessageTooBig,
+    SlowConsumer,
+}
+
+impl CloseReason {
+    /// The close code sent, or `None` when no close frame is sent.
+    pub fn code(self) -> Option<u16> {
+        match self {
+            Self::ClientClosed | Self::ConnectionLost => None,
+            Self::IdleTimeout => Some(1000),
+            Self::GoingAway | Self::PongTimeout => Some(1001),
+            Self::ProtocolError => Some(1002),
+            Self::InvalidMessage => Some(1007),
+            Self::SlowConsumer => Some(1008),
+            Self::MessageTooBig => Some(1009),
+        }
+    }
+
+    /// The reason text sent with the close frame, and the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientClosed => "client closed",
+            Self::ConnectionLost => "connection lost",
+            Self::GoingAway => "going away",
+            Self::PongTimeout => "pong timeout",
+            Self::IdleTimeout => "idle timeout",
+            Self::ProtocolError => "protocol error",
+            Self::InvalidMessage => "invalid message",
+            Self::MessageTooBig => "message too big",
+            Self::SlowConsumer => "slow consumer",
+        }
+    }
+
+    pub(super) fn frame(self) -> Option<CloseFrame> {
+        self.code().map(|code| CloseFrame {
+            code: CloseCode::from(code),
+            reason: self.as_str().into(),
+        })
+    }
+}

@@ -1,0 +1,374 @@
+//! The task that owns one client connection: the socket's only reader and only writer.
+//!
+//! One loop selects over: the node draining, the link's outbound queue, the next frame, and one
+//! timer for ping / pong / idle deadlines (re-armed only when it fires, never per frame).
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::{
+    net::TcpStream,
+    time::{Instant, sleep_until, timeout},
+};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Error as WsError, Message as WsMessage, error::ProtocolError},
+};
+use tracing::debug;
+
+use super::{
+    CloseReason, Link, Shared,
+    dispatch::{Reply, dispatch},
+    handshake,
+};
+use crate::{
+    config::LimitsConfig,
+    protocol::{CommandType, Message},
+    telemetry::{BizMetrics, Direction},
+};
+
+/// Serves one accepted TCP connection from handshake to close.
+pub(super) async fn serve(stream: TcpStream, remote: SocketAddr, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let (ws, accepted) = match handshake::accept(stream, &shared).await {
+        Ok(ok) => ok,
+        Err(outcome) => {
+            shared.metrics.handshake(outcome);
+            debug!(%remote, outcome, "handshake refused");
+            return;
+        }
+    };
+    shared.metrics.handshake("ok");
+    let identity = accepted.identity;
+    let limit = shared.config.limits.outbound_queue_bytes.as_u64() as usize;
+    let (link, first) = shared.links.insert(identity, remote, limit);
+    let biz = shared.metrics.biz(identity.biz_id);
+    if first {
+        biz.online_users.inc();
+    }
+    shared.metrics.connections_open.inc();
+    debug!(conn = link.id, biz = identity.biz_id, user = identity.user_id, %remote, "connected");
+
+    let idle = shared.idle_applies(accepted.auto_close);
+    let mut conn = Connection {
+        ws,
+        link: link.clone(),
+        shared: &shared,
+        biz: biz.clone(),
+    };
+    let reason = conn.serve(idle).await;
+    conn.goodbye(reason).await;
+
+    shared.metrics.connections_open.dec();
+    if shared.links.remove(&link) {
+        biz.online_users.dec();
+    }
+    shared
+        .metrics
+        .closed(reason.code().unwrap_or(1006), reason.as_str());
+    debug!(conn = link.id, reason = reason.as_str(), "closed");
+    drop(accepted.slot);
+}
+
+struct Connection<'a> {
+    ws: WebSocketStream<TcpStream>,
+    link: Arc<Link>,
+    shared: &'a Shared,
+    biz: Arc<BizMetrics>,
+}
+
+impl Connection<'_> {
+    /// Runs until the connection must end, and says why.
+    async fn serve(&mut self, idle: bool) -> CloseReason {
+        let shared = self.shared;
+        let link = self.link.clone();
+        let mut clock = Liveness::new(Instant::now(), &shared.config.limits, idle);
+        let timer = sleep_until(clock.deadline());
+        tokio::pin!(timer);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shared.drain.cancelled() => return CloseReason::GoingAway,
+                _ = link.woken() => {
+                    if let Err(reason) = self.flush().await {
+                        return reason;
+                    }
+                }
+                frame = self.ws.next() => {
+                    let now = Instant::now();
+                    clock.heard(now);
+                    let data = match frame {
+                        None => return CloseReason::ClientClosed,
+                        Some(Err(e)) => return reason_for(&e),
+                        Some(Ok(WsMessage::Text(t))) => (Bytes::from(t), true),
+                        Some(Ok(WsMessage::Binary(b))) => (b, false),
+                        // Pongs to our pings are answered by tungstenite; a close is replied to
+                        // and ends the stream on the next read.
+                        Some(Ok(_)) => continue,
+                    };
+                    clock.application_message(now);
+                    if let Err(reason) = self.on_data(data.0, data.1).await {
+                        return reason;
+                    }
+                }
+                _ = &mut timer => {
+                    match clock.on_timer(Instant::now()) {
+                        Tick::Ping => {
+                            if let Err(reason) = self.write(WsMessage::Ping(Bytes::new())).await {
+                                return reason;
+                            }
+                        }
+                        Tick::Close(reason) => return reason,
+                        Tick::Wait => {}
+                    }
+                    timer.as_mut().reset(clock.deadline());
+                }
+            }
+        }
+    }
+
+    /// Handles one data message from the client.
+    async fn on_data(&mut self, data: Bytes, text: bool) -> Result<(), CloseReason> {
+        if self.shared.config.server.websocket.conformance_echo {
+            let echo = if text {
+                WsMessage::Text(data.try_into().map_err(|_| CloseReason::InvalidMessage)?)
+            } else {
+                WsMessage::Binary(data)
+            };
+            return self.queue(echo);
+        }
+        self.biz.message(Direction::In, data.len());
+        let serializer = self.shared.serializer;
+        let msg: Message = serializer.decode(&data).map_err(|e| {
+            self.shared.metrics.decode_errors.inc();
+            debug!(conn = self.link.id, error = %e, "undecodable message");
+            CloseReason::InvalidMessage
+        })?;
+        self.count(Direction::In, msg.cmd);
+        match dispatch(msg, self.link.identity.biz_id, serializer) {
+            Reply::Send(reply) => self.reply(&reply),
+            Reply::None => Ok(()),
+        }
+    }
+
+    /// Encodes and queues a reply on this connection's own outbound queue.
+    fn reply(&mut self, msg: &Message) -> Result<(), CloseReason> {
+        let frame = self.shared.serializer.encode(msg);
+        self.biz.message(Direction::Out, frame.len());
+        self.count(Direction::Out, msg.cmd);
+        self.queue(WsMessage::Binary(frame))
+    }
+
+    fn queue(&self, msg: WsMessage) -> Result<(), CloseReason> {
+        self.link.send(msg).map_err(|_| {
+            self.shared.metrics.outbound_dropped.inc();
+            CloseReason::SlowConsumer
+        })
+    }
+
+    fn count(&self, direction: Direction, cmd: i32) {
+        let cmd = CommandType::try_from(cmd).unwrap_or(CommandType::InvalidUnspecified);
+        self.shared.metrics.command(direction, cmd);
+    }
+
+    /// Writes everything queued on the link in one flush.
+    async fn flush(&mut self) -> Result<(), CloseReason> {
+        let batch = self.link.take()?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let bytes: usize = batch.iter().map(WsMessage::len).sum();
+        let ws = &mut self.ws;
+        let write = async move {
+            for msg in batch {
+                ws.feed(msg).await?;
+            }
+            ws.flush().await
+        };
+        within(self.shared.config.limits.write_timeout, write).await?;
+        self.link.written(bytes);
+        Ok(())
+    }
+
+    async fn write(&mut self, msg: WsMessage) -> Result<(), CloseReason> {
+        within(self.shared.config.limits.write_timeout, self.ws.send(msg)).await
+    }
+
+    /// Sends the close frame for `reason` (if any) and waits briefly for the client's answer.
+    async fn goodbye(&mut self, reason: CloseReason) {
+        let Some(frame) = reason.frame() else { return };
+        if reason == CloseReason::SlowConsumer {
+            self.shared.metrics.outbound_dropped.inc();
+        }
+        let limits = &self.shared.config.limits;
+        let abort = &self.shared.abort;
+        let ws = &mut self.ws;
+        let close = async {
+            if timeout(limits.write_timeout, ws.close(Some(frame)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            // Read until the client's close (or EOF); tungstenite completes the handshake.
+            let _ = timeout(limits.pong_timeout, async {
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+            .await;
+        };
+        tokio::select! {
+            _ = close => {}
+            _ = abort.cancelled() => {}
+        }
+    }
+}
+
+/// Runs a write with the write timeout; a write that cannot finish marks a slow consumer.
+async fn within(
+    limit: Duration,
+    write: impl Future<Output = Result<(), WsError>>,
+) -> Result<(), CloseReason> {
+    match timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(reason_for(&e)),
+        Err(_elapsed) => Err(CloseReason::SlowConsumer),
+    }
+}
+
+fn reason_for(e: &WsError) -> CloseReason {
+    match e {
+        WsError::Capacity(_) => CloseReason::MessageTooBig,
+        WsError::Utf8(_) => CloseReason::InvalidMessage,
+        WsError::WriteBufferFull(_) => CloseReason::SlowConsumer,
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            CloseReason::ConnectionLost
+        }
+        WsError::Protocol(_) => CloseReason::ProtocolError,
+        _ => CloseReason::ConnectionLost,
+    }
+}
+
+/// What the connection's timer asks for.
+#[derive(Debug, PartialEq)]
+enum Tick {
+    Ping,
+    Close(CloseReason),
+    Wait,
+}
+
+/// Ping, pong and idle deadlines of one connection. Pure: driven by the instants it is given.
+struct Liveness {
+    last_heard: Instant,
+    last_message: Instant,
+    ping_sent: Option<Instant>,
+    ping_interval: Duration,
+    pong_timeout: Duration,
+    idle_timeout: Option<Duration>,
+}
+
+impl Liveness {
+    fn new(now: Instant, limits: &LimitsConfig, idle: bool) -> Self {
+        Self {
+            last_heard: now,
+            last_message: now,
+            ping_sent: None,
+            ping_interval: limits.ping_interval,
+            pong_timeout: limits.pong_timeout,
+            idle_timeout: idle.then_some(limits.idle_timeout),
+        }
+    }
+
+    /// Any frame from the client proves it is alive.
+    fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+        self.ping_sent = None;
+    }
+
+    /// A data message (not a control frame) arrived.
+    fn application_message(&mut self, now: Instant) {
+        self.last_message = now;
+    }
+
+    fn deadline(&self) -> Instant {
+        let liveness = match self.ping_sent {
+            Some(sent) => sent + self.pong_timeout,
+            None => self.last_heard + self.ping_interval,
+        };
+        match self.idle_timeout {
+            Some(idle) => liveness.min(self.last_message + idle),
+            None => liveness,
+        }
+    }
+
+    fn on_timer(&mut self, now: Instant) -> Tick {
+        if self
+            .idle_timeout
+            .is_some_and(|idle| now >= self.last_message + idle)
+        {
+            return Tick::Close(CloseReason::IdleTimeout);
+        }
+        match self.ping_sent {
+            Some(sent) if now >= sent + self.pong_timeout => Tick::Close(CloseReason::PongTimeout),
+            None if now >= self.last_heard + self.ping_interval => {
+                self.ping_sent = Some(now);
+                Tick::Ping
+            }
+            _ => Tick::Wait,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> LimitsConfig {
+        LimitsConfig {
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(100),
+            ..LimitsConfig::default()
+        }
+    }
+
+    #[test]
+    fn pings_after_silence_and_closes_without_pong() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0, &limits(), false);
+        assert_eq!(l.deadline(), t0 + Duration::from_secs(30));
+        assert_eq!(l.on_timer(t0 + Duration::from_secs(29)), Tick::Wait);
+        assert_eq!(l.on_timer(t0 + Duration::from_secs(30)), Tick::Ping);
+        assert_eq!(l.deadline(), t0 + Duration::from_secs(40));
+        assert_eq!(
+            l.on_timer(t0 + Duration::from_secs(40)),
+            Tick::Close(CloseReason::PongTimeout)
+        );
+    }
+
+    #[test]
+    fn any_frame_answers_a_ping() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0, &limits(), false);
+        assert_eq!(l.on_timer(t0 + Duration::from_secs(30)), Tick::Ping);
+        l.heard(t0 + Duration::from_secs(31));
+        assert_eq!(l.on_timer(t0 + Duration::from_secs(40)), Tick::Wait);
+        assert_eq!(l.deadline(), t0 + Duration::from_secs(61));
+    }
+
+    #[test]
+    fn idle_counts_only_application_messages() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0, &limits(), true);
+        l.heard(t0 + Duration::from_secs(90));
+        l.application_message(t0 + Duration::from_secs(50));
+        assert_eq!(l.deadline(), t0 + Duration::from_secs(120));
+        assert_eq!(
+            l.on_timer(t0 + Duration::from_secs(150)),
+            Tick::Close(CloseReason::IdleTimeout)
+        );
+        let mut off = Liveness::new(t0, &limits(), false);
+        off.heard(t0 + Duration::from_secs(200));
+        assert_eq!(off.on_timer(t0 + Duration::from_secs(200)), Tick::Wait);
+    }
+}

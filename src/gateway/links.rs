@@ -1,0 +1,298 @@
+//! The registry of live links: connection id → [`Link`], and user → their connections.
+//!
+//! A [`Link`] is how anything outside a connection's task talks to it: a bounded outbound queue
+//! (bounded in bytes) and a close request. Enqueueing never blocks; a full queue marks the link
+//! as a slow consumer, which its task then closes. The registry is low level on purpose: both
+//! the connection task and the downstream router use it, neither reaches into the other.
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::SystemTime,
+};
+
+use dashmap::DashMap;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use super::CloseReason;
+use crate::auth::Identity;
+
+/// A connection's id, unique within the node for its lifetime.
+pub type ConnId = u64;
+
+/// Why a message could not be queued for a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("connection is closing")]
+    Closed,
+    #[error("outbound queue full: slow consumer")]
+    Full,
+}
+
+/// One live connection, as seen from outside its task.
+pub struct Link {
+    pub id: ConnId,
+    pub identity: Identity,
+    pub remote: SocketAddr,
+    pub connected_at: SystemTime,
+    limit: usize,
+    outbound: Mutex<Outbound>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct Outbound {
+    queue: VecDeque<WsMessage>,
+    /// Bytes queued or taken but not yet written.
+    bytes: usize,
+    closing: Option<CloseReason>,
+}
+
+impl Link {
+    fn lock(&self) -> MutexGuard<'_, Outbound> {
+        // A panic while holding this lock leaves plain data behind; keep going with it.
+        self.outbound.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `msg` without waiting. A queue over its byte limit marks the link as a slow
+    /// consumer: its task closes it and nothing more is accepted.
+    pub fn send(&self, msg: WsMessage) -> Result<(), SendError> {
+        let len = msg.len();
+        let mut out = self.lock();
+        if out.closing.is_some() {
+            return Err(SendError::Closed);
+        }
+        if out.bytes + len > self.limit {
+            out.closing = Some(CloseReason::SlowConsumer);
+            out.queue.clear();
+            drop(out);
+            self.wake.notify_one();
+            return Err(SendError::Full);
+        }
+        out.bytes += len;
+        out.queue.push_back(msg);
+        drop(out);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Asks the connection's task to close with `reason` (the first request wins).
+    pub fn close(&self, reason: CloseReason) {
+        self.lock().closing.get_or_insert(reason);
+        self.wake.notify_one();
+    }
+
+    /// Waits until something was queued or a close was requested.
+    pub(super) async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Takes everything queued, or the close request.
+    pub(super) fn take(&self) -> Result<VecDeque<WsMessage>, CloseReason> {
+        let mut out = self.lock();
+        match out.closing {
+            Some(reason) => Err(reason),
+            None => Ok(std::mem::take(&mut out.queue)),
+        }
+    }
+
+    /// Reports `bytes` of taken messages as written.
+    pub(super) fn written(&self, bytes: usize) {
+        let mut out = self.lock();
+        out.bytes = out.bytes.saturating_sub(bytes);
+    }
+}
+
+/// Every live link of the node, by connection and by user.
+pub struct LinkRegistry {
+    links: DashMap<ConnId, Arc<Link>>,
+    users: DashMap<Identity, Vec<ConnId>>,
+    next_id: AtomicU64,
+    /// Connections admitted (handshaking or live); bounded by `capacity`.
+    admitted: AtomicUsize,
+    capacity: usize,
+}
+
+/// A place under the node's connection capacity, released when dropped.
+pub struct Slot<'a>(&'a LinkRegistry);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl LinkRegistry {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            links: DashMap::new(),
+            users: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            admitted: AtomicUsize::new(0),
+            capacity,
+        }
+    }
+
+    /// A place for one more connection, or `None` at capacity.
+    pub fn admit(&self) -> Option<Slot<'_>> {
+        self.admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self))
+    }
+
+    /// Registers a new link. Returns it and whether it is the user's first on this node.
+    pub fn insert(
+        &self,
+        identity: Identity,
+        remote: SocketAddr,
+        limit: usize,
+    ) -> (Arc<Link>, bool) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let link = Arc::new(Link {
+            id,
+            identity,
+            remote,
+            connected_at: SystemTime::now(),
+            limit,
+            outbound: Mutex::default(),
+            wake: Notify::new(),
+        });
+        self.links.insert(id, link.clone());
+        let mut conns = self.users.entry(identity).or_default();
+        conns.push(id);
+        let first = conns.len() == 1;
+        (link, first)
+    }
+
+    /// Unregisters a link. Returns whether it was the user's last on this node.
+    pub fn remove(&self, link: &Link) -> bool {
+        self.links.remove(&link.id);
+        let last = match self.users.get_mut(&link.identity) {
+            Some(mut conns) => {
+                conns.retain(|id| *id != link.id);
+                conns.is_empty()
+            }
+            None => false,
+        };
+        if last {
+            self.users
+                .remove_if(&link.identity, |_, conns| conns.is_empty());
+        }
+        last
+    }
+
+    /// The user's links on this node.
+    pub fn user_links(&self, identity: &Identity) -> Vec<Arc<Link>> {
+        let Some(ids) = self.users.get(identity).map(|c| c.clone()) else {
+            return Vec::new();
+        };
+        ids.iter()
+            .filter_map(|id| self.links.get(id).map(|l| l.clone()))
+            .collect()
+    }
+
+    /// Every live link (a snapshot).
+    pub fn all(&self) -> Vec<Arc<Link>> {
+        self.links.iter().map(|l| l.clone()).collect()
+    }
+
+    /// Live connections.
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// Users with at least one live connection.
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALICE: Identity = Identity {
+        biz_id: 1,
+        user_id: 7,
+    };
+    const BOB: Identity = Identity {
+        biz_id: 1,
+        user_id: 8,
+    };
+
+    fn addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 1))
+    }
+
+    #[test]
+    fn capacity_is_enforced_and_released() {
+        let r = LinkRegistry::new(2);
+        let a = r.admit().expect("first");
+        let _b = r.admit().expect("second");
+        assert!(r.admit().is_none());
+        drop(a);
+        assert!(r.admit().is_some());
+    }
+
+    #[test]
+    fn users_may_hold_many_links_with_unique_ids() {
+        let r = LinkRegistry::new(10);
+        let (l1, first1) = r.insert(ALICE, addr(), 100);
+        let (l2, first2) = r.insert(ALICE, addr(), 100);
+        let (l3, _) = r.insert(BOB, addr(), 100);
+        assert!(first1 && !first2);
+        assert_ne!(l1.id, l2.id);
+        assert_eq!((r.len(), r.users()), (3, 2));
+        assert_eq!(r.user_links(&ALICE).len(), 2);
+        assert!(!r.remove(&l1));
+        assert!(r.remove(&l2));
+        assert!(r.user_links(&ALICE).is_empty());
+        assert!(r.remove(&l3));
+        assert!(r.is_empty() && r.users() == 0);
+    }
+
+    #[test]
+    fn a_full_queue_marks_a_slow_consumer() {
+        let r = LinkRegistry::new(10);
+        let (l, _) = r.insert(ALICE, addr(), 10);
+        assert_eq!(l.send(WsMessage::binary(vec![0; 6])), Ok(()));
+        assert_eq!(l.send(WsMessage::binary(vec![0; 6])), Err(SendError::Full));
+        assert_eq!(
+            l.send(WsMessage::binary(vec![0; 1])),
+            Err(SendError::Closed)
+        );
+        assert_eq!(l.take().err(), Some(CloseReason::SlowConsumer));
+    }
+
+    #[test]
+    fn written_bytes_free_the_queue() {
+        let r = LinkRegistry::new(10);
+        let (l, _) = r.insert(ALICE, addr(), 10);
+        l.send(WsMessage::binary(vec![0; 8])).expect("fits");
+        let taken = l.take().expect("open");
+        assert_eq!(taken.len(), 1);
+        assert_eq!(
+            l.send(WsMessage::binary(vec![0; 8])),
+            Err(SendError::Full),
+            "not yet written"
+        );
+        let r2 = LinkRegistry::new(1);
+        let (l2, _) = r2.insert(BOB, addr(), 10);
+        l2.send(WsMessage::binary(vec![0; 8])).expect("fits");
+        let _ = l2.take();
+        l2.written(8);
+        assert_eq!(l2.send(WsMessage::binary(vec![0; 8])), Ok(()));
+    }
+}

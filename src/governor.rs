@@ -1,0 +1,67 @@
+//! The governor: the operator's HTTP endpoint (`server.governor.listen`, default :9003).
+//!
+//! - `GET /health` — 200 while the process serves at all (liveness).
+//! - `GET /ready` — 200 while the node accepts clients; 503 while starting, draining or stopped.
+//! - `GET /metrics` — Prometheus text exposition.
+//!
+//! Must never expose configuration, environment variables or secrets (the original did).
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    shutdown::{Phase, PhaseCell},
+    telemetry::Metrics,
+};
+
+#[derive(Clone)]
+struct GovernorState {
+    metrics: Arc<Metrics>,
+    phase: Arc<PhaseCell>,
+}
+
+/// The governor's routes.
+pub fn router(metrics: Arc<Metrics>, phase: Arc<PhaseCell>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+        .with_state(GovernorState { metrics, phase })
+}
+
+async fn ready(State(s): State<GovernorState>) -> impl IntoResponse {
+    match s.phase.get() {
+        Phase::Running => (StatusCode::OK, "ready\n".to_owned()),
+        other => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", other.as_str()),
+        ),
+    }
+}
+
+async fn metrics_text(State(s): State<GovernorState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}
+
+/// Serves the governor until `stop` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+}

@@ -1,0 +1,9 @@
+//! Telemetry: the node's Prometheus metrics and the process's log set-up.
+//!
+//! Owns: every metric name (defined once, in [`metrics`]) and the tracing subscriber. Must never
+//! hold per-connection state or expose configuration values (secrets) through a metric or log.
+
+pub mod logging;
+pub mod metrics;
+
+pub use metrics::{BizMetrics, Direction, Metrics};

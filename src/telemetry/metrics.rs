@@ -1,0 +1,207 @@
+//! The node's metrics, in one registry per node (several nodes may share a test process).
+//!
+//! The three names of the original gateway are kept as they were (SPEC §3):
+//! `websocket_gateway_online_users{biz_id}`, `websocket_gateway_messages_total{direction,biz_id}`
+//! and `websocket_gateway_message_size_bytes_total{direction,biz_id}`. Per-business series are
+//! resolved once per business and shared by its connections ([`BizMetrics`]), so the per-message
+//! path never hashes label values.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::protocol::CommandType;
+
+const PREFIX: &str = "websocket_gateway";
+
+/// Which way a message travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Client → gateway.
+    In,
+    /// Gateway → client.
+    Out,
+}
+
+impl Direction {
+    fn label(self) -> &'static str {
+        match self {
+            Self::In => "upstream",
+            Self::Out => "downstream",
+        }
+    }
+}
+
+/// All metrics of one node.
+pub struct Metrics {
+    registry: Registry,
+    online_users: IntGaugeVec,
+    messages: IntCounterVec,
+    message_bytes: IntCounterVec,
+    commands: IntCounterVec,
+    /// Open WebSocket connections.
+    pub connections_open: IntGauge,
+    handshakes: IntCounterVec,
+    closes: IntCounterVec,
+    /// Messages refused because a connection's outbound queue was full.
+    pub outbound_dropped: IntCounter,
+    /// Messages from clients that could not be decoded.
+    pub decode_errors: IntCounter,
+    biz: DashMap<i64, Arc<BizMetrics>>,
+}
+
+/// The series of one business, shared by its connections.
+pub struct BizMetrics {
+    pub online_users: IntGauge,
+    messages_in: IntCounter,
+    messages_out: IntCounter,
+    bytes_in: IntCounter,
+    bytes_out: IntCounter,
+}
+
+impl BizMetrics {
+    /// Counts one message of `len` bytes.
+    pub fn message(&self, direction: Direction, len: usize) {
+        let (count, bytes) = match direction {
+            Direction::In => (&self.messages_in, &self.bytes_in),
+            Direction::Out => (&self.messages_out, &self.bytes_out),
+        };
+        count.inc();
+        bytes.inc_by(len as u64);
+    }
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(format!("{PREFIX}_{name}"), help), labels)
+        .expect("metric definitions are valid");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let online_users = IntGaugeVec::new(
+            Opts::new(
+                format!("{PREFIX}_online_users"),
+                "Users with at least one open connection.",
+            ),
+            &["biz_id"],
+        )
+        .expect("valid");
+        r.register(Box::new(online_users.clone())).expect("unique");
+        let connections_open = IntGauge::new(
+            format!("{PREFIX}_connections_open"),
+            "Open WebSocket connections.",
+        )
+        .expect("valid");
+        r.register(Box::new(connections_open.clone()))
+            .expect("unique");
+        let outbound_dropped = IntCounter::new(
+            format!("{PREFIX}_outbound_dropped_total"),
+            "Messages refused because a connection's outbound queue was full.",
+        )
+        .expect("valid");
+        r.register(Box::new(outbound_dropped.clone()))
+            .expect("unique");
+        let decode_errors = IntCounter::new(
+            format!("{PREFIX}_decode_errors_total"),
+            "Client messages that could not be decoded.",
+        )
+        .expect("valid");
+        r.register(Box::new(decode_errors.clone())).expect("unique");
+        Self {
+            messages: counter_vec(
+                &r,
+                "messages_total",
+                "Messages by direction.",
+                &["direction", "biz_id"],
+            ),
+            message_bytes: counter_vec(
+                &r,
+                "message_size_bytes_total",
+                "Message bytes by direction.",
+                &["direction", "biz_id"],
+            ),
+            commands: counter_vec(
+                &r,
+                "commands_total",
+                "Messages by command.",
+                &["direction", "cmd"],
+            ),
+            handshakes: counter_vec(
+                &r,
+                "handshakes_total",
+                "Handshakes by outcome.",
+                &["outcome"],
+            ),
+            closes: counter_vec(
+                &r,
+                "closes_total",
+                "Closed connections.",
+                &["code", "reason"],
+            ),
+            online_users,
+            connections_open,
+            outbound_dropped,
+            decode_errors,
+            biz: DashMap::new(),
+            registry: r,
+        }
+    }
+
+    /// The shared series of one business.
+    pub fn biz(&self, biz_id: i64) -> Arc<BizMetrics> {
+        if let Some(m) = self.biz.get(&biz_id) {
+            return m.clone();
+        }
+        let id = biz_id.to_string();
+        let series = |v: &IntCounterVec, d: Direction| v.with_label_values(&[d.label(), &id]);
+        let m = Arc::new(BizMetrics {
+            online_users: self.online_users.with_label_values(&[&id]),
+            messages_in: series(&self.messages, Direction::In),
+            messages_out: series(&self.messages, Direction::Out),
+            bytes_in: series(&self.message_bytes, Direction::In),
+            bytes_out: series(&self.message_bytes, Direction::Out),
+        });
+        self.biz.entry(biz_id).or_insert(m).clone()
+    }
+
+    /// Counts one message by command.
+    pub fn command(&self, direction: Direction, cmd: CommandType) {
+        self.commands
+            .with_label_values(&[direction.label(), cmd.as_str_name()])
+            .inc();
+    }
+
+    /// Counts one handshake outcome (`ok`, `bad_token`, `capacity`, ...).
+    pub fn handshake(&self, outcome: &str) {
+        self.handshakes.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts one closed connection.
+    pub fn closed(&self, code: u16, reason: &str) {
+        self.closes
+            .with_label_values(&[&code.to_string(), reason])
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec only fails on invalid metric families, which we never register.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
