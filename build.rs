@@ -10,10 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = protox::compile(["gatewayapi/v1/gateway.proto"], ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     let descriptors = files.encode_to_vec();
-    prost_build::Config::new()
-        .bytes(["."])
-        .out_dir(&out)
-        .compile_fds(files)?;
+    prost_build::Config::new().bytes(["."]).out_dir(&out).compile_fds(files)?;
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
         .out_dir(&out)

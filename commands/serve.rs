@@ -67,10 +67,7 @@ async fn watch_signals(drain: tokio::sync::oneshot::Sender<()>) -> anyhow::Resul
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let name = tokio::select! { _ = term.recv() => "SIGTERM", _ = int.recv() => "SIGINT" };
-    info!(
-        signal = name,
-        "shutting down gracefully; send another signal to exit at once"
-    );
+    info!(signal = name, "shutting down gracefully; send another signal to exit at once");
     let _ = drain.send(());
     let name = tokio::select! { _ = term.recv() => "SIGTERM", _ = int.recv() => "SIGINT" };
     warn!(signal = name, "second signal: exiting now");

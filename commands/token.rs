@@ -61,17 +61,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let spec = TokenSpec {
-        identity: Identity {
-            biz_id: args.biz,
-            user_id: args.user,
-        },
+        identity: Identity { biz_id: args.biz, user_id: args.user },
         ttl: args.ttl,
         issuer: args.issuer.or(jwt.issuer),
         audience: args.audience.or(jwt.audience),
-        algorithm: args
-            .alg
-            .or(jwt.algorithms.first().copied())
-            .unwrap_or(JwtAlgorithm::HS256),
+        algorithm: args.alg.or(jwt.algorithms.first().copied()).unwrap_or(JwtAlgorithm::HS256),
     };
     let token = auth::mint(&spec, secret.as_bytes()).context("cannot sign the token")?;
     println!("{token}");

@@ -106,14 +106,8 @@ impl TokenVerifier {
                 _ => AuthError::Invalid,
             },
         )?;
-        let user_id = data
-            .claims
-            .user_id
-            .ok_or(AuthError::Claims("user_id is required"))?;
-        let biz_id = data
-            .claims
-            .biz_id
-            .ok_or(AuthError::Claims("biz_id is required"))?;
+        let user_id = data.claims.user_id.ok_or(AuthError::Claims("user_id is required"))?;
+        let biz_id = data.claims.biz_id.ok_or(AuthError::Claims("biz_id is required"))?;
         Ok(Identity { biz_id, user_id })
     }
 }
@@ -184,10 +178,7 @@ struct MintClaims<'a> {
 /// Signs a token the gateway accepts.
 pub fn mint(spec: &TokenSpec, secret: &[u8]) -> Result<String, jsonwebtoken::errors::Error> {
     let key = EncodingKey::from_secret(secret)?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     let claims = MintClaims {
         user_id: spec.identity.user_id,
         biz_id: spec.identity.biz_id,
@@ -221,20 +212,13 @@ mod tests {
     #[test]
     fn accepts_numbers_numeric_strings_all_hmac_and_bearer_prefix() {
         let v = verifier(|_| {});
-        let want = Identity {
-            biz_id: 9999,
-            user_id: 42,
-        };
+        let want = Identity { biz_id: 9999, user_id: 42 };
         for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
             let t = sign(json!({"user_id": 42, "biz_id": 9999}), alg, SECRET);
             assert_eq!(v.verify(&t), Ok(want));
             assert_eq!(v.verify(&format!("Bearer {t}")), Ok(want));
         }
-        let t = sign(
-            json!({"user_id": "42", "biz_id": 9999.0}),
-            Algorithm::HS256,
-            SECRET,
-        );
+        let t = sign(json!({"user_id": "42", "biz_id": 9999.0}), Algorithm::HS256, SECRET);
         assert_eq!(v.verify(&t), Ok(want));
     }
 
@@ -250,10 +234,7 @@ mod tests {
             Err(AuthError::Invalid)
         );
         let expired = json!({"user_id": 1, "biz_id": 2, "exp": 1_000_000});
-        assert_eq!(
-            v.verify(&sign(expired, Algorithm::HS256, SECRET)),
-            Err(AuthError::Expired)
-        );
+        assert_eq!(v.verify(&sign(expired, Algorithm::HS256, SECRET)), Err(AuthError::Expired));
         for bad in [
             json!({"biz_id": 2}),
             json!({"user_id": 1}),
@@ -275,41 +256,23 @@ mod tests {
             c.audience = Some("gw".into());
         });
         let good = json!({"user_id": 1, "biz_id": 2, "iss": "im", "aud": "gw"});
-        assert!(
-            v.verify(&sign(good.clone(), Algorithm::HS512, SECRET))
-                .is_ok()
-        );
-        assert_eq!(
-            v.verify(&sign(good, Algorithm::HS256, SECRET)),
-            Err(AuthError::Invalid)
-        );
+        assert!(v.verify(&sign(good.clone(), Algorithm::HS512, SECRET)).is_ok());
+        assert_eq!(v.verify(&sign(good, Algorithm::HS256, SECRET)), Err(AuthError::Invalid));
         let no_iss = json!({"user_id": 1, "biz_id": 2, "aud": "gw"});
-        assert_eq!(
-            v.verify(&sign(no_iss, Algorithm::HS512, SECRET)),
-            Err(AuthError::Issuer)
-        );
+        assert_eq!(v.verify(&sign(no_iss, Algorithm::HS512, SECRET)), Err(AuthError::Issuer));
         let bad_aud = json!({"user_id": 1, "biz_id": 2, "iss": "im", "aud": "x"});
-        assert_eq!(
-            v.verify(&sign(bad_aud, Algorithm::HS512, SECRET)),
-            Err(AuthError::Audience)
-        );
+        assert_eq!(v.verify(&sign(bad_aud, Algorithm::HS512, SECRET)), Err(AuthError::Audience));
     }
 
     #[test]
     fn an_empty_secret_is_refused() {
-        assert_eq!(
-            TokenVerifier::new(&JwtConfig::default(), b"").err(),
-            Some(EmptySecret)
-        );
+        assert_eq!(TokenVerifier::new(&JwtConfig::default(), b"").err(), Some(EmptySecret));
     }
 
     #[test]
     fn minted_tokens_verify() {
         let spec = TokenSpec {
-            identity: Identity {
-                biz_id: 9999,
-                user_id: 42,
-            },
+            identity: Identity { biz_id: 9999, user_id: 42 },
             ttl: Duration::from_secs(60),
             issuer: Some("im".into()),
             audience: None,

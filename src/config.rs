@@ -84,9 +84,7 @@ pub struct GovernorConfig {
 
 impl Default for GovernorConfig {
     fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 9003)),
-        }
+        Self { listen: SocketAddr::from(([0, 0, 0, 0], 9003)) }
     }
 }
 
@@ -116,11 +114,7 @@ impl Default for JwtConfig {
     fn default() -> Self {
         Self {
             secret: String::new(),
-            algorithms: vec![
-                JwtAlgorithm::HS256,
-                JwtAlgorithm::HS384,
-                JwtAlgorithm::HS512,
-            ],
+            algorithms: vec![JwtAlgorithm::HS256, JwtAlgorithm::HS384, JwtAlgorithm::HS512],
             issuer: None,
             audience: None,
             leeway: Duration::from_secs(30),
@@ -203,9 +197,7 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        Self {
-            drain_timeout: Duration::from_secs(30),
-        }
+        Self { drain_timeout: Duration::from_secs(30) }
     }
 }
 
@@ -219,10 +211,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            level: "info".into(),
-            format: LogFormat::Human,
-        }
+        Self { level: "info".into(), format: LogFormat::Human }
     }
 }
 

@@ -41,18 +41,12 @@ pub fn router(metrics: Arc<Metrics>, phase: Arc<PhaseCell>) -> Router {
 async fn ready(State(s): State<GovernorState>) -> impl IntoResponse {
     match s.phase.get() {
         Phase::Running => (StatusCode::OK, "ready\n".to_owned()),
-        other => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{}\n", other.as_str()),
-        ),
+        other => (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", other.as_str())),
     }
 }
 
 async fn metrics_text(State(s): State<GovernorState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
 }
 
 /// Serves the governor until `stop` is cancelled.
@@ -61,7 +55,5 @@ pub async fn serve(
     router: Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+    axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await
 }

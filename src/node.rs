@@ -90,14 +90,7 @@ impl Node {
         let metrics = Arc::new(Metrics::new());
         let phase = Arc::new(PhaseCell::default());
         let shared = Arc::new(Shared::new(config, secret.as_bytes(), metrics, phase)?);
-        Ok(Self {
-            shared,
-            ws,
-            governor,
-            ws_addr,
-            governor_addr,
-            ephemeral_secret,
-        })
+        Ok(Self { shared, ws, governor, ws_addr, governor_addr, ephemeral_secret })
     }
 
     pub fn ws_addr(&self) -> SocketAddr {
@@ -118,21 +111,12 @@ impl Node {
     }
 
     pub fn handle(&self) -> NodeHandle {
-        NodeHandle {
-            shared: self.shared.clone(),
-        }
+        NodeHandle { shared: self.shared.clone() }
     }
 
     /// Serves until `shutdown` completes, then drains and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Self {
-            shared,
-            ws,
-            governor,
-            ws_addr,
-            governor_addr,
-            ..
-        } = self;
+        let Self { shared, ws, governor, ws_addr, governor_addr, .. } = self;
         let connections = TaskTracker::new();
         let stop_accept = CancellationToken::new();
         let stop_governor = CancellationToken::new();
@@ -156,10 +140,7 @@ impl Node {
         shared.drain.cancel();
         connections.close();
         let drain_timeout = shared.config.shutdown.drain_timeout;
-        if tokio::time::timeout(drain_timeout, connections.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(drain_timeout, connections.wait()).await.is_err() {
             warn!(
                 left = shared.links.len(),
                 "drain timeout passed; dropping the remaining clients"
@@ -179,9 +160,7 @@ impl Node {
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| NodeError::Bind { what, addr, source })
+    TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { what, addr, source })
 }
 
 fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {

@@ -25,10 +25,7 @@ pub struct Problem {
 
 impl Problem {
     pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
+        Self { key: key.into(), message: message.into() }
     }
 }
 
@@ -84,18 +81,14 @@ pub fn load(
 }
 
 fn read_yaml(path: &Path, problems: &mut Vec<Problem>) -> Result<Value, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     match serde_yaml_ng::from_str::<Value>(&text) {
         Ok(Value::Null) => Ok(Value::Object(Map::new())),
         Ok(tree) => Ok(tree),
         Err(err) => {
-            problems.push(Problem::new(
-                path.display().to_string(),
-                format!("not valid YAML: {err}"),
-            ));
+            problems
+                .push(Problem::new(path.display().to_string(), format!("not valid YAML: {err}")));
             Ok(Value::Object(Map::new()))
         }
     }
@@ -125,10 +118,8 @@ fn apply_env(
                 continue;
             }
             Some(Value::Object(_)) => {
-                problems.push(Problem::new(
-                    key,
-                    format!("is a section, not a value (from {name})"),
-                ));
+                problems
+                    .push(Problem::new(key, format!("is a section, not a value (from {name})")));
                 continue;
             }
             Some(Value::String(_) | Value::Null) => Value::String(raw),
@@ -171,11 +162,7 @@ fn deserialize_collecting(mut tree: Value, problems: &mut Vec<Problem>) -> Optio
         };
         match result {
             Ok(config) => {
-                problems.extend(
-                    unknown
-                        .drain(..)
-                        .map(|key| Problem::new(key, "unknown key")),
-                );
+                problems.extend(unknown.drain(..).map(|key| Problem::new(key, "unknown key")));
                 return Some(config);
             }
             Err(err) => {
@@ -191,11 +178,7 @@ fn deserialize_collecting(mut tree: Value, problems: &mut Vec<Problem>) -> Optio
             }
         }
     }
-    problems.extend(
-        unknown
-            .drain(..)
-            .map(|key| Problem::new(key, "unknown key")),
-    );
+    problems.extend(unknown.drain(..).map(|key| Problem::new(key, "unknown key")));
     None
 }
 
@@ -235,10 +218,7 @@ mod tests {
     use std::{io::Write, time::Duration};
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn yaml(text: &str) -> tempfile::NamedTempFile {
@@ -342,26 +322,17 @@ mod tests {
         let c = load(Some(&doc), env(&[])).expect("config/wsgw.yaml is valid");
         let ours = serde_json::to_value(&c).expect("serialize");
         let defaults = serde_json::to_value(Config::default()).expect("serialize");
-        assert_eq!(
-            ours, defaults,
-            "config/wsgw.yaml must document exactly the defaults"
-        );
+        assert_eq!(ours, defaults, "config/wsgw.yaml must document exactly the defaults");
         let text = std::fs::read_to_string(&doc).expect("read");
         let tree: Value = serde_yaml_ng::from_str(&text).expect("yaml");
-        assert_eq!(
-            leaf_keys(&tree, ""),
-            leaf_keys(&defaults, ""),
-            "every key must be documented"
-        );
+        assert_eq!(leaf_keys(&tree, ""), leaf_keys(&defaults, ""), "every key must be documented");
     }
 
     fn leaf_keys(v: &Value, prefix: &str) -> Vec<String> {
         match v {
             Value::Object(map) => {
-                let mut keys: Vec<String> = map
-                    .iter()
-                    .flat_map(|(k, v)| leaf_keys(v, &format!("{prefix}{k}.")))
-                    .collect();
+                let mut keys: Vec<String> =
+                    map.iter().flat_map(|(k, v)| leaf_keys(v, &format!("{prefix}{k}."))).collect();
                 keys.sort();
                 keys
             }

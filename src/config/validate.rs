@@ -28,11 +28,7 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
         "server.websocket.handshake_timeout",
         "must be positive",
     );
-    check(
-        ws.max_connections > 0,
-        "server.websocket.max_connections",
-        "must be at least 1",
-    );
+    check(ws.max_connections > 0, "server.websocket.max_connections", "must be at least 1");
     for (i, origin) in ws.allowed_origins.iter().enumerate() {
         check(
             origin.starts_with("http://") || origin.starts_with("https://") || origin == "null",
@@ -65,30 +61,14 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
         "limits.outbound_queue_bytes",
         "must be at least limits.max_message_size",
     );
-    check(
-        limits.ping_interval > Duration::ZERO,
-        "limits.ping_interval",
-        "must be positive",
-    );
-    check(
-        limits.pong_timeout > Duration::ZERO,
-        "limits.pong_timeout",
-        "must be positive",
-    );
+    check(limits.ping_interval > Duration::ZERO, "limits.ping_interval", "must be positive");
+    check(limits.pong_timeout > Duration::ZERO, "limits.pong_timeout", "must be positive");
     check(
         limits.idle_timeout > Duration::ZERO,
         "limits.idle_timeout",
         "must be positive (use idle_close: off)",
     );
-    check(
-        limits.write_timeout > Duration::ZERO,
-        "limits.write_timeout",
-        "must be positive",
-    );
-    check(
-        EnvFilter::try_new(&c.log.level).is_ok(),
-        "log.level",
-        "is not a valid tracing filter",
-    );
+    check(limits.write_timeout > Duration::ZERO, "limits.write_timeout", "must be positive");
+    check(EnvFilter::try_new(&c.log.level).is_ok(), "log.level", "is not a valid tracing filter");
     p
 }

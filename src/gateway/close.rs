@@ -49,9 +49,7 @@ impl CloseReason {
     }
 
     pub(super) fn frame(self) -> Option<CloseFrame> {
-        self.code().map(|code| CloseFrame {
-            code: CloseCode::from(code),
-            reason: self.as_str().into(),
-        })
+        self.code()
+            .map(|code| CloseFrame { code: CloseCode::from(code), reason: self.as_str().into() })
     }
 }

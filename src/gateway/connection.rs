@@ -51,12 +51,7 @@ pub(super) async fn serve(stream: TcpStream, remote: SocketAddr, shared: Arc<Sha
     debug!(conn = link.id, biz = identity.biz_id, user = identity.user_id, %remote, "connected");
 
     let idle = shared.idle_applies(accepted.auto_close);
-    let mut conn = Connection {
-        ws,
-        link: link.clone(),
-        shared: &shared,
-        biz: biz.clone(),
-    };
+    let mut conn = Connection { ws, link: link.clone(), shared: &shared, biz: biz.clone() };
     let reason = conn.serve(idle).await;
     conn.goodbye(reason).await;
 
@@ -64,9 +59,7 @@ pub(super) async fn serve(stream: TcpStream, remote: SocketAddr, shared: Arc<Sha
     if shared.links.remove(&link) {
         biz.online_users.dec();
     }
-    shared
-        .metrics
-        .closed(reason.code().unwrap_or(1006), reason.as_str());
+    shared.metrics.closed(reason.code().unwrap_or(1006), reason.as_str());
     debug!(conn = link.id, reason = reason.as_str(), "closed");
     drop(accepted.slot);
 }
@@ -205,17 +198,13 @@ impl Connection<'_> {
         let abort = &self.shared.abort;
         let ws = &mut self.ws;
         let close = async {
-            if timeout(limits.write_timeout, ws.close(Some(frame)))
-                .await
-                .is_err()
-            {
+            if timeout(limits.write_timeout, ws.close(Some(frame))).await.is_err() {
                 return;
             }
             // Read until the client's close (or EOF); tungstenite completes the handshake.
-            let _ = timeout(limits.pong_timeout, async {
-                while let Some(Ok(_)) = ws.next().await {}
-            })
-            .await;
+            let _ =
+                timeout(limits.pong_timeout, async { while let Some(Ok(_)) = ws.next().await {} })
+                    .await;
         };
         tokio::select! {
             _ = close => {}
@@ -302,10 +291,7 @@ impl Liveness {
     }
 
     fn on_timer(&mut self, now: Instant) -> Tick {
-        if self
-            .idle_timeout
-            .is_some_and(|idle| now >= self.last_message + idle)
-        {
+        if self.idle_timeout.is_some_and(|idle| now >= self.last_message + idle) {
             return Tick::Close(CloseReason::IdleTimeout);
         }
         match self.ping_sent {
@@ -340,10 +326,7 @@ mod tests {
         assert_eq!(l.on_timer(t0 + Duration::from_secs(29)), Tick::Wait);
         assert_eq!(l.on_timer(t0 + Duration::from_secs(30)), Tick::Ping);
         assert_eq!(l.deadline(), t0 + Duration::from_secs(40));
-        assert_eq!(
-            l.on_timer(t0 + Duration::from_secs(40)),
-            Tick::Close(CloseReason::PongTimeout)
-        );
+        assert_eq!(l.on_timer(t0 + Duration::from_secs(40)), Tick::Close(CloseReason::PongTimeout));
     }
 
     #[test]

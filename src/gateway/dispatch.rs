@@ -42,15 +42,8 @@ pub(super) fn dispatch(msg: Message, biz_id: i64, serializer: Serializer) -> Rep
 
 /// A COMMAND_TYPE_ERROR reply for `key` (its body is never encrypted).
 pub(super) fn error(key: String, code: ErrorCode, reason: String, serializer: Serializer) -> Reply {
-    let body: Bytes = serializer.encode(&ErrorInfo {
-        code: code.into(),
-        reason,
-    });
-    Reply::Send(Message {
-        cmd: CommandType::Error.into(),
-        key,
-        body,
-    })
+    let body: Bytes = serializer.encode(&ErrorInfo { code: code.into(), reason });
+    Reply::Send(Message { cmd: CommandType::Error.into(), key, body })
 }
 
 #[cfg(test)]
@@ -58,17 +51,11 @@ mod tests {
     use super::*;
 
     fn msg(cmd: i32, key: &str, body: &[u8]) -> Message {
-        Message {
-            cmd,
-            key: key.into(),
-            body: Bytes::copy_from_slice(body),
-        }
+        Message { cmd, key: key.into(), body: Bytes::copy_from_slice(body) }
     }
 
     fn error_code(reply: Reply, serializer: Serializer) -> (String, ErrorCode) {
-        let Reply::Send(m) = reply else {
-            panic!("expected a reply")
-        };
+        let Reply::Send(m) = reply else { panic!("expected a reply") };
         assert_eq!(m.cmd, CommandType::Error as i32);
         let info: ErrorInfo = serializer.decode(&m.body).expect("ErrorInfo body");
         (m.key, ErrorCode::try_from(info.code).expect("known code"))
@@ -91,11 +78,7 @@ mod tests {
         for s in [Serializer::Json, Serializer::Proto] {
             for cmd in [0, 3, 4, 6, 7, 8, 42] {
                 let (key, code) = error_code(dispatch(msg(cmd, "k", b""), 1, s), s);
-                assert_eq!(
-                    (key.as_str(), code),
-                    ("k", ErrorCode::UnsupportedCommand),
-                    "cmd {cmd}"
-                );
+                assert_eq!((key.as_str(), code), ("k", ErrorCode::UnsupportedCommand), "cmd {cmd}");
             }
         }
     }

@@ -27,14 +27,16 @@ pub(super) async fn accept<'a>(
     shared: &'a Shared,
 ) -> Result<(WebSocketStream<TcpStream>, Accepted<'a>), &'static str> {
     let mut decision: Option<Result<Accepted<'a>, &'static str>> = None;
+    // The callback's error type is tungstenite's (a full HTTP response).
+    #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| match check(req, shared) {
         Ok(accepted) => {
             decision = Some(Ok(accepted));
             Ok(resp)
         }
-        Err((outcome, refusal)) => {
-            decision = Some(Err(outcome));
-            Err(refusal)
+        Err(refusal) => {
+            decision = Some(Err(refusal.outcome));
+            Err(refusal.response())
         }
     };
     let handshake =
@@ -49,43 +51,58 @@ pub(super) async fn accept<'a>(
     }
 }
 
-type Refusal = (&'static str, ErrorResponse);
+/// Why an upgrade is refused: the metric outcome and the HTTP answer.
+struct Refusal {
+    outcome: &'static str,
+    status: StatusCode,
+    reason: String,
+    retry_after: Option<u64>,
+}
+
+impl Refusal {
+    fn new(outcome: &'static str, status: StatusCode, reason: impl Into<String>) -> Self {
+        Self { outcome, status, reason: reason.into(), retry_after: None }
+    }
+
+    fn retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after.as_secs().max(1));
+        self
+    }
+
+    /// A plain-text answer with the one-line reason.
+    fn response(self) -> ErrorResponse {
+        let body = format!("{}\n", self.reason);
+        let mut resp = ErrorResponse::new(None);
+        *resp.status_mut() = self.status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        *resp.body_mut() = Some(body);
+        resp
+    }
+}
 
 fn check<'a>(req: &Request, shared: &'a Shared) -> Result<Accepted<'a>, Refusal> {
     let ws = &shared.config.server.websocket;
     if !ws.allowed_origins.is_empty() {
-        let origin = req
-            .headers()
-            .get(header::ORIGIN)
-            .and_then(|o| o.to_str().ok());
+        let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
         if !origin.is_some_and(|o| ws.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o))) {
-            return Err((
-                "forbidden_origin",
-                refuse(StatusCode::FORBIDDEN, "origin not allowed", None),
-            ));
+            let forbidden = StatusCode::FORBIDDEN;
+            return Err(Refusal::new("forbidden_origin", forbidden, "origin not allowed"));
         }
     }
+    let unavailable = StatusCode::SERVICE_UNAVAILABLE;
     if shared.drain.is_cancelled() {
-        let retry = ws.retry_after.as_secs().max(1);
-        return Err((
-            "draining",
-            refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "node is draining",
-                Some(retry),
-            ),
-        ));
+        let refusal = Refusal::new("draining", unavailable, "node is draining");
+        return Err(refusal.retry_after(ws.retry_after));
     }
     let Some(slot) = shared.links.admit() else {
-        let retry = ws.retry_after.as_secs().max(1);
-        return Err((
-            "capacity",
-            refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "node at capacity",
-                Some(retry),
-            ),
-        ));
+        let refusal = Refusal::new("capacity", unavailable, "node at capacity");
+        return Err(refusal.retry_after(ws.retry_after));
     };
     let auto_close = req
         .headers()
@@ -93,29 +110,14 @@ fn check<'a>(req: &Request, shared: &'a Shared) -> Result<Accepted<'a>, Refusal>
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
     if ws.conformance_echo {
-        return Ok(Accepted {
-            identity: Identity {
-                biz_id: 0,
-                user_id: 0,
-            },
-            auto_close,
-            slot,
-        });
+        let identity = Identity { biz_id: 0, user_id: 0 };
+        return Ok(Accepted { identity, auto_close, slot });
     }
     let identity = token(req)
         .ok_or(AuthError::Missing)
         .and_then(|t| shared.verifier.verify(&t))
-        .map_err(|e| {
-            (
-                e.outcome(),
-                refuse(StatusCode::UNAUTHORIZED, &e.to_string(), None),
-            )
-        })?;
-    Ok(Accepted {
-        identity,
-        auto_close,
-        slot,
-    })
+        .map_err(|e| Refusal::new(e.outcome(), StatusCode::UNAUTHORIZED, e.to_string()))?;
+    Ok(Accepted { identity, auto_close, slot })
 }
 
 /// The token from the `token` query parameter, else from `Authorization: Bearer …`.
@@ -126,27 +128,6 @@ fn token(req: &Request) -> Option<String> {
             .map(|(_, v)| v.into_owned())
     });
     from_query.filter(|t| !t.trim().is_empty()).or_else(|| {
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned)
     })
-}
-
-fn refuse(status: StatusCode, reason: &str, retry_after: Option<u64>) -> ErrorResponse {
-    let body = format!("{reason}\n");
-    let mut resp = ErrorResponse::new(None);
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    if let Some(secs) = retry_after {
-        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    *resp.body_mut() = Some(body);
-    resp
 }

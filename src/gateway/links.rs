@@ -183,8 +183,7 @@ impl LinkRegistry {
             None => false,
         };
         if last {
-            self.users
-                .remove_if(&link.identity, |_, conns| conns.is_empty());
+            self.users.remove_if(&link.identity, |_, conns| conns.is_empty());
         }
         last
     }
@@ -194,9 +193,7 @@ impl LinkRegistry {
         let Some(ids) = self.users.get(identity).map(|c| c.clone()) else {
             return Vec::new();
         };
-        ids.iter()
-            .filter_map(|id| self.links.get(id).map(|l| l.clone()))
-            .collect()
+        ids.iter().filter_map(|id| self.links.get(id).map(|l| l.clone())).collect()
     }
 
     /// Every live link (a snapshot).
@@ -223,14 +220,8 @@ impl LinkRegistry {
 mod tests {
     use super::*;
 
-    const ALICE: Identity = Identity {
-        biz_id: 1,
-        user_id: 7,
-    };
-    const BOB: Identity = Identity {
-        biz_id: 1,
-        user_id: 8,
-    };
+    const ALICE: Identity = Identity { biz_id: 1, user_id: 7 };
+    const BOB: Identity = Identity { biz_id: 1, user_id: 8 };
 
     fn addr() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 1))
@@ -269,10 +260,7 @@ mod tests {
         let (l, _) = r.insert(ALICE, addr(), 10);
         assert_eq!(l.send(WsMessage::binary(vec![0; 6])), Ok(()));
         assert_eq!(l.send(WsMessage::binary(vec![0; 6])), Err(SendError::Full));
-        assert_eq!(
-            l.send(WsMessage::binary(vec![0; 1])),
-            Err(SendError::Closed)
-        );
+        assert_eq!(l.send(WsMessage::binary(vec![0; 1])), Err(SendError::Closed));
         assert_eq!(l.take().err(), Some(CloseReason::SlowConsumer));
     }
 
@@ -283,11 +271,7 @@ mod tests {
         l.send(WsMessage::binary(vec![0; 8])).expect("fits");
         let taken = l.take().expect("open");
         assert_eq!(taken.len(), 1);
-        assert_eq!(
-            l.send(WsMessage::binary(vec![0; 8])),
-            Err(SendError::Full),
-            "not yet written"
-        );
+        assert_eq!(l.send(WsMessage::binary(vec![0; 8])), Err(SendError::Full), "not yet written");
         let r2 = LinkRegistry::new(1);
         let (l2, _) = r2.insert(BOB, addr(), 10);
         l2.send(WsMessage::binary(vec![0; 8])).expect("fits");

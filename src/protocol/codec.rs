@@ -92,11 +92,7 @@ mod tests {
         let from_json: M = Serializer::Json.decode(json.as_bytes()).expect(name);
         let from_bin: M = Serializer::Proto.decode(&bin).expect(name);
         assert_eq!(from_json, from_bin, "{name}: json and binary disagree");
-        assert_eq!(
-            Serializer::Proto.encode(&from_json).as_ref(),
-            bin.as_slice(),
-            "{name}"
-        );
+        assert_eq!(Serializer::Proto.encode(&from_json).as_ref(), bin.as_slice(), "{name}");
         let ours: Value = serde_json::from_slice(&Serializer::Json.encode(&from_bin)).expect(name);
         let theirs: Value = serde_json::from_str(json).expect(name);
         assert_eq!(ours, theirs, "{name}: JSON encoding differs");
@@ -140,32 +136,15 @@ mod tests {
     fn default_values_are_omitted_and_int64_are_strings() {
         let empty = Serializer::Json.encode(&pb::OnReceiveResponse::default());
         assert_eq!(empty.as_ref(), b"{}");
-        let r = pb::OnReceiveResponse {
-            msg_id: 7,
-            biz_id: 0,
-        };
+        let r = pb::OnReceiveResponse { msg_id: 7, biz_id: 0 };
         assert_eq!(Serializer::Json.encode(&r).as_ref(), br#"{"msgId":"7"}"#);
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for input in [
-            &b""[..],
-            b"{",
-            b"[]",
-            b"null",
-            b"\xff\xfe",
-            b"{\"cmd\":99999999999}",
-        ] {
-            assert!(
-                Serializer::Json.decode::<pb::Message>(input).is_err(),
-                "{input:?}"
-            );
+        for input in [&b""[..], b"{", b"[]", b"null", b"\xff\xfe", b"{\"cmd\":99999999999}"] {
+            assert!(Serializer::Json.decode::<pb::Message>(input).is_err(), "{input:?}");
         }
-        assert!(
-            Serializer::Proto
-                .decode::<pb::Message>(b"\x0a\xff\xff")
-                .is_err()
-        );
+        assert!(Serializer::Proto.decode::<pb::Message>(b"\x0a\xff\xff").is_err());
     }
 }

@@ -77,9 +77,7 @@ impl BizMetrics {
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(format!("{PREFIX}_{name}"), help), labels)
         .expect("metric definitions are valid");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("metric names are unique");
+    registry.register(Box::new(c.clone())).expect("metric names are unique");
     c
 }
 
@@ -93,28 +91,21 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         let online_users = IntGaugeVec::new(
-            Opts::new(
-                format!("{PREFIX}_online_users"),
-                "Users with at least one open connection.",
-            ),
+            Opts::new(format!("{PREFIX}_online_users"), "Users with at least one open connection."),
             &["biz_id"],
         )
         .expect("valid");
         r.register(Box::new(online_users.clone())).expect("unique");
-        let connections_open = IntGauge::new(
-            format!("{PREFIX}_connections_open"),
-            "Open WebSocket connections.",
-        )
-        .expect("valid");
-        r.register(Box::new(connections_open.clone()))
-            .expect("unique");
+        let connections_open =
+            IntGauge::new(format!("{PREFIX}_connections_open"), "Open WebSocket connections.")
+                .expect("valid");
+        r.register(Box::new(connections_open.clone())).expect("unique");
         let outbound_dropped = IntCounter::new(
             format!("{PREFIX}_outbound_dropped_total"),
             "Messages refused because a connection's outbound queue was full.",
         )
         .expect("valid");
-        r.register(Box::new(outbound_dropped.clone()))
-            .expect("unique");
+        r.register(Box::new(outbound_dropped.clone())).expect("unique");
         let decode_errors = IntCounter::new(
             format!("{PREFIX}_decode_errors_total"),
             "Client messages that could not be decoded.",
@@ -140,18 +131,8 @@ impl Metrics {
                 "Messages by command.",
                 &["direction", "cmd"],
             ),
-            handshakes: counter_vec(
-                &r,
-                "handshakes_total",
-                "Handshakes by outcome.",
-                &["outcome"],
-            ),
-            closes: counter_vec(
-                &r,
-                "closes_total",
-                "Closed connections.",
-                &["code", "reason"],
-            ),
+            handshakes: counter_vec(&r, "handshakes_total", "Handshakes by outcome.", &["outcome"]),
+            closes: counter_vec(&r, "closes_total", "Closed connections.", &["code", "reason"]),
             online_users,
             connections_open,
             outbound_dropped,
@@ -180,9 +161,7 @@ impl Metrics {
 
     /// Counts one message by command.
     pub fn command(&self, direction: Direction, cmd: CommandType) {
-        self.commands
-            .with_label_values(&[direction.label(), cmd.as_str_name()])
-            .inc();
+        self.commands.with_label_values(&[direction.label(), cmd.as_str_name()]).inc();
     }
 
     /// Counts one handshake outcome (`ok`, `bad_token`, `capacity`, ...).
@@ -192,9 +171,7 @@ impl Metrics {
 
     /// Counts one closed connection.
     pub fn closed(&self, code: u16, reason: &str) {
-        self.closes
-            .with_label_values(&[&code.to_string(), reason])
-            .inc();
+        self.closes.with_label_values(&[&code.to_string(), reason]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

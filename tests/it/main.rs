@@ -1,1 +1,10 @@
+//! Integration tests: real nodes on port 0, driven by real WebSocket and HTTP clients.
+//! One binary (so linking happens once), one module per area.
 
+mod support;
+
+mod auth;
+mod cli;
+mod connections;
+mod lifecycle;
+mod protocol;

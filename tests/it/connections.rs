@@ -1,0 +1,151 @@
+//! Connection behaviour: many devices per user, liveness, idleness and slow clients.
+
+use std::time::Duration;
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use wsgw::protocol::Serializer;
+
+use crate::support::{Client, TestNode, code};
+
+async fn heartbeat(c: &mut Client, key: &str) {
+    c.send_text(&format!(r#"{{"cmd":"COMMAND_TYPE_HEARTBEAT","key":"{key}"}}"#)).await;
+    assert_eq!(c.recv_msg(Serializer::Json).await.key, key);
+}
+
+#[tokio::test]
+async fn a_user_may_hold_many_connections_and_is_counted_once() {
+    let node = TestNode::spawn().await;
+    let mut phone = node.connect(42, 9999).await;
+    let mut laptop = node.connect(42, 9999).await;
+    let mut other = node.connect(43, 9999).await;
+    heartbeat(&mut phone, "p").await;
+    heartbeat(&mut laptop, "l").await;
+    heartbeat(&mut other, "o").await;
+    assert_eq!((node.handle.connections(), node.handle.users()), (3, 2));
+    let online = r#"websocket_gateway_online_users{biz_id="9999"}"#;
+    assert_eq!(node.metric(online).await, 2.0);
+    phone.ws.close(None).await.expect("close");
+    crate::assert_eventually!(node.handle.connections() == 2, "phone gone");
+    heartbeat(&mut laptop, "still").await;
+    assert_eq!(node.metric(online).await, 2.0, "the user is still online on the laptop");
+    laptop.ws.close(None).await.expect("close");
+    crate::assert_eventually!(node.metric(online).await == 1.0, "user 42 went offline");
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_answer_pings_is_closed() {
+    let node = TestNode::builder()
+        .config(|c| {
+            c.limits.ping_interval = Duration::from_millis(100);
+            c.limits.pong_timeout = Duration::from_millis(200);
+        })
+        .spawn()
+        .await;
+    let mut silent = node.connect(1, 7).await;
+    let mut alive = node.connect(2, 7).await;
+    // `alive` keeps reading (tungstenite answers pings while reading); `silent` does not read.
+    let reader = tokio::spawn(async move {
+        alive.listen_for(Duration::from_millis(800)).await;
+        heartbeat(&mut alive, "after pings").await;
+        alive
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(code(&silent.closed().await), (1001, "pong timeout".into()));
+    reader.await.expect("alive answered pings and stays connected");
+    assert_eq!(
+        node.metric(r#"websocket_gateway_closes_total{code="1001",reason="pong timeout"}"#).await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn idle_close_applies_to_auto_close_clients_by_default() {
+    let node = TestNode::builder()
+        .config(|c| c.limits.idle_timeout = Duration::from_millis(300))
+        .spawn()
+        .await;
+    let url = node.url(&format!("?token={}", TestNode::token(1, 7)));
+    let mut auto = Client::connect_with(&url, &[("x-autoclose", "true")]).await.expect("connect");
+    let mut plain = node.connect(2, 7).await;
+    heartbeat(&mut auto, "a").await;
+    assert_eq!(code(&auto.closed().await), (1000, "idle timeout".into()));
+    heartbeat(&mut plain, "still here").await;
+}
+
+#[tokio::test]
+async fn idle_close_all_closes_every_quiet_client() {
+    let node = TestNode::builder()
+        .config(|c| {
+            c.limits.idle_timeout = Duration::from_millis(300);
+            c.limits.idle_close = wsgw::config::IdleClose::All;
+        })
+        .spawn()
+        .await;
+    let mut c = node.connect(1, 7).await;
+    assert_eq!(code(&c.closed().await), (1000, "idle timeout".into()));
+}
+
+#[tokio::test]
+async fn a_client_that_never_completes_the_handshake_is_dropped() {
+    let node = TestNode::builder()
+        .config(|c| c.server.websocket.handshake_timeout = Duration::from_millis(200))
+        .spawn()
+        .await;
+    let mut raw = TcpStream::connect(node.ws_addr).await.expect("tcp");
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.expect("partial request");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert_eq!(n.expect("read"), 0, "the server hangs up");
+    crate::assert_eventually!(
+        node.metric(r#"websocket_gateway_handshakes_total{outcome="timeout"}"#).await == 1.0,
+        "timeout counted"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_closed_without_blocking_anyone_else() {
+    let node = TestNode::builder()
+        .config(|c| {
+            c.limits.max_message_size = bytesize::ByteSize::kib(4);
+            c.limits.outbound_queue_bytes = bytesize::ByteSize::kib(16);
+            c.limits.write_timeout = Duration::from_millis(300);
+        })
+        .spawn()
+        .await;
+    let mut slow = node.connect(1, 7).await;
+    let mut fast = node.connect(2, 7).await;
+    // `slow` sends heartbeats with 3 KiB bodies and never reads its echoes: once the kernel's
+    // buffers are full the node's writes stall and the connection must be cut.
+    let body = "A".repeat(3 * 1024 / 4 * 4);
+    let flood = tokio::spawn(async move {
+        use futures_util::SinkExt;
+        for i in 0..20_000 {
+            let msg = format!(r#"{{"cmd":1,"key":"{i}","body":"{body}"}}"#);
+            let send = slow.ws.send(msg.into());
+            match tokio::time::timeout(Duration::from_secs(2), send).await {
+                Ok(Ok(())) => {}
+                _ => return i,
+            }
+        }
+        20_000
+    });
+    for i in 0..20 {
+        heartbeat(&mut fast, &format!("fast-{i}")).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    crate::assert_eventually!(
+        node.metric(r#"websocket_gateway_closes_total{code="1008",reason="slow consumer"}"#).await
+            == 1.0,
+        "the slow consumer is closed and counted"
+    );
+    let sent = flood.await.expect("flood task");
+    assert!(sent < 20_000, "the node stopped taking messages from the slow client");
+    assert!(node.metric("websocket_gateway_outbound_dropped_total").await >= 1.0);
+    heartbeat(&mut fast, "after").await;
+    assert_eq!(node.handle.connections(), 1);
+}

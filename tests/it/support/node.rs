@@ -1,0 +1,116 @@
+//! A gateway node running in the test process on loopback port 0.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::{sync::oneshot, task::JoinHandle};
+use wsgw::{
+    auth::{self, Identity, TokenSpec},
+    config::{Config, JwtAlgorithm},
+    node::{Node, NodeHandle},
+};
+
+use super::Client;
+
+pub const SECRET: &str = "integration-test-secret";
+
+pub struct TestNode {
+    pub ws_addr: SocketAddr,
+    pub governor_addr: SocketAddr,
+    pub handle: NodeHandle,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+pub struct Builder {
+    config: Config,
+}
+
+impl Builder {
+    /// Changes the test config (loopback, port 0, known secret, short timeouts by default).
+    pub fn config(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    pub async fn spawn(self) -> TestNode {
+        let node = Node::bind(self.config).await.expect("node binds");
+        let (ws_addr, governor_addr, handle) =
+            (node.ws_addr(), node.governor_addr(), node.handle());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(node.run(async {
+            let _ = stopped.await;
+        }));
+        TestNode { ws_addr, governor_addr, handle, stop: Some(stop), task: Some(task) }
+    }
+}
+
+impl TestNode {
+    pub fn builder() -> Builder {
+        let mut config = Config::default();
+        config.node.id = "test-node".into();
+        config.server.websocket.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.server.governor.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.auth.jwt.secret = SECRET.into();
+        config.shutdown.drain_timeout = Duration::from_secs(10);
+        Builder { config }
+    }
+
+    pub async fn spawn() -> TestNode {
+        Self::builder().spawn().await
+    }
+
+    /// A valid token for (user, biz).
+    pub fn token(user: i64, biz: i64) -> String {
+        let spec = TokenSpec {
+            identity: Identity { biz_id: biz, user_id: user },
+            ttl: Duration::from_secs(3600),
+            issuer: None,
+            audience: None,
+            algorithm: JwtAlgorithm::HS256,
+        };
+        auth::mint(&spec, SECRET.as_bytes()).expect("mint")
+    }
+
+    pub fn url(&self, query: &str) -> String {
+        format!("ws://{}/{query}", self.ws_addr)
+    }
+
+    /// Connects an authenticated client.
+    pub async fn connect(&self, user: i64, biz: i64) -> Client {
+        Client::connect(&self.url(&format!("?token={}", Self::token(user, biz))))
+            .await
+            .expect("connect")
+    }
+
+    /// GET on the governor: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let resp = reqwest::get(format!("http://{}{path}", self.governor_addr)).await.expect("GET");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("body"))
+    }
+
+    /// The value of one metric series in `/metrics` (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|v| v.trim().parse().expect("number"))
+            .unwrap_or(0.0)
+    }
+
+    /// Starts the graceful shutdown and returns the node's task (finishes when drained).
+    pub fn begin_shutdown(&mut self) -> JoinHandle<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().expect("running")
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
