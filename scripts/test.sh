@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The project's test command (README; also run by .ci/run): formatting, lints, every unit and
+# integration test, and the Autobahn WebSocket conformance suite. Installs what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "format"
+cargo fmt --all --check
+
+step "lint"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --no-fail-fast
+else
+  cargo test --locked --no-fail-fast
+fi
+
+step "websocket conformance (Autobahn)"
+cargo build --locked --bin wsgw
+scripts/autobahn.sh target/debug/wsgw
+
+step "all passed"
