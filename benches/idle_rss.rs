@@ -148,7 +148,9 @@ async fn bare_server(port: u16) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         tokio::spawn(async move {
-            if let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await {
+            if let Ok(mut ws) =
+                tokio_tungstenite::accept_async_with_config(stream, Some(config)).await
+            {
                 while let Some(Ok(_)) = ws.next().await {}
             }
         });

@@ -98,6 +98,8 @@ impl Shared {
     }
 }
 
-/// Per-connection read chunk. Small on purpose: idle connections dominate a gateway's memory,
-/// and messages are small (SPEC §7: 128 KiB here costs 134 KB per idle connection).
-const READ_BUFFER_SIZE: usize = 1024;
+/// Per-connection read buffer. Small on purpose: idle connections dominate a gateway's memory
+/// and client messages are small (SPEC §7: 128 KiB here costs 134 KB per idle connection). A
+/// larger frame still arrives in one read once its header is parsed: tungstenite reserves the
+/// frame's full length.
+const READ_BUFFER_SIZE: usize = 512;

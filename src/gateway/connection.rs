@@ -31,7 +31,9 @@ use crate::{
 /// Serves one accepted TCP connection from handshake to close.
 pub(super) async fn serve(stream: TcpStream, remote: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
-    let (ws, accepted) = match handshake::accept(stream, &shared).await {
+    // Boxed: the handshake's state is large and only needed until the upgrade; keeping it out of
+    // this task's future keeps every idle connection small.
+    let (ws, accepted) = match Box::pin(handshake::accept(stream, &shared)).await {
         Ok(ok) => ok,
         Err(outcome) => {
             shared.metrics.handshake(outcome);
@@ -53,7 +55,7 @@ pub(super) async fn serve(stream: TcpStream, remote: SocketAddr, shared: Arc<Sha
     let idle = shared.idle_applies(accepted.auto_close);
     let mut conn = Connection { ws, link: link.clone(), shared: &shared, biz: biz.clone() };
     let reason = conn.serve(idle).await;
-    conn.goodbye(reason).await;
+    Box::pin(conn.goodbye(reason)).await;
 
     shared.metrics.connections_open.dec();
     if shared.links.remove(&link) {
@@ -84,7 +86,9 @@ impl Connection<'_> {
                 biased;
                 _ = shared.drain.cancelled() => return CloseReason::GoingAway,
                 _ = link.woken() => {
-                    if let Err(reason) = self.flush().await {
+                    // Boxed (like every write below): an idle connection's future then only
+                    // holds what waiting needs, not the state of a write in progress.
+                    if let Err(reason) = Box::pin(self.flush()).await {
                         return reason;
                     }
                 }
@@ -101,14 +105,15 @@ impl Connection<'_> {
                         Some(Ok(_)) => continue,
                     };
                     clock.application_message(now);
-                    if let Err(reason) = self.on_data(data.0, data.1).await {
+                    if let Err(reason) = self.on_data(data.0, data.1) {
                         return reason;
                     }
                 }
                 _ = &mut timer => {
                     match clock.on_timer(Instant::now()) {
                         Tick::Ping => {
-                            if let Err(reason) = self.write(WsMessage::Ping(Bytes::new())).await {
+                            let ping = WsMessage::Ping(Bytes::new());
+                            if let Err(reason) = Box::pin(self.write(ping)).await {
                                 return reason;
                             }
                         }
@@ -121,8 +126,8 @@ impl Connection<'_> {
         }
     }
 
-    /// Handles one data message from the client.
-    async fn on_data(&mut self, data: Bytes, text: bool) -> Result<(), CloseReason> {
+    /// Handles one data message from the client; replies go to the outbound queue.
+    fn on_data(&mut self, data: Bytes, text: bool) -> Result<(), CloseReason> {
         if self.shared.config.server.websocket.conformance_echo {
             let echo = if text {
                 WsMessage::Text(data.try_into().map_err(|_| CloseReason::InvalidMessage)?)
