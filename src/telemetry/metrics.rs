@@ -21,9 +21,9 @@ const PREFIX: &str = "websocket_gateway";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
     /// Client → gateway.
-    In,
+    In = 0,
     /// Gateway → client.
-    Out,
+    Out = 1,
 }
 
 impl Direction {
@@ -41,7 +41,8 @@ pub struct Metrics {
     online_users: IntGaugeVec,
     messages: IntCounterVec,
     message_bytes: IntCounterVec,
-    commands: IntCounterVec,
+    /// Per command, indexed by `[direction][command number]`; resolved once.
+    commands: [Vec<IntCounter>; 2],
     /// Open WebSocket connections.
     pub connections_open: IntGauge,
     handshakes: IntCounterVec,
@@ -79,6 +80,16 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
         .expect("metric definitions are valid");
     registry.register(Box::new(c.clone())).expect("metric names are unique");
     c
+}
+
+/// `commands_total{direction,cmd}` for every known command, in command-number order.
+fn command_series(registry: &Registry) -> [Vec<IntCounter>; 2] {
+    let vec =
+        counter_vec(registry, "commands_total", "Messages by command.", &["direction", "cmd"]);
+    let all: Vec<CommandType> = (0..).map_while(|n| CommandType::try_from(n).ok()).collect();
+    [Direction::In, Direction::Out].map(|d| {
+        all.iter().map(|cmd| vec.with_label_values(&[d.label(), cmd.as_str_name()])).collect()
+    })
 }
 
 impl Default for Metrics {
@@ -125,12 +136,7 @@ impl Metrics {
                 "Message bytes by direction.",
                 &["direction", "biz_id"],
             ),
-            commands: counter_vec(
-                &r,
-                "commands_total",
-                "Messages by command.",
-                &["direction", "cmd"],
-            ),
+            commands: command_series(&r),
             handshakes: counter_vec(&r, "handshakes_total", "Handshakes by outcome.", &["outcome"]),
             closes: counter_vec(&r, "closes_total", "Closed connections.", &["code", "reason"]),
             online_users,
@@ -161,7 +167,9 @@ impl Metrics {
 
     /// Counts one message by command.
     pub fn command(&self, direction: Direction, cmd: CommandType) {
-        self.commands.with_label_values(&[direction.label(), cmd.as_str_name()]).inc();
+        if let Some(c) = self.commands[direction as usize].get(cmd as usize) {
+            c.inc();
+        }
     }
 
     /// Counts one handshake outcome (`ok`, `bad_token`, `capacity`, ...).

@@ -60,42 +60,117 @@ fn serve_check_validates_and_names_every_bad_key() {
     }
 }
 
+/// A `wsgw serve` child process on free loopback ports.
+struct Served {
+    child: tokio::process::Child,
+    ws: u16,
+    gov: u16,
+}
+
+impl Served {
+    fn spawn(envs: &[(&str, &str)], stderr: Stdio) -> Served {
+        let (ws, gov) = (free_port(), free_port());
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgw"))
+            .arg("serve")
+            .env("WSGW_SERVER__WEBSOCKET__LISTEN", format!("127.0.0.1:{ws}"))
+            .env("WSGW_SERVER__GOVERNOR__LISTEN", format!("127.0.0.1:{gov}"))
+            .envs(envs.iter().copied())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        Served { child, ws, gov }
+    }
+
+    /// Connects with `token`, retrying while the node starts.
+    async fn connect(&self, token: &str) -> Client {
+        let url = format!("ws://127.0.0.1:{}/?token={}", self.ws, token.trim());
+        for _ in 0..100 {
+            if let Ok(c) = Client::connect(&url).await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the node did not come up");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        assert!(Command::new("kill").args([sig, &pid]).status().expect("kill").success());
+    }
+
+    async fn ready_status(&self) -> u16 {
+        let url = format!("http://127.0.0.1:{}/ready", self.gov);
+        reqwest::get(url).await.map(|r| r.status().as_u16()).unwrap_or(0)
+    }
+
+    async fn exit_code(&mut self) -> Option<i32> {
+        let wait = tokio::time::timeout(Duration::from_secs(10), self.child.wait());
+        wait.await.expect("exits in time").expect("wait").code()
+    }
+}
+
+fn mint(secret: &str) -> String {
+    let out = wsgw()
+        .args(["token", "--user", "5", "--biz", "6", "--secret", secret])
+        .output()
+        .expect("token");
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
 #[tokio::test]
 async fn serve_with_embedded_defaults_drains_on_sigterm_and_exits_zero() {
-    let (ws, gov) = (free_port(), free_port());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgw"))
-        .arg("serve")
-        .env("WSGW_SERVER__WEBSOCKET__LISTEN", format!("127.0.0.1:{ws}"))
-        .env("WSGW_SERVER__GOVERNOR__LISTEN", format!("127.0.0.1:{gov}"))
-        .env("WSGW_AUTH__JWT__SECRET", "child-secret")
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let token = String::from_utf8(
-        wsgw()
-            .args(["token", "--user", "5", "--biz", "6", "--secret", "child-secret"])
-            .output()
-            .expect("token")
-            .stdout,
-    )
-    .expect("utf8");
-    let url = format!("ws://127.0.0.1:{ws}/?token={}", token.trim());
-    let mut client = None;
+    let mut node = Served::spawn(&[("WSGW_AUTH__JWT__SECRET", "child-secret")], Stdio::null());
+    let mut client = node.connect(&mint("child-secret")).await;
+    node.signal("-TERM");
+    assert_eq!(code(&client.closed().await), (1001, "going away".into()));
+    assert_eq!(node.exit_code().await, Some(0));
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let envs = [
+        ("WSGW_AUTH__JWT__SECRET", "child-secret"),
+        ("WSGW_SHUTDOWN__DRAIN_TIMEOUT", "60s"),
+        ("WSGW_LIMITS__PONG_TIMEOUT", "60s"),
+    ];
+    let mut node = Served::spawn(&envs, Stdio::null());
+    let _deaf = node.connect(&mint("child-secret")).await; // never answers the close
+    node.signal("-TERM");
     for _ in 0..100 {
-        if let Ok(c) = Client::connect(&url).await {
-            client = Some(c);
+        if node.ready_status().await == 503 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut client = client.expect("the node came up");
-    let pid = child.id().expect("pid").to_string();
-    let kill = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
-    assert!(kill.success());
-    assert_eq!(code(&client.closed().await), (1001, "going away".into()));
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("exits")
-        .expect("wait");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(node.ready_status().await, 503, "draining");
+    node.signal("-INT");
+    assert_eq!(node.exit_code().await, Some(130));
+}
+
+#[tokio::test]
+async fn without_a_secret_serve_prints_a_token_command_that_works() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut node = Served::spawn(&[], Stdio::piped());
+    let mut lines = BufReader::new(node.child.stderr.take().expect("stderr")).lines();
+    let mut command = None;
+    while let Ok(Some(line)) =
+        tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.expect("log line")
+    {
+        if let Some((_, cmd)) = line.split_once("mint a token with: ") {
+            command = Some(cmd.to_owned());
+            break;
+        }
+    }
+    let command = command.expect("the node prints a token command");
+    assert!(command.contains("token --user 42 --biz 9999 --secret "), "{command}");
+    let mut parts = command.split_whitespace();
+    let out = Command::new(parts.next().expect("program")).args(parts).output().expect("run it");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).expect("utf8");
+    let mut client = node.connect(&token).await;
+    client.send_text(r#"{"cmd":"COMMAND_TYPE_HEARTBEAT","key":"k1"}"#).await;
+    assert_eq!(client.recv_msg(wsgw::protocol::Serializer::Json).await.key, "k1");
+    drop(lines);
+    node.signal("-TERM");
 }
