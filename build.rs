@@ -1,5 +1,5 @@
 //! Compiles `proto/` with the pure-Rust `protox` (no `protoc` needed), then generates prost
-//! types and their canonical protobuf-JSON serde impls (pbjson).
+//! types, tonic clients and servers, and canonical protobuf-JSON serde impls (pbjson).
 
 use std::{env, path::PathBuf};
 
@@ -10,7 +10,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = protox::compile(["gatewayapi/v1/gateway.proto"], ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     let descriptors = files.encode_to_vec();
-    prost_build::Config::new().bytes(["."]).out_dir(&out).compile_fds(files)?;
+    let mut config = prost_build::Config::new();
+    config.bytes(["."]);
+    tonic_prost_build::configure().out_dir(&out).compile_fds_with_config(files, config)?;
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
         .out_dir(&out)

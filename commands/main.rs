@@ -1,6 +1,7 @@
 //! The `wsgw` binary: parses the command line and hands each subcommand to its own module.
 //! Every subcommand owns its options and a `run` that returns the process exit code.
 
+mod push;
 mod serve;
 mod token;
 
@@ -23,6 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Serve(serve::Args),
+    Push(push::Args),
     Token(token::Args),
 }
 
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args, cli.log_format),
+        Command::Push(args) => push::run(args),
         Command::Token(args) => token::run(args),
     };
     result.unwrap_or_else(|e| {

@@ -26,6 +26,10 @@ pub struct Config {
     pub auth: AuthConfig,
     pub protocol: ProtocolConfig,
     pub limits: LimitsConfig,
+    pub upstream: UpstreamConfig,
+    /// Static backends: which gRPC endpoints serve which business.
+    pub backends: Vec<BackendConfig>,
+    pub downstream: DownstreamConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
 }
@@ -42,6 +46,22 @@ pub struct NodeConfig {
 pub struct ServerConfig {
     pub websocket: WebSocketConfig,
     pub governor: GovernorConfig,
+    pub grpc: GrpcConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct GrpcConfig {
+    /// Where the node serves `PushService` (and, later, the admin API).
+    pub listen: SocketAddr,
+    /// When set, every call must carry `authorization: Bearer <token>`.
+    pub token: String,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9004)), token: String::new() }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -134,6 +154,117 @@ pub enum JwtAlgorithm {
 #[serde(default)]
 pub struct ProtocolConfig {
     pub serializer: Serializer,
+    pub encryption: EncryptionConfig,
+}
+
+/// Body encryption of SPEC §3 (off by default).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct EncryptionConfig {
+    pub algorithm: EncryptionAlgorithm,
+    /// The raw key (its UTF-8 bytes): 16, 24 or 32 bytes for aes-gcm, 32 for chacha20-poly1305.
+    pub key: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EncryptionAlgorithm {
+    #[default]
+    None,
+    AesGcm,
+    #[serde(rename = "chacha20-poly1305")]
+    ChaCha20Poly1305,
+}
+
+/// How client messages are forwarded to backends.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct UpstreamConfig {
+    /// Deadline of one backend call.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Further attempts after a failed call (timeouts, unavailable endpoints).
+    pub retries: u32,
+    /// First back-off between attempts; doubles each time, with jitter, up to `max_backoff`.
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Upstream messages one connection may have in flight; beyond, RATE_LIMIT_EXCEEDED.
+    pub max_in_flight: u32,
+    /// A key a user sent again within this window is not forwarded again.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// Most remembered acknowledgements (oldest are forgotten first).
+    pub dedup_capacity: u64,
+    /// Consecutive failures that open an endpoint's circuit...
+    pub circuit_failures: u32,
+    /// ...for this long, during which no call is sent to it.
+    #[serde(with = "humantime_serde")]
+    pub circuit_cooldown: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(3),
+            retries: 2,
+            backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(1),
+            max_in_flight: 16,
+            dedup_window: Duration::from_secs(60),
+            dedup_capacity: 100_000,
+            circuit_failures: 5,
+            circuit_cooldown: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The endpoints that serve one business.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct BackendConfig {
+    pub biz_id: i64,
+    /// gRPC endpoints (`host:port` or `http://host:port`), used round-robin.
+    pub endpoints: Vec<String>,
+    pub batch: BatchConfig,
+}
+
+/// Optional batching through `BatchBackendService.BatchOnReceive`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct BatchConfig {
+    pub enabled: bool,
+    /// A batch is sent when it holds this many messages...
+    pub max_size: usize,
+    /// ...or when its first message has waited this long.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self { enabled: false, max_size: 64, max_wait: Duration::from_millis(5) }
+    }
+}
+
+/// How pushes are delivered and retransmitted.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct DownstreamConfig {
+    /// A push not acknowledged (DOWNSTREAM_ACK) within this time is sent again...
+    #[serde(with = "humantime_serde")]
+    pub retry_interval: Duration,
+    /// ...at most this many times; then it is given up (logged and counted).
+    pub max_retries: u32,
+    /// Pushes awaiting acknowledgement, at most; beyond, pushes are refused (RESOURCE_EXHAUSTED).
+    pub max_pending: usize,
+}
+
+impl Default for DownstreamConfig {
+    fn default() -> Self {
+        Self { retry_interval: Duration::from_secs(5), max_retries: 3, max_pending: 100_000 }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

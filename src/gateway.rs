@@ -21,11 +21,9 @@
 //! A decodable message with a command a client may not send (or an unknown one) is answered with
 //! `COMMAND_TYPE_ERROR` (`ErrorInfo.code = CODE_UNSUPPORTED_COMMAND`) and the connection stays.
 
-mod close;
 mod connection;
 mod dispatch;
 mod handshake;
-mod links;
 mod listener;
 
 use std::sync::Arc;
@@ -34,25 +32,28 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as WsConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::{EmptySecret, TokenVerifier},
+    auth::TokenVerifier,
     config::{Config, IdleClose},
-    protocol::Serializer,
+    downstream::Downstream,
     shutdown::PhaseCell,
     telemetry::Metrics,
+    upstream::Upstream,
+    wire::Wire,
 };
 
-pub use close::CloseReason;
-pub use links::{ConnId, Link, LinkRegistry, SendError};
+pub use crate::links::{CloseReason, ConnId, Link, LinkRegistry, SendError};
 pub use listener::run as run_listener;
 
-/// What every connection task shares: immutable settings and the node's shared services.
+/// What every connection task shares: immutable settings and the node's services.
 pub struct Shared {
     pub node_id: String,
     pub config: Config,
     pub ws_config: WsConfig,
-    pub serializer: Serializer,
     pub verifier: TokenVerifier,
-    pub links: LinkRegistry,
+    pub links: Arc<LinkRegistry>,
+    pub wire: Arc<Wire>,
+    pub upstream: Arc<Upstream>,
+    pub downstream: Arc<Downstream>,
     pub metrics: Arc<Metrics>,
     pub phase: Arc<PhaseCell>,
     /// Cancelled when the node drains: every connection says goodbye and ends.
@@ -62,31 +63,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(
-        config: Config,
-        secret: &[u8],
-        metrics: Arc<Metrics>,
-        phase: Arc<PhaseCell>,
-    ) -> Result<Self, EmptySecret> {
+    /// The WebSocket settings of `config`: small buffers, the message size limit.
+    pub fn ws_config(config: &Config) -> WsConfig {
         let max = config.limits.max_message_size.as_u64() as usize;
-        let ws_config = WsConfig::default()
+        WsConfig::default()
             .read_buffer_size(READ_BUFFER_SIZE)
             .write_buffer_size(0)
             .max_write_buffer_size(config.limits.outbound_queue_bytes.as_u64() as usize + max)
             .max_message_size(Some(max))
-            .max_frame_size(Some(max));
-        Ok(Self {
-            node_id: config.node_id(),
-            serializer: config.protocol.serializer,
-            verifier: TokenVerifier::new(&config.auth.jwt, secret)?,
-            links: LinkRegistry::new(config.server.websocket.max_connections),
-            ws_config,
-            config,
-            metrics,
-            phase,
-            drain: CancellationToken::new(),
-            abort: CancellationToken::new(),
-        })
+            .max_frame_size(Some(max))
     }
 
     fn idle_applies(&self, auto_close_header: bool) -> bool {

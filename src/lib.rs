@@ -7,7 +7,12 @@
 //!   knows every other module.
 //! - [`gateway`] — the connection layer: listener, handshake, the per-connection task and the
 //!   registry of live links.
+//! - [`upstream`] — client messages to gRPC backends (dedup, batching, retries, circuits).
+//! - [`downstream`] — pushes to every connection of a user, retransmitted until acknowledged,
+//!   and the gRPC `PushService` that takes them in.
+//! - [`wire`] — encoding, body encryption and counting of every outgoing message.
 //! - [`governor`] — the operator HTTP endpoint: `/health`, `/ready`, `/metrics`.
+//! - [`links`] — the registry of live connections and their bounded outbound queues.
 //! - [`auth`] — JWT verification (and minting, for `wsgw token`).
 //! - [`protocol`] — the `gatewayapi.v1` messages and the JSON / protobuf serializers. Pure.
 //! - [`config`] — the config file, environment overrides and validation.
@@ -16,9 +21,13 @@
 
 pub mod auth;
 pub mod config;
+pub mod downstream;
 pub mod gateway;
 pub mod governor;
+pub mod links;
 pub mod node;
 pub mod protocol;
 pub mod shutdown;
 pub mod telemetry;
+pub mod upstream;
+pub mod wire;

@@ -1,24 +1,35 @@
-//! One gateway node: binds its listeners, runs the gateway and the governor, and drains on
-//! shutdown.
+//! One gateway node: binds its listeners, wires the services, runs the gateway, the gRPC API
+//! and the governor, and drains on shutdown.
 //!
 //! Lifecycle, read top to bottom in [`Node::run`]: phase → running; wait for the shutdown
-//! future; phase → draining (`/ready` turns 503); stop accepting; tell every client (close 1001);
-//! wait until the last client has left or `shutdown.drain_timeout` passes (then drop the rest);
-//! phase → stopped; stop the governor. Every task is owned here and awaited.
+//! future; phase → draining (`/ready` turns 503); stop accepting; tell every client (close
+//! 1001); wait until the last client has left and in-flight backend calls have finished, or
+//! `shutdown.drain_timeout` passes (then drop the rest); stop background work (retransmission,
+//! batchers); phase → stopped; stop the gRPC API and the governor. Every task is owned here
+//! and awaited.
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::{
-    auth::EmptySecret,
+    auth::{EmptySecret, TokenVerifier},
     config::Config,
+    downstream::{
+        Downstream,
+        grpc::{BearerAuth, PushApi},
+    },
     gateway::{self, Shared},
     governor,
+    links::LinkRegistry,
+    protocol::{BodyCipher, CipherError, pb::push_service_server::PushServiceServer},
     shutdown::{Phase, PhaseCell},
     telemetry::Metrics,
+    upstream::Upstream,
+    wire::Wire,
 };
 
 /// Why a node could not start.
@@ -33,16 +44,25 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Secret(#[from] EmptySecret),
+    #[error("protocol.encryption: {0}")]
+    Cipher(#[from] CipherError),
+    #[error("backends: {0}")]
+    Backend(String),
 }
 
 /// A node with its sockets bound, ready to [`run`](Node::run).
 pub struct Node {
     shared: Arc<Shared>,
+    listeners: Listeners,
+    /// Connection tasks and the backend calls they start; drained on shutdown.
+    tasks: TaskTracker,
+    ephemeral_secret: Option<String>,
+}
+
+struct Listeners {
     ws: TcpListener,
     governor: TcpListener,
-    ws_addr: SocketAddr,
-    governor_addr: SocketAddr,
-    ephemeral_secret: Option<String>,
+    grpc: TcpListener,
 }
 
 /// A view of a running node, for the binary and for tests.
@@ -69,10 +89,16 @@ impl NodeHandle {
     pub fn users(&self) -> usize {
         self.shared.links.users()
     }
+
+    /// Pushes awaiting acknowledgement.
+    pub fn pending_pushes(&self) -> usize {
+        self.shared.downstream.pending()
+    }
 }
 
 impl Node {
-    /// Binds the WebSocket and governor listeners (port 0 picks a free port).
+    /// Binds the WebSocket, gRPC and governor listeners (port 0 picks a free port) and builds
+    /// the node's services.
     pub async fn bind(config: Config) -> Result<Self, NodeError> {
         let (secret, ephemeral_secret) = match config.auth.jwt.secret.as_str() {
             "" => {
@@ -83,22 +109,26 @@ impl Node {
             }
             configured => (configured.to_owned(), None),
         };
-        let ws = bind("websocket", config.server.websocket.listen).await?;
-        let governor = bind("governor", config.server.governor.listen).await?;
-        let ws_addr = local_addr(&ws, config.server.websocket.listen);
-        let governor_addr = local_addr(&governor, config.server.governor.listen);
-        let metrics = Arc::new(Metrics::new());
-        let phase = Arc::new(PhaseCell::default());
-        let shared = Arc::new(Shared::new(config, secret.as_bytes(), metrics, phase)?);
-        Ok(Self { shared, ws, governor, ws_addr, governor_addr, ephemeral_secret })
+        let listeners = Listeners {
+            ws: bind("websocket", config.server.websocket.listen).await?,
+            governor: bind("governor", config.server.governor.listen).await?,
+            grpc: bind("grpc", config.server.grpc.listen).await?,
+        };
+        let tasks = TaskTracker::new();
+        let shared = Arc::new(build(config, secret.as_bytes(), tasks.clone())?);
+        Ok(Self { shared, listeners, tasks, ephemeral_secret })
     }
 
     pub fn ws_addr(&self) -> SocketAddr {
-        self.ws_addr
+        local_addr(&self.listeners.ws)
     }
 
     pub fn governor_addr(&self) -> SocketAddr {
-        self.governor_addr
+        local_addr(&self.listeners.governor)
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        local_addr(&self.listeners.grpc)
     }
 
     pub fn node_id(&self) -> &str {
@@ -116,20 +146,27 @@ impl Node {
 
     /// Serves until `shutdown` completes, then drains and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Self { shared, ws, governor, ws_addr, governor_addr, .. } = self;
-        let connections = TaskTracker::new();
+        let addrs = (self.ws_addr(), self.grpc_addr(), self.governor_addr());
+        let Self { shared, listeners, tasks, .. } = self;
+        let background = TaskTracker::new();
+        let stop_background = CancellationToken::new();
         let stop_accept = CancellationToken::new();
-        let stop_governor = CancellationToken::new();
+        let stop_servers = CancellationToken::new();
+
         let router = governor::router(shared.metrics.clone(), shared.phase.clone());
-        let governor_task = tokio::spawn(governor::serve(governor, router, stop_governor.clone()));
+        let governor =
+            tokio::spawn(governor::serve(listeners.governor, router, stop_servers.clone()));
+        let grpc = tokio::spawn(serve_grpc(listeners.grpc, shared.clone(), stop_servers.clone()));
+        shared.upstream.start(&background, &stop_background);
+        background.spawn(shared.downstream.clone().run_retries(stop_background.clone()));
         let acceptor = tokio::spawn(gateway::run_listener(
-            ws,
+            listeners.ws,
             shared.clone(),
             stop_accept.clone(),
-            connections.clone(),
+            tasks.clone(),
         ));
         shared.phase.set(Phase::Running);
-        info!(node = %shared.node_id, websocket = %ws_addr, governor = %governor_addr, "node running");
+        info!(node = %shared.node_id, websocket = %addrs.0, grpc = %addrs.1, governor = %addrs.2, "node running");
 
         shutdown.await;
 
@@ -138,24 +175,84 @@ impl Node {
         stop_accept.cancel();
         let _ = acceptor.await;
         shared.drain.cancel();
-        connections.close();
+        tasks.close();
         let drain_timeout = shared.config.shutdown.drain_timeout;
-        if tokio::time::timeout(drain_timeout, connections.wait()).await.is_err() {
+        if tokio::time::timeout(drain_timeout, tasks.wait()).await.is_err() {
             warn!(
                 left = shared.links.len(),
                 "drain timeout passed; dropping the remaining clients"
             );
             shared.abort.cancel();
-            connections.wait().await;
+            tasks.wait().await;
         }
+        stop_background.cancel();
+        background.close();
+        background.wait().await;
         shared.phase.set(Phase::Stopped);
-        stop_governor.cancel();
-        match governor_task.await {
-            Ok(Err(e)) => warn!(error = %e, "governor ended with an error"),
-            Err(e) => warn!(error = %e, "governor task failed"),
-            Ok(Ok(())) => {}
-        }
+        stop_servers.cancel();
+        report("governor", governor.await);
+        report("grpc", grpc.await.map(|r| r.map_err(std::io::Error::other)));
         info!("stopped");
+    }
+}
+
+/// Builds the node's services from its config.
+fn build(config: Config, secret: &[u8], tasks: TaskTracker) -> Result<Shared, NodeError> {
+    let node_id = config.node_id();
+    let metrics = Arc::new(Metrics::new());
+    let cipher = BodyCipher::from_config(&config.protocol.encryption)?;
+    let wire = Arc::new(Wire::new(config.protocol.serializer, cipher, metrics.clone()));
+    let links = Arc::new(LinkRegistry::new(config.server.websocket.max_connections));
+    let upstream = Upstream::new(
+        config.upstream.clone(),
+        &config.backends,
+        wire.clone(),
+        metrics.clone(),
+        tasks,
+    )
+    .map_err(NodeError::Backend)?;
+    let downstream = Downstream::new(
+        config.downstream.clone(),
+        links.clone(),
+        wire.clone(),
+        metrics.clone(),
+        node_id.clone(),
+    );
+    Ok(Shared {
+        node_id,
+        ws_config: Shared::ws_config(&config),
+        verifier: TokenVerifier::new(&config.auth.jwt, secret)?,
+        links,
+        wire,
+        upstream: Arc::new(upstream),
+        downstream: Arc::new(downstream),
+        metrics,
+        phase: Arc::new(PhaseCell::default()),
+        drain: CancellationToken::new(),
+        abort: CancellationToken::new(),
+        config,
+    })
+}
+
+/// Serves the gRPC API (`PushService`) until `stop` is cancelled.
+async fn serve_grpc(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let auth = BearerAuth::new(&shared.config.server.grpc.token);
+    let push = PushServiceServer::with_interceptor(PushApi::new(shared.downstream.clone()), auth);
+    tonic::transport::Server::builder()
+        .add_service(push)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
+        .await
+}
+
+fn report(what: &str, result: Result<std::io::Result<()>, tokio::task::JoinError>) {
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(server = what, error = %e, "server ended with an error"),
+        Err(e) => warn!(server = what, error = %e, "server task failed"),
     }
 }
 
@@ -163,6 +260,6 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeE
     TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { what, addr, source })
 }
 
-fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
-    listener.local_addr().unwrap_or(fallback)
+fn local_addr(listener: &TcpListener) -> SocketAddr {
+    listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }

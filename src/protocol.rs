@@ -6,6 +6,7 @@
 //! know about connections.
 
 mod codec;
+mod encryption;
 
 /// Types generated from `proto/gatewayapi/v1/gateway.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -15,6 +16,7 @@ pub mod pb {
 }
 
 pub use codec::{DecodeError, Serializer};
+pub use encryption::{BodyCipher, CipherError};
 pub use pb::message::CommandType;
 pub use pb::{ErrorInfo, Message};
 

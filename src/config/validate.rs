@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
-use super::{Config, Problem};
+use super::{Config, EncryptionAlgorithm, Problem};
 
 const MIN_MESSAGE_SIZE: u64 = 128;
 
@@ -70,5 +70,69 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
     );
     check(limits.write_timeout > Duration::ZERO, "limits.write_timeout", "must be positive");
     check(EnvFilter::try_new(&c.log.level).is_ok(), "log.level", "is not a valid tracing filter");
+    p.extend(validate_backends(c));
+    p.extend(validate_traffic(c));
+    p
+}
+
+fn validate_traffic(c: &Config) -> Vec<Problem> {
+    let mut p = Vec::new();
+    let key_len = c.protocol.encryption.key.len();
+    match c.protocol.encryption.algorithm {
+        EncryptionAlgorithm::None => {}
+        EncryptionAlgorithm::AesGcm if ![16, 24, 32].contains(&key_len) => p.push(Problem::new(
+            "protocol.encryption.key",
+            format!("aes-gcm needs a 16, 24 or 32 byte key, got {key_len} bytes"),
+        )),
+        EncryptionAlgorithm::ChaCha20Poly1305 if key_len != 32 => p.push(Problem::new(
+            "protocol.encryption.key",
+            format!("chacha20-poly1305 needs a 32 byte key, got {key_len} bytes"),
+        )),
+        _ => {}
+    }
+    let u = &c.upstream;
+    if u.timeout.is_zero() {
+        p.push(Problem::new("upstream.timeout", "must be positive"));
+    }
+    if u.max_in_flight == 0 {
+        p.push(Problem::new("upstream.max_in_flight", "must be at least 1"));
+    }
+    if u.max_backoff < u.backoff {
+        p.push(Problem::new("upstream.max_backoff", "must be at least upstream.backoff"));
+    }
+    if u.circuit_failures == 0 {
+        p.push(Problem::new("upstream.circuit_failures", "must be at least 1"));
+    }
+    if c.downstream.retry_interval.is_zero() {
+        p.push(Problem::new("downstream.retry_interval", "must be positive"));
+    }
+    if c.downstream.max_pending == 0 {
+        p.push(Problem::new("downstream.max_pending", "must be at least 1"));
+    }
+    p
+}
+
+fn validate_backends(c: &Config) -> Vec<Problem> {
+    let mut p = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, b) in c.backends.iter().enumerate() {
+        let key = |k: &str| format!("backends[{i}].{k}");
+        if b.biz_id <= 0 {
+            p.push(Problem::new(key("biz_id"), "must be a positive integer"));
+        } else if !seen.insert(b.biz_id) {
+            p.push(Problem::new(key("biz_id"), format!("biz {} is listed twice", b.biz_id)));
+        }
+        if b.endpoints.is_empty() {
+            p.push(Problem::new(key("endpoints"), "must list at least one endpoint"));
+        }
+        for (j, e) in b.endpoints.iter().enumerate() {
+            if crate::upstream::endpoint_uri(e).is_err() {
+                p.push(Problem::new(key(&format!("endpoints[{j}]")), "is not host:port or a URL"));
+            }
+        }
+        if b.batch.max_size == 0 {
+            p.push(Problem::new(key("batch.max_size"), "must be at least 1"));
+        }
+    }
     p
 }

@@ -24,8 +24,9 @@ use super::{
 };
 use crate::{
     config::LimitsConfig,
-    protocol::{CommandType, Message},
+    protocol::Message,
     telemetry::{BizMetrics, Direction},
+    wire::command,
 };
 
 /// Serves one accepted TCP connection from handshake to close.
@@ -137,25 +138,26 @@ impl Connection<'_> {
             return self.queue(echo);
         }
         self.biz.message(Direction::In, data.len());
-        let serializer = self.shared.serializer;
-        let msg: Message = serializer.decode(&data).map_err(|e| {
-            self.shared.metrics.decode_errors.inc();
+        let shared = self.shared;
+        let msg: Message = shared.wire.serializer.decode(&data).map_err(|e| {
+            shared.metrics.decode_errors.inc();
             debug!(conn = self.link.id, error = %e, "undecodable message");
             CloseReason::InvalidMessage
         })?;
-        self.count(Direction::In, msg.cmd);
-        match dispatch(msg, self.link.identity.biz_id, serializer) {
-            Reply::Send(reply) => self.reply(&reply),
-            Reply::None => Ok(()),
+        shared.metrics.command(Direction::In, command(msg.cmd));
+        match dispatch(msg, &shared.wire) {
+            Reply::Send(reply) => {
+                shared.wire.send(&self.link, &reply).map_err(|_| CloseReason::SlowConsumer)
+            }
+            Reply::Upstream { key, body } => {
+                shared.upstream.submit(&self.link, key, body);
+                Ok(())
+            }
+            Reply::Acked(key) => {
+                shared.downstream.acked(self.link.identity, key);
+                Ok(())
+            }
         }
-    }
-
-    /// Encodes and queues a reply on this connection's own outbound queue.
-    fn reply(&mut self, msg: &Message) -> Result<(), CloseReason> {
-        let frame = self.shared.serializer.encode(msg);
-        self.biz.message(Direction::Out, frame.len());
-        self.count(Direction::Out, msg.cmd);
-        self.queue(WsMessage::Binary(frame))
     }
 
     fn queue(&self, msg: WsMessage) -> Result<(), CloseReason> {
@@ -163,11 +165,6 @@ impl Connection<'_> {
             self.shared.metrics.outbound_dropped.inc();
             CloseReason::SlowConsumer
         })
-    }
-
-    fn count(&self, direction: Direction, cmd: i32) {
-        let cmd = CommandType::try_from(cmd).unwrap_or(CommandType::InvalidUnspecified);
-        self.shared.metrics.command(direction, cmd);
     }
 
     /// Writes everything queued on the link in one flush.

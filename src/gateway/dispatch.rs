@@ -1,92 +1,138 @@
-//! What the gateway answers to each decoded client message. Pure: no I/O, so every rule is
-//! table-tested.
+//! What the gateway does with each decoded client message. No I/O: the decision is returned,
+//! the connection task carries it out, and every rule is table-tested.
 
 use bytes::Bytes;
 
-use crate::protocol::{CommandType, ErrorCode, ErrorInfo, Message, Serializer};
+use crate::{
+    protocol::{CommandType, ErrorCode, Message},
+    wire::Wire,
+};
 
 /// The gateway's answer to one client message.
 #[derive(Debug, PartialEq)]
 pub(super) enum Reply {
     /// Send this message back on the same connection.
     Send(Message),
-    /// Nothing to send (for example a DOWNSTREAM_ACK).
-    None,
+    /// Forward to the business backend (body already decrypted).
+    Upstream { key: String, body: Bytes },
+    /// The client acknowledged the push with this key.
+    Acked(String),
 }
 
-/// Decides the answer to `msg` from a client of business `biz_id`.
-pub(super) fn dispatch(msg: Message, biz_id: i64, serializer: Serializer) -> Reply {
+/// Decides what to do with `msg`.
+pub(super) fn dispatch(msg: Message, wire: &Wire) -> Reply {
+    let error = |key, code, reason: String| Reply::Send(wire.error(key, code, reason));
     match CommandType::try_from(msg.cmd) {
-        Ok(CommandType::Heartbeat) => Reply::Send(msg),
-        Ok(CommandType::DownstreamAck) => Reply::None,
-        Ok(CommandType::UpstreamMessage) => error(
-            msg.key,
-            ErrorCode::NoBackend,
-            format!("no backend serves biz {biz_id}"),
-            serializer,
-        ),
+        Ok(CommandType::Heartbeat) => match wire.open(msg.body) {
+            Ok(body) => {
+                Reply::Send(Message { body: wire.seal(&body), ..msg_head(msg.cmd, msg.key) })
+            }
+            Err(e) => error(msg.key, ErrorCode::BadBody, e.to_string()),
+        },
+        Ok(CommandType::UpstreamMessage) if msg.key.is_empty() => {
+            error(msg.key, ErrorCode::InvalidMessage, "an upstream message needs a key".into())
+        }
+        Ok(CommandType::UpstreamMessage) => match wire.open(msg.body) {
+            Ok(body) => Reply::Upstream { key: msg.key, body },
+            Err(e) => error(msg.key, ErrorCode::BadBody, e.to_string()),
+        },
+        Ok(CommandType::DownstreamAck) => Reply::Acked(msg.key),
         Ok(cmd) => error(
             msg.key,
             ErrorCode::UnsupportedCommand,
             format!("{} is not a client command", cmd.as_str_name()),
-            serializer,
         ),
-        Err(_) => error(
-            msg.key,
-            ErrorCode::UnsupportedCommand,
-            format!("unknown command {}", msg.cmd),
-            serializer,
-        ),
+        Err(_) => {
+            error(msg.key, ErrorCode::UnsupportedCommand, format!("unknown command {}", msg.cmd))
+        }
     }
 }
 
-/// A COMMAND_TYPE_ERROR reply for `key` (its body is never encrypted).
-pub(super) fn error(key: String, code: ErrorCode, reason: String, serializer: Serializer) -> Reply {
-    let body: Bytes = serializer.encode(&ErrorInfo { code: code.into(), reason });
-    Reply::Send(Message { cmd: CommandType::Error.into(), key, body })
+fn msg_head(cmd: i32, key: String) -> Message {
+    Message { cmd, key, body: Bytes::new() }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::Arc;
 
-    fn msg(cmd: i32, key: &str, body: &[u8]) -> Message {
-        Message { cmd, key: key.into(), body: Bytes::copy_from_slice(body) }
+    use super::*;
+    use crate::{
+        config::{EncryptionAlgorithm, EncryptionConfig},
+        protocol::{BodyCipher, ErrorInfo, Serializer},
+        telemetry::Metrics,
+    };
+
+    fn wire(serializer: Serializer) -> Wire {
+        Wire::new(serializer, None, Arc::new(Metrics::new()))
     }
 
-    fn error_code(reply: Reply, serializer: Serializer) -> (String, ErrorCode) {
-        let Reply::Send(m) = reply else { panic!("expected a reply") };
+    fn encrypted() -> (Wire, BodyCipher) {
+        let config = EncryptionConfig {
+            algorithm: EncryptionAlgorithm::AesGcm,
+            key: "0123456789abcdef".into(),
+        };
+        let cipher = || BodyCipher::from_config(&config).expect("key").expect("on");
+        (Wire::new(Serializer::Json, Some(cipher()), Arc::new(Metrics::new())), cipher())
+    }
+
+    fn msg(cmd: CommandType, key: &str, body: &[u8]) -> Message {
+        Message { cmd: cmd.into(), key: key.into(), body: Bytes::copy_from_slice(body) }
+    }
+
+    fn error_code(reply: Reply, s: Serializer) -> (String, ErrorCode) {
+        let Reply::Send(m) = reply else { panic!("expected a reply, got {reply:?}") };
         assert_eq!(m.cmd, CommandType::Error as i32);
-        let info: ErrorInfo = serializer.decode(&m.body).expect("ErrorInfo body");
+        let info: ErrorInfo = s.decode(&m.body).expect("ErrorInfo body");
         (m.key, ErrorCode::try_from(info.code).expect("known code"))
     }
 
     #[test]
     fn heartbeat_is_echoed_with_key_and_body() {
-        let hb = msg(CommandType::Heartbeat as i32, "k1", b"ping");
-        assert_eq!(dispatch(hb.clone(), 1, Serializer::Json), Reply::Send(hb));
+        let hb = msg(CommandType::Heartbeat, "k1", b"ping");
+        assert_eq!(dispatch(hb.clone(), &wire(Serializer::Json)), Reply::Send(hb));
     }
 
     #[test]
-    fn downstream_ack_needs_no_answer() {
-        let ack = msg(CommandType::DownstreamAck as i32, "p1", b"");
-        assert_eq!(dispatch(ack, 1, Serializer::Proto), Reply::None);
+    fn upstream_and_acks_are_handed_on() {
+        let w = wire(Serializer::Proto);
+        let up = msg(CommandType::UpstreamMessage, "u1", b"hello");
+        assert_eq!(dispatch(up, &w), Reply::Upstream { key: "u1".into(), body: "hello".into() });
+        let ack = msg(CommandType::DownstreamAck, "p1", b"");
+        assert_eq!(dispatch(ack, &w), Reply::Acked("p1".into()));
+        let keyless = msg(CommandType::UpstreamMessage, "", b"x");
+        assert_eq!(
+            error_code(dispatch(keyless, &w), Serializer::Proto).1,
+            ErrorCode::InvalidMessage
+        );
     }
 
     #[test]
     fn server_only_and_unknown_commands_get_an_error_with_the_key() {
         for s in [Serializer::Json, Serializer::Proto] {
             for cmd in [0, 3, 4, 6, 7, 8, 42] {
-                let (key, code) = error_code(dispatch(msg(cmd, "k", b""), 1, s), s);
+                let m = Message { cmd, key: "k".into(), body: Bytes::new() };
+                let (key, code) = error_code(dispatch(m, &wire(s)), s);
                 assert_eq!((key.as_str(), code), ("k", ErrorCode::UnsupportedCommand), "cmd {cmd}");
             }
         }
     }
 
     #[test]
-    fn upstream_without_a_backend_is_refused_visibly() {
-        let up = msg(CommandType::UpstreamMessage as i32, "u1", b"hello");
-        let (key, code) = error_code(dispatch(up, 9, Serializer::Json), Serializer::Json);
-        assert_eq!((key.as_str(), code), ("u1", ErrorCode::NoBackend));
+    fn encrypted_bodies_are_opened_and_sealed_afresh() {
+        let (w, cipher) = encrypted();
+        let sent = cipher.seal(b"ping");
+        let Reply::Send(echo) = dispatch(msg(CommandType::Heartbeat, "h", &sent), &w) else {
+            panic!("echo expected")
+        };
+        assert_ne!(echo.body, sent, "a fresh nonce");
+        assert_eq!(cipher.open(&echo.body).expect("decrypts").as_ref(), b"ping");
+        let up = msg(CommandType::UpstreamMessage, "u", &cipher.seal(b"hello"));
+        assert_eq!(dispatch(up, &w), Reply::Upstream { key: "u".into(), body: "hello".into() });
+        let garbage = msg(CommandType::UpstreamMessage, "u2", b"not encrypted at all, no");
+        assert_eq!(
+            error_code(dispatch(garbage, &w), Serializer::Json),
+            ("u2".into(), ErrorCode::BadBody)
+        );
     }
 }

@@ -9,8 +9,9 @@ use tokio_tungstenite::{
     tungstenite::http::{HeaderValue, StatusCode, header},
 };
 
-use super::{Shared, links::Slot};
+use super::Shared;
 use crate::auth::{AuthError, Identity};
+use crate::links::Slot;
 
 /// A client that passed the handshake.
 pub(super) struct Accepted<'a> {

@@ -10,12 +10,17 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::protocol::CommandType;
 
 const PREFIX: &str = "websocket_gateway";
+
+/// Latency buckets, in seconds: 250 µs to 10 s.
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 /// Which way a message travels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +56,13 @@ pub struct Metrics {
     pub outbound_dropped: IntCounter,
     /// Messages from clients that could not be decoded.
     pub decode_errors: IntCounter,
+    /// Upstream messages answered from the dedup window instead of calling a backend.
+    pub dedup_hits: IntCounter,
+    /// Pushes awaiting a DOWNSTREAM_ACK.
+    pub pushes_pending: IntGauge,
+    upstream_latency: HistogramVec,
+    backend_errors: IntCounterVec,
+    pushes: IntCounterVec,
     biz: DashMap<i64, Arc<BizMetrics>>,
 }
 
@@ -123,7 +135,42 @@ impl Metrics {
         )
         .expect("valid");
         r.register(Box::new(decode_errors.clone())).expect("unique");
+        let dedup_hits = IntCounter::new(
+            format!("{PREFIX}_upstream_dedup_hits_total"),
+            "Upstream messages answered from the dedup window.",
+        )
+        .expect("valid");
+        r.register(Box::new(dedup_hits.clone())).expect("unique");
+        let pushes_pending =
+            IntGauge::new(format!("{PREFIX}_pushes_pending"), "Pushes awaiting acknowledgement.")
+                .expect("valid");
+        r.register(Box::new(pushes_pending.clone())).expect("unique");
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new(
+                format!("{PREFIX}_upstream_latency_seconds"),
+                "Upstream message to backend answer, by business and outcome.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["biz_id", "outcome"],
+        )
+        .expect("valid");
+        r.register(Box::new(upstream_latency.clone())).expect("unique");
         Self {
+            dedup_hits,
+            pushes_pending,
+            upstream_latency,
+            backend_errors: counter_vec(
+                &r,
+                "backend_errors_total",
+                "Failed backend calls by business and kind.",
+                &["biz_id", "kind"],
+            ),
+            pushes: counter_vec(
+                &r,
+                "pushes_total",
+                "Push events: delivered, not_connected, refused, retried, acked, given_up.",
+                &["event"],
+            ),
             messages: counter_vec(
                 &r,
                 "messages_total",
@@ -180,6 +227,24 @@ impl Metrics {
     /// Counts one closed connection.
     pub fn closed(&self, code: u16, reason: &str) {
         self.closes.with_label_values(&[&code.to_string(), reason]).inc();
+    }
+
+    /// Records one upstream message's outcome (`ok`, `rejected`, `unavailable`, ...).
+    pub fn upstream_done(&self, biz_id: i64, outcome: &str, took: std::time::Duration) {
+        let biz = biz_id.to_string();
+        self.upstream_latency
+            .with_label_values(&[biz.as_str(), outcome])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts one failed backend call (`timeout`, `unavailable`, `circuit_open`).
+    pub fn backend_error(&self, biz_id: i64, kind: &str) {
+        self.backend_errors.with_label_values(&[biz_id.to_string().as_str(), kind]).inc();
+    }
+
+    /// Counts one push event.
+    pub fn push_event(&self, event: &str) {
+        self.pushes.with_label_values(&[event]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

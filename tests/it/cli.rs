@@ -74,6 +74,7 @@ impl Served {
             .arg("serve")
             .env("WSGW_SERVER__WEBSOCKET__LISTEN", format!("127.0.0.1:{ws}"))
             .env("WSGW_SERVER__GOVERNOR__LISTEN", format!("127.0.0.1:{gov}"))
+            .env("WSGW_SERVER__GRPC__LISTEN", "127.0.0.1:0")
             .envs(envs.iter().copied())
             .stderr(stderr)
             .kill_on_drop(true)

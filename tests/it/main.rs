@@ -6,5 +6,7 @@ mod support;
 mod auth;
 mod cli;
 mod connections;
+mod downstream;
 mod lifecycle;
 mod protocol;
+mod upstream;

@@ -1,8 +1,10 @@
 //! The test harness: `TestNode::builder()…spawn()` and a WebSocket test client.
 
+mod backend;
 mod client;
 mod node;
 
+pub use backend::{Behaviour, TestBackend, dead_addr};
 pub use client::{Client, code};
 pub use node::{SECRET, TestNode};
 

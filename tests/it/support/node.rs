@@ -5,8 +5,9 @@ use std::{net::SocketAddr, time::Duration};
 use tokio::{sync::oneshot, task::JoinHandle};
 use wsgw::{
     auth::{self, Identity, TokenSpec},
-    config::{Config, JwtAlgorithm},
+    config::{BackendConfig, Config, JwtAlgorithm},
     node::{Node, NodeHandle},
+    protocol::pb::{PushMessage, PushRequest, push_service_client::PushServiceClient},
 };
 
 use super::Client;
@@ -16,6 +17,7 @@ pub const SECRET: &str = "integration-test-secret";
 pub struct TestNode {
     pub ws_addr: SocketAddr,
     pub governor_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
     pub handle: NodeHandle,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -36,11 +38,12 @@ impl Builder {
         let node = Node::bind(self.config).await.expect("node binds");
         let (ws_addr, governor_addr, handle) =
             (node.ws_addr(), node.governor_addr(), node.handle());
+        let grpc_addr = node.grpc_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(node.run(async {
             let _ = stopped.await;
         }));
-        TestNode { ws_addr, governor_addr, handle, stop: Some(stop), task: Some(task) }
+        TestNode { ws_addr, governor_addr, grpc_addr, handle, stop: Some(stop), task: Some(task) }
     }
 }
 
@@ -50,6 +53,7 @@ impl TestNode {
         config.node.id = "test-node".into();
         config.server.websocket.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.server.governor.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.server.grpc.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.auth.jwt.secret = SECRET.into();
         config.shutdown.drain_timeout = Duration::from_secs(10);
         Builder { config }
@@ -57,6 +61,46 @@ impl TestNode {
 
     pub async fn spawn() -> TestNode {
         Self::builder().spawn().await
+    }
+
+    /// A node whose biz `biz_id` is served by `backend` (fast retries for tests).
+    pub fn with_backend(biz_id: i64, backend: SocketAddr) -> Builder {
+        Self::builder().config(|c| {
+            c.upstream.timeout = Duration::from_millis(500);
+            c.upstream.backoff = Duration::from_millis(10);
+            c.upstream.max_backoff = Duration::from_millis(20);
+            c.backends.push(BackendConfig {
+                biz_id,
+                endpoints: vec![backend.to_string()],
+                ..BackendConfig::default()
+            });
+        })
+    }
+
+    /// A `PushService` client for this node.
+    pub async fn push_client(&self) -> PushServiceClient<tonic::transport::Channel> {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc_addr))
+                .expect("endpoint");
+        PushServiceClient::new(endpoint.connect().await.expect("grpc connect"))
+    }
+
+    /// Pushes `body` to (user, biz) with `key`: Ok(connections) or the gRPC status.
+    pub async fn push(
+        &self,
+        user: i64,
+        biz: i64,
+        key: &str,
+        body: &[u8],
+    ) -> Result<i32, tonic::Status> {
+        let msg = PushMessage {
+            key: key.into(),
+            biz_id: biz,
+            receiver_id: user,
+            body: body.to_vec().into(),
+        };
+        let mut client = self.push_client().await;
+        client.push(PushRequest { msg: Some(msg) }).await.map(|r| r.into_inner().connections)
     }
 
     /// A valid token for (user, biz).

@@ -2,15 +2,20 @@
 //!
 //! A [`Link`] is how anything outside a connection's task talks to it: a bounded outbound queue
 //! (bounded in bytes) and a close request. Enqueueing never blocks; a full queue marks the link
-//! as a slow consumer, which its task then closes. The registry is low level on purpose: both
-//! the connection task and the downstream router use it, neither reaches into the other.
+//! as a slow consumer, which its task then closes. The registry is low level on purpose: the
+//! connection task, upstream and downstream all use it, and none of them reaches into another.
+//! Must never hold a socket or await anything but the link's own wake-up.
+
+mod close;
+
+pub use close::CloseReason;
 
 use std::{
     collections::VecDeque,
     net::SocketAddr,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::SystemTime,
 };
@@ -19,7 +24,6 @@ use dashmap::DashMap;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use super::CloseReason;
 use crate::auth::Identity;
 
 /// A connection's id, unique within the node for its lifetime.
@@ -43,6 +47,8 @@ pub struct Link {
     limit: usize,
     outbound: Mutex<Outbound>,
     wake: Notify,
+    /// Upstream messages of this connection waiting for a backend.
+    upstream_in_flight: AtomicU32,
 }
 
 #[derive(Default)]
@@ -88,12 +94,12 @@ impl Link {
     }
 
     /// Waits until something was queued or a close was requested.
-    pub(super) async fn woken(&self) {
+    pub async fn woken(&self) {
         self.wake.notified().await;
     }
 
     /// Takes everything queued, or the close request.
-    pub(super) fn take(&self) -> Result<VecDeque<WsMessage>, CloseReason> {
+    pub fn take(&self) -> Result<VecDeque<WsMessage>, CloseReason> {
         let mut out = self.lock();
         match out.closing {
             Some(reason) => Err(reason),
@@ -101,8 +107,20 @@ impl Link {
         }
     }
 
+    /// Takes one of `limit` upstream slots; false when all are in use.
+    pub fn try_begin_upstream(&self, limit: u32) -> bool {
+        self.upstream_in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Gives an upstream slot back.
+    pub fn end_upstream(&self) {
+        self.upstream_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
     /// Reports `bytes` of taken messages as written.
-    pub(super) fn written(&self, bytes: usize) {
+    pub fn written(&self, bytes: usize) {
         let mut out = self.lock();
         out.bytes = out.bytes.saturating_sub(bytes);
     }
@@ -164,6 +182,7 @@ impl LinkRegistry {
             limit,
             outbound: Mutex::default(),
             wake: Notify::new(),
+            upstream_in_flight: AtomicU32::new(0),
         });
         self.links.insert(id, link.clone());
         let mut conns = self.users.entry(identity).or_default();

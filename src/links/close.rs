@@ -2,7 +2,7 @@
 
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
 
-/// Why a connection ended (see the table in the [`gateway`](super) docs).
+/// Why a connection ended (see the table in the [`gateway`](crate::gateway) docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
     /// The client closed the connection (close frame or EOF).
@@ -48,7 +48,7 @@ impl CloseReason {
         }
     }
 
-    pub(super) fn frame(self) -> Option<CloseFrame> {
+    pub fn frame(self) -> Option<CloseFrame> {
         self.code()
             .map(|code| CloseFrame { code: CloseCode::from(code), reason: self.as_str().into() })
     }

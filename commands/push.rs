@@ -1,0 +1,127 @@
+//! `wsgw push`: push a message to every connection of a user through a node's gRPC
+//! `PushService`.
+//!
+//! Exit codes: 0 delivered; 1 not delivered (the user has no connection there); 2 refused or
+//! failed (bad arguments, wrong token, node unreachable, overloaded).
+
+use std::{io::Read as _, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, bail};
+use tonic::{Code, Request};
+use wsgw::protocol::pb::{PushMessage, PushRequest, push_service_client::PushServiceClient};
+
+/// Push a message to a user (every connection they have on the node).
+#[derive(clap::Args)]
+pub struct Args {
+    /// Receiver's user id.
+    #[arg(long)]
+    user: i64,
+    /// Receiver's business id.
+    #[arg(long)]
+    biz: i64,
+    /// Message key (the client acknowledges it); a random one by default.
+    #[arg(long)]
+    key: Option<String>,
+    /// The node's gRPC address (server.grpc.listen).
+    #[arg(long, default_value = "127.0.0.1:9004")]
+    addr: String,
+    /// Bearer token (server.grpc.token).
+    #[arg(long, env = "WSGW_SERVER__GRPC__TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Read the body from this file.
+    #[arg(long, conflicts_with = "text")]
+    file: Option<PathBuf>,
+    /// Give up after this long.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// The body; `-` reads standard input.
+    text: Option<String>,
+}
+
+const NOT_DELIVERED: u8 = 1;
+const FAILED: u8 = 2;
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let body = body(&args)?;
+    let key = args.key.clone().unwrap_or_else(random_key);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let msg = PushMessage {
+        key: key.clone(),
+        biz_id: args.biz,
+        receiver_id: args.user,
+        body: body.into(),
+    };
+    let result =
+        runtime.block_on(async { tokio::time::timeout(args.timeout, push(&args, msg)).await });
+    let who = format!("user {} of biz {}", args.user, args.biz);
+    match result {
+        Err(_) => {
+            eprintln!("error: no answer from {} within {:?}", args.addr, args.timeout);
+            Ok(ExitCode::from(FAILED))
+        }
+        Ok(Ok(n)) => {
+            println!("delivered to {n} connection(s) of {who}, key {key}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Err(PushFailure::Status(s))) if s.code() == Code::NotFound => {
+            eprintln!("not delivered: {}", s.message());
+            Ok(ExitCode::from(NOT_DELIVERED))
+        }
+        Ok(Err(PushFailure::Status(s))) => {
+            eprintln!("error: push refused ({:?}): {}", s.code(), s.message());
+            Ok(ExitCode::from(FAILED))
+        }
+        Ok(Err(PushFailure::Connect(e))) => {
+            eprintln!("error: cannot reach {}: {e}", args.addr);
+            Ok(ExitCode::from(FAILED))
+        }
+    }
+}
+
+enum PushFailure {
+    Connect(tonic::transport::Error),
+    Status(tonic::Status),
+}
+
+async fn push(args: &Args, msg: PushMessage) -> Result<i32, PushFailure> {
+    let url =
+        if args.addr.contains("://") { args.addr.clone() } else { format!("http://{}", args.addr) };
+    let endpoint = tonic::transport::Endpoint::from_shared(url).map_err(PushFailure::Connect)?;
+    let channel = endpoint.connect().await.map_err(PushFailure::Connect)?;
+    let mut client = PushServiceClient::new(channel);
+    let mut request = Request::new(PushRequest { msg: Some(msg) });
+    if let Some(token) = args.token.as_deref().filter(|t| !t.is_empty()) {
+        let value = format!("Bearer {token}").parse().map_err(|_| {
+            PushFailure::Status(tonic::Status::invalid_argument(
+                "the token must be printable ASCII",
+            ))
+        })?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let response = client.push(request).await.map_err(PushFailure::Status)?;
+    Ok(response.into_inner().connections)
+}
+
+fn body(args: &Args) -> anyhow::Result<Vec<u8>> {
+    match (&args.file, args.text.as_deref()) {
+        (Some(path), _) => {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        }
+        (None, Some("-")) => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).context("cannot read standard input")?;
+            Ok(buf)
+        }
+        (None, Some(text)) => Ok(text.as_bytes().to_vec()),
+        (None, None) => bail!("give the body as TEXT, --file F, or - for standard input"),
+    }
+}
+
+fn random_key() -> String {
+    let mut bytes = [0u8; 8];
+    rand::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,340 @@
+//! Upstream: client messages to business backends, and their acknowledgements.
+//!
+//! Owns: the backend registry, the per-user dedup window, batching and the retry / circuit
+//! policy. [`Upstream::submit`] never waits: it answers from the dedup cache, refuses beyond
+//! the connection's in-flight limit (RATE_LIMIT_EXCEEDED), or spawns the backend call on the
+//! node's task tracker; the answer (UPSTREAM_ACK or COMMAND_TYPE_ERROR) is queued on the link.
+//! Must never block a connection task or hold a lock across a backend call.
+//!
+//! Delivery to the backend is at least once: a call that timed out may have arrived and is
+//! retried; backends deduplicate by key.
+
+mod backends;
+mod batch;
+mod dedup;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use tokio::{sync::oneshot, time::Instant};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{Code, Status};
+use tracing::{debug, warn};
+
+pub use backends::{BackendRegistry, BizBackends, Endpoint, endpoint_uri};
+
+use self::{
+    batch::BatchItem,
+    dedup::{Begin, Dedup},
+};
+use crate::{
+    config::{BackendConfig, UpstreamConfig},
+    links::Link,
+    protocol::{CommandType, ErrorCode, Message, pb::OnReceiveRequest, pb::OnReceiveResponse},
+    telemetry::Metrics,
+    wire::Wire,
+};
+
+/// Why a message was not accepted by a backend.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no backend serves biz {0}")]
+    NoBackend(i64),
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("backend rejected the message: {0}")]
+    Rejected(String),
+}
+
+impl UpstreamError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::NoBackend(_) => ErrorCode::NoBackend,
+            Self::Unavailable(_) => ErrorCode::BackendUnavailable,
+            Self::Rejected(_) => ErrorCode::BackendRejected,
+        }
+    }
+
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::NoBackend(_) => "no_backend",
+            Self::Unavailable(_) => "unavailable",
+            Self::Rejected(_) => "rejected",
+        }
+    }
+}
+
+/// A failed attempt: either worth retrying on another endpoint, or final.
+enum Attempt {
+    Retry(String),
+    Final(Status),
+}
+
+/// The upstream service of one node.
+pub struct Upstream {
+    pub backends: BackendRegistry,
+    config: UpstreamConfig,
+    dedup: Dedup,
+    wire: Arc<Wire>,
+    metrics: Arc<Metrics>,
+    tasks: TaskTracker,
+    /// Batchers configured but not started yet (see [`Upstream::start`]).
+    batchers: std::sync::Mutex<Vec<batch::Batcher>>,
+}
+
+impl Upstream {
+    /// Builds the service with the static backends of the config. `tasks` is the tracker
+    /// backend calls are spawned on (the node drains it).
+    pub fn new(
+        config: UpstreamConfig,
+        static_backends: &[BackendConfig],
+        wire: Arc<Wire>,
+        metrics: Arc<Metrics>,
+        tasks: TaskTracker,
+    ) -> Result<Self, String> {
+        let backends = BackendRegistry::default();
+        let mut batchers = Vec::new();
+        for b in static_backends {
+            let endpoints = b
+                .endpoints
+                .iter()
+                .map(|a| Endpoint::new(a, config.timeout).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            let sender = b.batch.enabled.then(|| {
+                let (batcher, sender) = batch::Batcher::new(b.biz_id, b.batch.clone());
+                batchers.push(batcher);
+                sender
+            });
+            backends.set(BizBackends::new(b.biz_id, endpoints, sender));
+        }
+        Ok(Self {
+            dedup: Dedup::new(config.dedup_window, config.dedup_capacity),
+            backends,
+            config,
+            wire,
+            metrics,
+            tasks,
+            batchers: std::sync::Mutex::new(batchers),
+        })
+    }
+
+    /// Starts the batchers on `background`; they end when `stop` is cancelled.
+    pub fn start(self: &Arc<Self>, background: &TaskTracker, stop: &CancellationToken) {
+        let batchers =
+            std::mem::take(&mut *self.batchers.lock().unwrap_or_else(|e| e.into_inner()));
+        for b in batchers {
+            background.spawn(b.run(self.clone(), stop.clone()));
+        }
+    }
+
+    /// Handles an UPSTREAM_MESSAGE from `link` without waiting.
+    pub fn submit(self: &Arc<Self>, link: &Arc<Link>, key: String, body: Bytes) {
+        let dkey = (link.identity, key);
+        match self.dedup.begin(&dkey, link) {
+            Begin::Acked(ack) => {
+                self.metrics.dedup_hits.inc();
+                self.send_ack(link, &dkey.1, &ack);
+                return;
+            }
+            Begin::Joined => {
+                self.metrics.dedup_hits.inc();
+                return;
+            }
+            Begin::New => {}
+        }
+        if !link.try_begin_upstream(self.config.max_in_flight) {
+            self.metrics.upstream_done(dkey.0.biz_id, "rate_limited", Duration::ZERO);
+            let limited = Message {
+                cmd: CommandType::RateLimitExceeded.into(),
+                key: dkey.1.clone(),
+                body: Bytes::new(),
+            };
+            for l in std::iter::once(link.clone()).chain(self.dedup.finish(&dkey, None)) {
+                let _ = self.wire.send(&l, &limited);
+            }
+            return;
+        }
+        let this = self.clone();
+        let link = link.clone();
+        self.tasks.spawn(async move {
+            let started = Instant::now();
+            let request = OnReceiveRequest { key: dkey.1.clone(), body };
+            let result = this.forward(dkey.0.biz_id, request).await;
+            link.end_upstream();
+            this.finish(&link, &dkey, result, started.elapsed());
+        });
+    }
+
+    /// Sends the outcome to the asking link and to any duplicate waiters.
+    fn finish(
+        &self,
+        link: &Arc<Link>,
+        dkey: &dedup::Key,
+        result: Result<OnReceiveResponse, UpstreamError>,
+        took: Duration,
+    ) {
+        let biz = dkey.0.biz_id;
+        match result {
+            Ok(response) => {
+                self.metrics.upstream_done(biz, "ok", took);
+                let ack = self.wire.serializer.encode(&response);
+                for l in std::iter::once(link.clone()).chain(self.dedup.finish(dkey, Some(&ack))) {
+                    self.send_ack(&l, &dkey.1, &ack);
+                }
+            }
+            Err(e) => {
+                self.metrics.upstream_done(biz, e.outcome(), took);
+                debug!(biz, key = %dkey.1, error = %e, "upstream message not accepted");
+                for l in std::iter::once(link.clone()).chain(self.dedup.finish(dkey, None)) {
+                    self.wire.send_error(&l, dkey.1.clone(), e.code(), e.to_string());
+                }
+            }
+        }
+    }
+
+    fn send_ack(&self, link: &Link, key: &str, ack: &Bytes) {
+        let msg = Message {
+            cmd: CommandType::UpstreamAck.into(),
+            key: key.to_owned(),
+            body: self.wire.seal(ack),
+        };
+        let _ = self.wire.send(link, &msg);
+    }
+
+    /// Sends one request to the biz's backend, batched when configured.
+    async fn forward(
+        &self,
+        biz_id: i64,
+        request: OnReceiveRequest,
+    ) -> Result<OnReceiveResponse, UpstreamError> {
+        let biz = self.backends.get(biz_id).ok_or(UpstreamError::NoBackend(biz_id))?;
+        if let Some(batcher) = biz.batcher() {
+            let (reply, answer) = oneshot::channel();
+            if batcher.try_send(BatchItem { request: request.clone(), reply }).is_ok() {
+                return answer
+                    .await
+                    .unwrap_or_else(|_| Err(UpstreamError::Unavailable("batcher stopped".into())));
+            }
+        }
+        self.call_one(&biz, request).await
+    }
+
+    /// One OnReceive call with retries.
+    async fn call_one(
+        &self,
+        biz: &BizBackends,
+        request: OnReceiveRequest,
+    ) -> Result<OnReceiveResponse, UpstreamError> {
+        self.with_retries(biz, |endpoint| {
+            let request = request.clone();
+            async move { endpoint.client().on_receive(request).await.map(tonic::Response::into_inner) }
+        })
+        .await
+        .map_err(|status| UpstreamError::Rejected(status_text(&status)))?
+    }
+
+    /// Runs `call` against the biz's endpoints: per-call timeout, retries with exponential
+    /// back-off and jitter on retryable failures, circuit bookkeeping. The outer error is a
+    /// final status from the backend; the inner one an exhausted or impossible call.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        biz: &BizBackends,
+        mut call: F,
+    ) -> Result<Result<T, UpstreamError>, Status>
+    where
+        F: FnMut(Arc<Endpoint>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let c = &self.config;
+        let mut last = String::new();
+        for attempt in 0..=c.retries {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(c.backoff, c.max_backoff, attempt)).await;
+            }
+            let Some(endpoint) = biz.pick() else {
+                self.metrics.backend_error(biz.biz_id, "circuit_open");
+                last = "every endpoint's circuit is open".into();
+                continue;
+            };
+            let outcome = match tokio::time::timeout(c.timeout, call(endpoint.clone())).await {
+                Ok(Ok(value)) => {
+                    endpoint.succeeded();
+                    return Ok(Ok(value));
+                }
+                Ok(Err(status)) if retryable(status.code()) => {
+                    Attempt::Retry(format!("{}: {}", endpoint.addr, status_text(&status)))
+                }
+                Ok(Err(status)) => Attempt::Final(status),
+                Err(_) => {
+                    Attempt::Retry(format!("{}: timed out after {:?}", endpoint.addr, c.timeout))
+                }
+            };
+            match outcome {
+                Attempt::Final(status) => {
+                    endpoint.succeeded();
+                    return Err(status);
+                }
+                Attempt::Retry(reason) => {
+                    self.metrics.backend_error(
+                        biz.biz_id,
+                        if reason.contains("timed out") { "timeout" } else { "unavailable" },
+                    );
+                    if endpoint.failed(c.circuit_failures, c.circuit_cooldown) {
+                        warn!(biz = biz.biz_id, endpoint = %endpoint.addr, cooldown = ?c.circuit_cooldown, "circuit opened");
+                    }
+                    last = reason;
+                }
+            }
+        }
+        Ok(Err(UpstreamError::Unavailable(last)))
+    }
+}
+
+/// Statuses that say the endpoint (not the message) is the problem.
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::Unknown
+    )
+}
+
+fn status_text(status: &Status) -> String {
+    match status.message() {
+        "" => format!("{:?}", status.code()),
+        m => format!("{:?}: {m}", status.code()),
+    }
+}
+
+/// Exponential back-off with "equal jitter": half fixed, half random.
+fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(max);
+    let half = exp / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        let (base, max) = (Duration::from_millis(100), Duration::from_millis(500));
+        for _ in 0..100 {
+            let b1 = backoff(base, max, 1);
+            assert!(b1 >= Duration::from_millis(50) && b1 <= base);
+            let b2 = backoff(base, max, 2);
+            assert!(b2 >= base && b2 <= Duration::from_millis(200));
+            assert!(backoff(base, max, 10) <= max);
+        }
+    }
+
+    #[test]
+    fn only_endpoint_failures_are_retried() {
+        assert!(retryable(Code::Unavailable) && retryable(Code::DeadlineExceeded));
+        assert!(!retryable(Code::InvalidArgument) && !retryable(Code::Unimplemented));
+    }
+}

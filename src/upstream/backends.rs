@@ -1,0 +1,194 @@
+//! Which gRPC endpoints serve which business, and each endpoint's health (its circuit).
+//!
+//! The registry is a plain map that any source can update at run time ([`BackendRegistry::set`]):
+//! the config file today, etcd discovery later. The upstream path only ever asks
+//! [`BackendRegistry::get`], so a new source never touches it.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{sync::mpsc, time::Instant};
+use tonic::transport::{Channel, Uri};
+
+use super::batch::BatchItem;
+use crate::protocol::pb::{
+    backend_service_client::BackendServiceClient,
+    batch_backend_service_client::BatchBackendServiceClient,
+};
+
+/// Parses `host:port` or a URL into an endpoint URI (`http://` when no scheme is given).
+pub fn endpoint_uri(addr: &str) -> Result<Uri, String> {
+    let text = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
+    let uri: Uri = text.parse().map_err(|e| format!("{e}"))?;
+    match (uri.host(), uri.port_u16()) {
+        (Some(_), Some(_)) => Ok(uri),
+        _ => Err("needs a host and a port".into()),
+    }
+}
+
+/// One backend endpoint: a lazily connected channel and a circuit breaker.
+pub struct Endpoint {
+    pub addr: String,
+    channel: Channel,
+    failures: AtomicU32,
+    open_until: Mutex<Option<Instant>>,
+}
+
+impl Endpoint {
+    /// An endpoint whose channel connects on first use and reconnects by itself.
+    pub fn new(addr: &str, connect_timeout: Duration) -> Result<Self, String> {
+        let uri = endpoint_uri(addr)?;
+        let channel = tonic::transport::Endpoint::from(uri)
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Self {
+            addr: addr.to_owned(),
+            channel,
+            failures: AtomicU32::new(0),
+            open_until: Mutex::new(None),
+        })
+    }
+
+    pub fn client(&self) -> BackendServiceClient<Channel> {
+        BackendServiceClient::new(self.channel.clone())
+    }
+
+    pub fn batch_client(&self) -> BatchBackendServiceClient<Channel> {
+        BatchBackendServiceClient::new(self.channel.clone())
+    }
+
+    fn open_until(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.open_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether calls may go to this endpoint now (circuit closed, or its cool-down is over).
+    pub fn available(&self, now: Instant) -> bool {
+        self.open_until().is_none_or(|until| now >= until)
+    }
+
+    /// The endpoint answered: close the circuit.
+    pub fn succeeded(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        *self.open_until() = None;
+    }
+
+    /// The endpoint failed; after `threshold` failures in a row its circuit opens for `cooldown`.
+    /// Returns true when this failure opened the circuit.
+    pub fn failed(&self, threshold: u32, cooldown: Duration) -> bool {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= threshold {
+            *self.open_until() = Some(Instant::now() + cooldown);
+            return failures == threshold;
+        }
+        false
+    }
+
+    /// Whether the circuit is open now.
+    pub fn is_open(&self) -> bool {
+        !self.available(Instant::now())
+    }
+}
+
+/// The endpoints of one business.
+pub struct BizBackends {
+    pub biz_id: i64,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    next: AtomicUsize,
+    batcher: Option<mpsc::Sender<BatchItem>>,
+    /// Cleared when the backend answers BatchOnReceive with UNIMPLEMENTED.
+    batch_supported: AtomicBool,
+}
+
+impl BizBackends {
+    pub(crate) fn new(
+        biz_id: i64,
+        endpoints: Vec<Arc<Endpoint>>,
+        batcher: Option<mpsc::Sender<BatchItem>>,
+    ) -> Self {
+        Self {
+            biz_id,
+            endpoints,
+            next: AtomicUsize::new(0),
+            batch_supported: AtomicBool::new(batcher.is_some()),
+            batcher,
+        }
+    }
+
+    /// The next available endpoint, round-robin; `None` when every circuit is open.
+    pub fn pick(&self) -> Option<Arc<Endpoint>> {
+        let now = Instant::now();
+        let n = self.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n).map(|i| &self.endpoints[(start + i) % n]).find(|e| e.available(now)).cloned()
+    }
+
+    /// The batcher, while the backend supports batching.
+    pub(super) fn batcher(&self) -> Option<&mpsc::Sender<BatchItem>> {
+        self.batcher.as_ref().filter(|_| self.batch_supported.load(Ordering::Relaxed))
+    }
+
+    pub(super) fn batch_unsupported(&self) {
+        self.batch_supported.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Every business's backends.
+#[derive(Default)]
+pub struct BackendRegistry {
+    bizs: RwLock<HashMap<i64, Arc<BizBackends>>>,
+}
+
+impl BackendRegistry {
+    /// Sets (or replaces) the backends of one business.
+    pub fn set(&self, backends: BizBackends) {
+        let mut map = self.bizs.write().unwrap_or_else(|e| e.into_inner());
+        map.insert(backends.biz_id, Arc::new(backends));
+    }
+
+    /// Forgets a business's backends.
+    pub fn remove(&self, biz_id: i64) {
+        self.bizs.write().unwrap_or_else(|e| e.into_inner()).remove(&biz_id);
+    }
+
+    /// The backends of `biz_id`, if any.
+    pub fn get(&self, biz_id: i64) -> Option<Arc<BizBackends>> {
+        self.bizs.read().unwrap_or_else(|e| e.into_inner()).get(&biz_id).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn addresses_are_parsed() {
+        assert!(endpoint_uri("127.0.0.1:9100").is_ok());
+        assert!(endpoint_uri("http://backend.local:80").is_ok());
+        assert!(endpoint_uri("nohost").is_err());
+        assert!(endpoint_uri("bad uri:x").is_err());
+    }
+
+    #[tokio::test]
+    async fn circuits_open_after_failures_and_round_robin_skips_them() {
+        let a = Arc::new(Endpoint::new("127.0.0.1:1", Duration::from_secs(1)).expect("a"));
+        let b = Arc::new(Endpoint::new("127.0.0.1:2", Duration::from_secs(1)).expect("b"));
+        let biz = BizBackends::new(1, vec![a.clone(), b.clone()], None);
+        let picks: Vec<String> = (0..4).map(|_| biz.pick().expect("some").addr.clone()).collect();
+        assert_eq!(picks, ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:1", "127.0.0.1:2"]);
+        assert!(!a.failed(2, Duration::from_secs(60)));
+        assert!(a.failed(2, Duration::from_secs(60)), "the second failure opens it");
+        assert!(a.is_open());
+        assert!((0..4).all(|_| biz.pick().expect("b").addr == "127.0.0.1:2"));
+        b.failed(1, Duration::from_secs(60));
+        assert!(biz.pick().is_none(), "every circuit open");
+        b.succeeded();
+        assert_eq!(biz.pick().expect("b again").addr, "127.0.0.1:2");
+    }
+}

@@ -1,0 +1,85 @@
+//! How messages become frames on links: encode with the node's serializer, encrypt bodies when
+//! configured, count, and enqueue without waiting. Shared by the connection task, upstream and
+//! downstream so that every outgoing message is encoded and counted the same way.
+//!
+//! Must never block or await: a full queue is the link's problem (it becomes a slow consumer).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::{
+    links::{Link, SendError},
+    protocol::{BodyCipher, CipherError, CommandType, ErrorCode, ErrorInfo, Message, Serializer},
+    telemetry::{Direction, Metrics},
+};
+
+/// The node's message encoding and body encryption.
+pub struct Wire {
+    pub serializer: Serializer,
+    cipher: Option<BodyCipher>,
+    metrics: Arc<Metrics>,
+}
+
+impl Wire {
+    pub fn new(serializer: Serializer, cipher: Option<BodyCipher>, metrics: Arc<Metrics>) -> Self {
+        Self { serializer, cipher, metrics }
+    }
+
+    /// Encrypts a body for sending (a fresh nonce each call), or passes it through.
+    pub fn seal(&self, plaintext: &[u8]) -> Bytes {
+        match &self.cipher {
+            Some(c) => c.seal(plaintext),
+            None => Bytes::copy_from_slice(plaintext),
+        }
+    }
+
+    /// Decrypts a body a client sent, or passes it through.
+    pub fn open(&self, body: Bytes) -> Result<Bytes, CipherError> {
+        match &self.cipher {
+            Some(c) => c.open(&body),
+            None => Ok(body),
+        }
+    }
+
+    /// Encodes `msg` (its body as given) into one frame that may be sent to many links.
+    pub fn frame(&self, msg: &Message) -> WsMessage {
+        WsMessage::Binary(self.serializer.encode(msg))
+    }
+
+    /// Encodes and queues `msg` on `link`.
+    pub fn send(&self, link: &Link, msg: &Message) -> Result<(), SendError> {
+        self.send_frame(link, self.frame(msg), msg.cmd)
+    }
+
+    /// Queues an encoded frame of command `cmd` on `link`, counting it (or its drop).
+    pub fn send_frame(&self, link: &Link, frame: WsMessage, cmd: i32) -> Result<(), SendError> {
+        let len = frame.len();
+        let result = link.send(frame);
+        match result {
+            Ok(()) => {
+                self.metrics.biz(link.identity.biz_id).message(Direction::Out, len);
+                self.metrics.command(Direction::Out, command(cmd));
+            }
+            Err(_) => self.metrics.outbound_dropped.inc(),
+        }
+        result
+    }
+
+    /// Queues a COMMAND_TYPE_ERROR for `key` (its body is never encrypted).
+    pub fn send_error(&self, link: &Link, key: String, code: ErrorCode, reason: String) {
+        let _ = self.send(link, &self.error(key, code, reason));
+    }
+
+    /// A COMMAND_TYPE_ERROR message for `key`.
+    pub fn error(&self, key: String, code: ErrorCode, reason: String) -> Message {
+        let body = self.serializer.encode(&ErrorInfo { code: code.into(), reason });
+        Message { cmd: CommandType::Error.into(), key, body }
+    }
+}
+
+/// The command of a raw `cmd` value (unknown values count as unspecified).
+pub fn command(cmd: i32) -> CommandType {
+    CommandType::try_from(cmd).unwrap_or(CommandType::InvalidUnspecified)
+}

@@ -1,0 +1,139 @@
+//! Pushes through the gRPC PushService to every connection of a user, retried until acked.
+
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use bytes::Bytes;
+use tonic::Code;
+use wsgw::{
+    config::{EncryptionAlgorithm, EncryptionConfig},
+    protocol::{BodyCipher, CommandType, Message, Serializer},
+};
+
+use crate::support::{Client, TestNode};
+
+const BIZ: i64 = 9999;
+
+async fn expect_push(c: &mut Client, key: &str) -> Message {
+    let m = c.recv_msg(Serializer::Json).await;
+    assert_eq!((m.cmd, m.key.as_str()), (CommandType::DownstreamMessage as i32, key));
+    m
+}
+
+async fn ack(c: &mut Client, key: &str) {
+    let ack =
+        Message { cmd: CommandType::DownstreamAck.into(), key: key.into(), body: Bytes::new() };
+    c.send(&ack, Serializer::Json).await;
+}
+
+fn retrying(interval_ms: u64, max_retries: u32) -> impl FnOnce(&mut wsgw::config::Config) {
+    move |c| {
+        c.downstream.retry_interval = Duration::from_millis(interval_ms);
+        c.downstream.max_retries = max_retries;
+    }
+}
+
+#[tokio::test]
+async fn a_push_reaches_every_connection_of_the_user_and_nobody_else() {
+    let node = TestNode::spawn().await;
+    let mut devices =
+        vec![node.connect(42, BIZ).await, node.connect(42, BIZ).await, node.connect(42, BIZ).await];
+    let mut other = node.connect(43, BIZ).await;
+    assert_eq!(node.push(42, BIZ, "p1", "你好".as_bytes()).await.expect("delivered"), 3);
+    for d in &mut devices {
+        assert_eq!(&expect_push(d, "p1").await.body[..], "你好".as_bytes());
+    }
+    ack(&mut devices[0], "p1").await;
+    crate::assert_eventually!(node.handle.pending_pushes() == 0, "acked by one device");
+    other.send_text(r#"{"cmd":"COMMAND_TYPE_HEARTBEAT","key":"only-mine"}"#).await;
+    assert_eq!(other.recv_msg(Serializer::Json).await.key, "only-mine", "user 43 got no push");
+    assert_eq!(node.metric(r#"websocket_gateway_pushes_total{event="delivered"}"#).await, 1.0);
+    assert_eq!(node.metric(r#"websocket_gateway_pushes_total{event="acked"}"#).await, 1.0);
+}
+
+#[tokio::test]
+async fn a_push_is_retransmitted_until_acknowledged() {
+    let node = TestNode::builder().config(retrying(150, 10)).spawn().await;
+    let mut c = node.connect(42, BIZ).await;
+    node.push(42, BIZ, "r1", b"hello").await.expect("delivered");
+    expect_push(&mut c, "r1").await;
+    let again = expect_push(&mut c, "r1").await;
+    assert_eq!(&again.body[..], b"hello", "the original body again");
+    ack(&mut c, "r1").await;
+    crate::assert_eventually!(node.handle.pending_pushes() == 0, "ack clears the push");
+    c.listen_for(Duration::from_millis(500)).await; // no further copies
+    assert!(node.metric(r#"websocket_gateway_pushes_total{event="retried"}"#).await >= 1.0);
+}
+
+#[tokio::test]
+async fn an_unacknowledged_push_is_given_up_and_counted() {
+    let node = TestNode::builder().config(retrying(100, 2)).spawn().await;
+    let mut c = node.connect(42, BIZ).await;
+    node.push(42, BIZ, "g1", b"x").await.expect("delivered");
+    for _ in 0..3 {
+        expect_push(&mut c, "g1").await;
+    }
+    crate::assert_eventually!(
+        node.metric(r#"websocket_gateway_pushes_total{event="given_up"}"#).await == 1.0,
+        "given up after 2 retries"
+    );
+    assert_eq!(node.handle.pending_pushes(), 0);
+    c.listen_for(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn encrypted_pushes_are_encrypted_afresh_on_every_retransmission() {
+    let config =
+        EncryptionConfig { algorithm: EncryptionAlgorithm::AesGcm, key: "0123456789abcdef".into() };
+    let cipher = BodyCipher::from_config(&config).expect("key").expect("on");
+    let node = TestNode::builder()
+        .config(retrying(100, 5))
+        .config(|c| c.protocol.encryption = config.clone())
+        .spawn()
+        .await;
+    let mut c = node.connect(42, BIZ).await;
+    node.push(42, BIZ, "e1", b"plain").await.expect("delivered");
+    let first = expect_push(&mut c, "e1").await;
+    let second = expect_push(&mut c, "e1").await;
+    assert_ne!(first.body, second.body, "a fresh nonce, not the old ciphertext re-encrypted");
+    assert_eq!(cipher.open(&first.body).expect("decrypts").as_ref(), b"plain");
+    assert_eq!(cipher.open(&second.body).expect("decrypts").as_ref(), b"plain");
+}
+
+#[tokio::test]
+async fn a_push_for_an_absent_user_or_without_the_token_is_refused_clearly() {
+    let node =
+        TestNode::builder().config(|c| c.server.grpc.token = "push-token".into()).spawn().await;
+    let status = node.push(42, BIZ, "x", b"x").await.expect_err("no token");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let open = TestNode::spawn().await;
+    let status = open.push(42, BIZ, "x", b"x").await.expect_err("nobody connected");
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("user 42 of biz 9999"), "{}", status.message());
+    assert_eq!(
+        open.push(0, BIZ, "x", b"x").await.expect_err("bad id").code(),
+        Code::InvalidArgument
+    );
+}
+
+#[tokio::test]
+async fn wsgw_push_delivers_and_exits_non_zero_when_not_delivered() {
+    let node =
+        TestNode::builder().config(|c| c.server.grpc.token = "push-token".into()).spawn().await;
+    let mut c = node.connect(42, BIZ).await;
+    let addr = node.grpc_addr.to_string();
+    let wsgw = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgw"));
+        cmd.arg("push").args(["--addr", &addr, "--token", "push-token"]).args(args);
+        async move { cmd.output().await.expect("run wsgw push") }
+    };
+    let out =
+        wsgw(&["--user", "42", "--biz", "9999", "--key", "cli-1", "hello from the CLI"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("delivered to 1 connection"));
+    assert_eq!(&expect_push(&mut c, "cli-1").await.body[..], b"hello from the CLI");
+    let out = wsgw(&["--user", "7", "--biz", "9999", "nobody"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not delivered"));
+}

@@ -1,0 +1,135 @@
+//! A real tonic business backend in the test process: `BackendService` (and optionally
+//! `BatchBackendService`) on a loopback port, with scripted behaviour and call accounting.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tokio::{net::TcpListener, sync::oneshot};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Code, Request, Response, Status};
+use wsgw::protocol::pb::{
+    BatchOnReceiveRequest, BatchOnReceiveResponse, OnReceiveRequest, OnReceiveResponse,
+    backend_service_server::{BackendService, BackendServiceServer},
+    batch_backend_service_server::{BatchBackendService, BatchBackendServiceServer},
+};
+
+/// How the backend behaves.
+#[derive(Clone, Default)]
+pub struct Behaviour {
+    /// Wait this long before answering.
+    pub delay: Duration,
+    /// Answer every call with this status.
+    pub fail: Option<Code>,
+    /// Serve `BatchBackendService` too.
+    pub batch: bool,
+}
+
+#[derive(Default)]
+struct Record {
+    calls: AtomicUsize,
+    batch_calls: AtomicUsize,
+    next_id: AtomicI64,
+    received: Mutex<Vec<(String, Bytes)>>,
+}
+
+pub struct TestBackend {
+    pub addr: SocketAddr,
+    record: Arc<Record>,
+    _stop: oneshot::Sender<()>,
+}
+
+#[derive(Clone)]
+struct Service {
+    behaviour: Behaviour,
+    biz_id: i64,
+    record: Arc<Record>,
+}
+
+impl Service {
+    async fn answer(&self, req: OnReceiveRequest) -> Result<OnReceiveResponse, Status> {
+        self.record.received.lock().expect("lock").push((req.key, req.body));
+        tokio::time::sleep(self.behaviour.delay).await;
+        if let Some(code) = self.behaviour.fail {
+            return Err(Status::new(code, "scripted failure"));
+        }
+        let msg_id = self.record.next_id.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(OnReceiveResponse { msg_id, biz_id: self.biz_id })
+    }
+}
+
+#[tonic::async_trait]
+impl BackendService for Service {
+    async fn on_receive(
+        &self,
+        request: Request<OnReceiveRequest>,
+    ) -> Result<Response<OnReceiveResponse>, Status> {
+        self.record.calls.fetch_add(1, Ordering::SeqCst);
+        self.answer(request.into_inner()).await.map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl BatchBackendService for Service {
+    async fn batch_on_receive(
+        &self,
+        request: Request<BatchOnReceiveRequest>,
+    ) -> Result<Response<BatchOnReceiveResponse>, Status> {
+        self.record.batch_calls.fetch_add(1, Ordering::SeqCst);
+        let mut res = Vec::new();
+        for req in request.into_inner().reqs {
+            res.push(self.answer(req).await?);
+        }
+        Ok(Response::new(BatchOnReceiveResponse { res }))
+    }
+}
+
+impl TestBackend {
+    /// Starts a backend for `biz_id` on a free loopback port.
+    pub async fn spawn(biz_id: i64, behaviour: Behaviour) -> TestBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let record = Arc::new(Record::default());
+        let service = Service { behaviour: behaviour.clone(), biz_id, record: record.clone() };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let mut router = tonic::transport::Server::builder()
+            .add_service(BackendServiceServer::new(service.clone()));
+        if behaviour.batch {
+            router = router.add_service(BatchBackendServiceServer::new(service));
+        }
+        tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        TestBackend { addr, record, _stop: stop }
+    }
+
+    /// Single OnReceive calls so far.
+    pub fn calls(&self) -> usize {
+        self.record.calls.load(Ordering::SeqCst)
+    }
+
+    /// BatchOnReceive calls so far.
+    pub fn batch_calls(&self) -> usize {
+        self.record.batch_calls.load(Ordering::SeqCst)
+    }
+
+    /// Every (key, body) received, in order.
+    pub fn received(&self) -> Vec<(String, Bytes)> {
+        self.record.received.lock().expect("lock").clone()
+    }
+}
+
+/// A loopback address where nothing listens.
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}

@@ -1,0 +1,310 @@
+//! Client messages through the gateway to a real tonic backend, and their acknowledgements.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tonic::Code;
+use wsgw::{
+    config::{EncryptionAlgorithm, EncryptionConfig},
+    protocol::{
+        BodyCipher, CommandType, ErrorCode, ErrorInfo, Message, Serializer, pb::OnReceiveResponse,
+    },
+};
+
+use crate::support::{Behaviour, Client, TestBackend, TestNode, dead_addr};
+
+const BIZ: i64 = 9999;
+
+fn upstream(key: &str, body: &[u8]) -> Message {
+    Message {
+        cmd: CommandType::UpstreamMessage.into(),
+        key: key.into(),
+        body: Bytes::copy_from_slice(body),
+    }
+}
+
+fn heartbeat(key: &str) -> Message {
+    Message { cmd: CommandType::Heartbeat.into(), key: key.into(), body: Bytes::new() }
+}
+
+fn error_of(m: &Message, s: Serializer) -> ErrorCode {
+    assert_eq!(m.cmd, CommandType::Error as i32, "expected an error, got {m:?}");
+    let info: ErrorInfo = s.decode(&m.body).expect("ErrorInfo");
+    ErrorCode::try_from(info.code).expect("known code")
+}
+
+#[tokio::test]
+async fn upstream_is_acknowledged_with_the_backend_response_in_both_serializers() {
+    for s in [Serializer::Json, Serializer::Proto] {
+        let backend = TestBackend::spawn(BIZ, Behaviour::default()).await;
+        let node = TestNode::with_backend(BIZ, backend.addr)
+            .config(|c| c.protocol.serializer = s)
+            .spawn()
+            .await;
+        let mut c = node.connect(42, BIZ).await;
+        c.send(&upstream("3f2a-01", br#"{"text":"hello"}"#), s).await;
+        let ack = c.recv_msg(s).await;
+        assert_eq!((ack.cmd, ack.key.as_str()), (CommandType::UpstreamAck as i32, "3f2a-01"));
+        let response: OnReceiveResponse = s.decode(&ack.body).expect("OnReceiveResponse body");
+        assert_eq!(response, OnReceiveResponse { msg_id: 1, biz_id: BIZ });
+        if s == Serializer::Json {
+            assert_eq!(
+                &ack.body[..],
+                br#"{"msgId":"1","bizId":"9999"}"#,
+                "canonical JSON, int64 as strings"
+            );
+        }
+        assert_eq!(
+            backend.received(),
+            vec![("3f2a-01".into(), Bytes::from_static(br#"{"text":"hello"}"#))]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_duplicate_gets_the_same_ack_and_the_backend_is_called_once() {
+    let backend = TestBackend::spawn(BIZ, Behaviour::default()).await;
+    let node = TestNode::with_backend(BIZ, backend.addr).spawn().await;
+    let mut phone = node.connect(42, BIZ).await;
+    phone.send(&upstream("k", b"once"), Serializer::Json).await;
+    let first = phone.recv_msg(Serializer::Json).await;
+    phone.send(&upstream("k", b"once"), Serializer::Json).await;
+    assert_eq!(phone.recv_msg(Serializer::Json).await, first);
+    // The same user on another device, after reconnecting: still a duplicate.
+    let mut laptop = node.connect(42, BIZ).await;
+    laptop.send(&upstream("k", b"once"), Serializer::Json).await;
+    assert_eq!(laptop.recv_msg(Serializer::Json).await, first);
+    assert_eq!(backend.calls(), 1);
+    assert_eq!(node.metric("websocket_gateway_upstream_dedup_hits_total").await, 2.0);
+    // Another user's same key is a different message.
+    let mut other = node.connect(43, BIZ).await;
+    other.send(&upstream("k", b"once"), Serializer::Json).await;
+    assert_eq!(other.recv_msg(Serializer::Json).await.cmd, CommandType::UpstreamAck as i32);
+    assert_eq!(backend.calls(), 2);
+}
+
+#[tokio::test]
+async fn an_unreachable_backend_gets_a_documented_reply_and_the_node_stays_healthy() {
+    let node = TestNode::with_backend(BIZ, dead_addr())
+        .config(|c| {
+            c.upstream.retries = 2;
+            c.upstream.circuit_failures = 100;
+        })
+        .spawn()
+        .await;
+    let mut c = node.connect(42, BIZ).await;
+    c.send(&upstream("k1", b"x"), Serializer::Json).await;
+    let reply = c.recv_msg(Serializer::Json).await;
+    assert_eq!(
+        (reply.key.as_str(), error_of(&reply, Serializer::Json)),
+        ("k1", ErrorCode::BackendUnavailable)
+    );
+    c.send(&heartbeat("alive"), Serializer::Json).await;
+    assert_eq!(c.recv_msg(Serializer::Json).await.key, "alive");
+    assert_eq!(node.get("/ready").await.0, 200);
+    assert_eq!(
+        node.metric(r#"websocket_gateway_backend_errors_total{biz_id="9999",kind="unavailable"}"#)
+            .await,
+        3.0
+    );
+    // Failed messages are not remembered: the client may retry the same key.
+    c.send(&upstream("k1", b"x"), Serializer::Json).await;
+    assert_eq!(
+        error_of(&c.recv_msg(Serializer::Json).await, Serializer::Json),
+        ErrorCode::BackendUnavailable
+    );
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_opens_its_circuit_and_is_not_called() {
+    let node = TestNode::with_backend(BIZ, dead_addr())
+        .config(|c| {
+            c.upstream.retries = 0;
+            c.upstream.circuit_failures = 2;
+            c.upstream.circuit_cooldown = Duration::from_secs(60);
+        })
+        .spawn()
+        .await;
+    let mut c = node.connect(42, BIZ).await;
+    for key in ["a", "b", "c"] {
+        c.send(&upstream(key, b"x"), Serializer::Json).await;
+        let reply = c.recv_msg(Serializer::Json).await;
+        assert_eq!(error_of(&reply, Serializer::Json), ErrorCode::BackendUnavailable);
+    }
+    assert_eq!(
+        node.metric(r#"websocket_gateway_backend_errors_total{biz_id="9999",kind="unavailable"}"#)
+            .await,
+        2.0
+    );
+    assert_eq!(
+        node.metric(r#"websocket_gateway_backend_errors_total{biz_id="9999",kind="circuit_open"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_business_without_backend_and_a_rejecting_backend_are_told_apart() {
+    let backend = TestBackend::spawn(
+        BIZ,
+        Behaviour { fail: Some(Code::InvalidArgument), ..Behaviour::default() },
+    )
+    .await;
+    let node = TestNode::with_backend(BIZ, backend.addr).spawn().await;
+    let mut c = node.connect(42, BIZ).await;
+    c.send(&upstream("r", b"x"), Serializer::Json).await;
+    assert_eq!(
+        error_of(&c.recv_msg(Serializer::Json).await, Serializer::Json),
+        ErrorCode::BackendRejected
+    );
+    assert_eq!(backend.calls(), 1, "a business rejection is not retried");
+    let mut stranger = node.connect(42, 1234).await;
+    stranger.send(&upstream("n", b"x"), Serializer::Json).await;
+    assert_eq!(
+        error_of(&stranger.recv_msg(Serializer::Json).await, Serializer::Json),
+        ErrorCode::NoBackend
+    );
+}
+
+#[tokio::test]
+async fn a_slow_backend_does_not_delay_heartbeats() {
+    let slow = Behaviour { delay: Duration::from_millis(700), ..Behaviour::default() };
+    let backend = TestBackend::spawn(BIZ, slow).await;
+    let node = TestNode::with_backend(BIZ, backend.addr)
+        .config(|c| c.upstream.timeout = Duration::from_secs(5))
+        .spawn()
+        .await;
+    let mut c = node.connect(42, BIZ).await;
+    c.send(&upstream("slow", b"x"), Serializer::Json).await;
+    c.send(&heartbeat("hb"), Serializer::Json).await;
+    let started = tokio::time::Instant::now();
+    let first = c.recv_msg(Serializer::Json).await;
+    assert_eq!((first.cmd, first.key.as_str()), (CommandType::Heartbeat as i32, "hb"));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "the heartbeat did not wait for the backend"
+    );
+    assert_eq!(c.recv_msg(Serializer::Json).await.cmd, CommandType::UpstreamAck as i32);
+}
+
+#[tokio::test]
+async fn beyond_the_in_flight_limit_the_client_is_rate_limited() {
+    let slow = Behaviour { delay: Duration::from_millis(300), ..Behaviour::default() };
+    let backend = TestBackend::spawn(BIZ, slow).await;
+    let node = TestNode::with_backend(BIZ, backend.addr)
+        .config(|c| c.upstream.max_in_flight = 2)
+        .spawn()
+        .await;
+    let mut c = node.connect(42, BIZ).await;
+    for key in ["a", "b", "c"] {
+        c.send(&upstream(key, b"x"), Serializer::Json).await;
+    }
+    let first = c.recv_msg(Serializer::Json).await;
+    assert_eq!(
+        (first.cmd, first.key.as_str(), first.body.len()),
+        (CommandType::RateLimitExceeded as i32, "c", 0)
+    );
+    let mut acked: Vec<String> = Vec::new();
+    for _ in 0..2 {
+        let m = c.recv_msg(Serializer::Json).await;
+        assert_eq!(m.cmd, CommandType::UpstreamAck as i32);
+        acked.push(m.key);
+    }
+    acked.sort();
+    assert_eq!(acked, ["a", "b"]);
+    c.send(&upstream("c", b"x"), Serializer::Json).await;
+    assert_eq!(
+        c.recv_msg(Serializer::Json).await.cmd,
+        CommandType::UpstreamAck as i32,
+        "slots are given back"
+    );
+}
+
+async fn batch_node(backend: &TestBackend) -> TestNode {
+    TestNode::with_backend(BIZ, backend.addr)
+        .config(|c| {
+            c.backends[0].batch.enabled = true;
+            c.backends[0].batch.max_size = 4;
+            c.backends[0].batch.max_wait = Duration::from_millis(100);
+        })
+        .spawn()
+        .await
+}
+
+async fn send_four_and_collect(node: &TestNode) -> Vec<(String, i64)> {
+    let mut clients = Vec::new();
+    for user in 1..=4 {
+        clients.push(node.connect(user, BIZ).await);
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(&upstream(&format!("m{i}"), b"x"), Serializer::Json).await;
+    }
+    let mut acks = Vec::new();
+    for c in &mut clients {
+        let ack = c.recv_msg(Serializer::Json).await;
+        assert_eq!(ack.cmd, CommandType::UpstreamAck as i32, "{ack:?}");
+        let r: OnReceiveResponse = Serializer::Json.decode(&ack.body).expect("response");
+        acks.push((ack.key, r.msg_id));
+    }
+    acks
+}
+
+#[tokio::test]
+async fn batching_sends_one_call_and_answers_each_client() {
+    let backend = TestBackend::spawn(BIZ, Behaviour { batch: true, ..Behaviour::default() }).await;
+    let node = batch_node(&backend).await;
+    let acks = send_four_and_collect(&node).await;
+    assert_eq!((backend.batch_calls(), backend.calls()), (1, 0));
+    let received: Vec<String> = backend.received().into_iter().map(|(k, _)| k).collect();
+    for (key, msg_id) in acks {
+        let position = received.iter().position(|k| *k == key).expect("received") as i64;
+        assert_eq!(msg_id, position + 1, "{key}: each client gets its own response");
+    }
+}
+
+#[tokio::test]
+async fn batching_falls_back_to_single_calls_when_the_backend_lacks_the_batch_service() {
+    let backend = TestBackend::spawn(BIZ, Behaviour::default()).await;
+    let node = batch_node(&backend).await;
+    let acks = send_four_and_collect(&node).await;
+    assert_eq!(acks.len(), 4);
+    assert_eq!(backend.calls(), 4);
+    let mut c = node.connect(9, BIZ).await;
+    c.send(&upstream("later", b"x"), Serializer::Json).await;
+    assert_eq!(c.recv_msg(Serializer::Json).await.cmd, CommandType::UpstreamAck as i32);
+    assert_eq!(backend.calls(), 5, "later messages go single at once");
+}
+
+#[tokio::test]
+async fn encrypted_bodies_round_trip_and_bad_bodies_get_an_error() {
+    let config =
+        EncryptionConfig { algorithm: EncryptionAlgorithm::ChaCha20Poly1305, key: "k".repeat(32) };
+    let cipher = BodyCipher::from_config(&config).expect("key").expect("on");
+    let backend = TestBackend::spawn(BIZ, Behaviour::default()).await;
+    let node = TestNode::with_backend(BIZ, backend.addr)
+        .config(|c| c.protocol.encryption = config.clone())
+        .spawn()
+        .await;
+    let mut c: Client = node.connect(42, BIZ).await;
+    c.send(&upstream("e1", &cipher.seal(b"secret text")), Serializer::Json).await;
+    let ack = c.recv_msg(Serializer::Json).await;
+    assert_eq!(
+        backend.received()[0].1,
+        Bytes::from_static(b"secret text"),
+        "the backend gets plaintext"
+    );
+    let plain = cipher.open(&ack.body).expect("the ACK body is encrypted");
+    let r: OnReceiveResponse = Serializer::Json.decode(&plain).expect("response");
+    assert_eq!(r.biz_id, BIZ);
+    c.send(&upstream("e2", b"this is not an encrypted body!"), Serializer::Json).await;
+    let reply = c.recv_msg(Serializer::Json).await;
+    assert_eq!(
+        (reply.key.as_str(), error_of(&reply, Serializer::Json)),
+        ("e2", ErrorCode::BadBody)
+    );
+    let hb = Message { body: cipher.seal(b"ping"), ..heartbeat("h") };
+    c.send(&hb, Serializer::Json).await;
+    let echo = c.recv_msg(Serializer::Json).await;
+    assert_ne!(echo.body, hb.body, "re-encrypted with a fresh nonce");
+    assert_eq!(cipher.open(&echo.body).expect("decrypts").as_ref(), b"ping");
+}
