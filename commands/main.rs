@@ -1,6 +1,7 @@
 //! The `wsgw` binary: parses the command line and hands each subcommand to its own module.
 //! Every subcommand owns its options and a `run` that returns the process exit code.
 
+mod loadtest;
 mod push;
 mod serve;
 mod token;
@@ -25,6 +26,7 @@ struct Cli {
 enum Command {
     Serve(serve::Args),
     Push(push::Args),
+    Loadtest(loadtest::Args),
     Token(token::Args),
 }
 
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args, cli.log_format),
         Command::Push(args) => push::run(args),
+        Command::Loadtest(args) => loadtest::run(args),
         Command::Token(args) => token::run(args),
     };
     result.unwrap_or_else(|e| {

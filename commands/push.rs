@@ -1,21 +1,28 @@
 //! `wsgw push`: push a message to every connection of a user through a node's gRPC
-//! `PushService`.
+//! `PushService`, or (`--all`) broadcast it to every connection of a business.
 //!
-//! Exit codes: 0 delivered; 1 not delivered (the user has no connection there); 2 refused or
-//! failed (bad arguments, wrong token, node unreachable, overloaded).
+//! Exit codes: 0 delivered; 1 not delivered (the user has no connection there, or a broadcast
+//! reached nobody); 2 refused or failed (bad arguments, wrong token, node unreachable,
+//! overloaded).
 
 use std::{io::Read as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use tonic::{Code, Request};
-use wsgw::protocol::pb::{PushMessage, PushRequest, push_service_client::PushServiceClient};
+use wsgw::protocol::pb::{
+    BroadcastRequest, PushMessage, PushRequest, push_service_client::PushServiceClient,
+};
 
-/// Push a message to a user (every connection they have on the node).
+/// Push a message to a user (every connection they have on the node), or broadcast it.
 #[derive(clap::Args)]
 pub struct Args {
     /// Receiver's user id.
-    #[arg(long)]
-    user: i64,
+    #[arg(long, required_unless_present = "all")]
+    user: Option<i64>,
+    /// Broadcast to every connection of --biz (every connection of the node with --biz 0);
+    /// encoded once, not retransmitted.
+    #[arg(long, conflicts_with = "user")]
+    all: bool,
     /// Receiver's business id.
     #[arg(long)]
     biz: i64,
@@ -48,19 +55,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let msg = PushMessage {
-        key: key.clone(),
-        biz_id: args.biz,
-        receiver_id: args.user,
-        body: body.into(),
-    };
+    let user = args.user.unwrap_or(0);
+    let msg =
+        PushMessage { key: key.clone(), biz_id: args.biz, receiver_id: user, body: body.into() };
     let result =
         runtime.block_on(async { tokio::time::timeout(args.timeout, push(&args, msg)).await });
-    let who = format!("user {} of biz {}", args.user, args.biz);
+    let who = match args.all {
+        true => format!("biz {} (broadcast)", args.biz),
+        false => format!("user {user} of biz {}", args.biz),
+    };
     match result {
         Err(_) => {
             eprintln!("error: no answer from {} within {:?}", args.addr, args.timeout);
             Ok(ExitCode::from(FAILED))
+        }
+        Ok(Ok(0)) => {
+            eprintln!("not delivered: no connection of {who}");
+            Ok(ExitCode::from(NOT_DELIVERED))
         }
         Ok(Ok(n)) => {
             println!("delivered to {n} connection(s) of {who}, key {key}");
@@ -86,13 +97,26 @@ enum PushFailure {
     Status(tonic::Status),
 }
 
-async fn push(args: &Args, msg: PushMessage) -> Result<i32, PushFailure> {
+async fn push(args: &Args, msg: PushMessage) -> Result<i64, PushFailure> {
     let url =
         if args.addr.contains("://") { args.addr.clone() } else { format!("http://{}", args.addr) };
     let endpoint = tonic::transport::Endpoint::from_shared(url).map_err(PushFailure::Connect)?;
     let channel = endpoint.connect().await.map_err(PushFailure::Connect)?;
     let mut client = PushServiceClient::new(channel);
-    let mut request = Request::new(PushRequest { msg: Some(msg) });
+    if args.all {
+        let broadcast = BroadcastRequest { biz_id: msg.biz_id, key: msg.key, body: msg.body };
+        let response =
+            client.broadcast(authorized(broadcast, args)?).await.map_err(PushFailure::Status)?;
+        return Ok(response.into_inner().connections);
+    }
+    let request = authorized(PushRequest { msg: Some(msg) }, args)?;
+    let response = client.push(request).await.map_err(PushFailure::Status)?;
+    Ok(response.into_inner().connections.into())
+}
+
+/// Adds the bearer token, when one is given.
+fn authorized<T>(msg: T, args: &Args) -> Result<Request<T>, PushFailure> {
+    let mut request = Request::new(msg);
     if let Some(token) = args.token.as_deref().filter(|t| !t.is_empty()) {
         let value = format!("Bearer {token}").parse().map_err(|_| {
             PushFailure::Status(tonic::Status::invalid_argument(
@@ -101,8 +125,7 @@ async fn push(args: &Args, msg: PushMessage) -> Result<i32, PushFailure> {
         })?;
         request.metadata_mut().insert("authorization", value);
     }
-    let response = client.push(request).await.map_err(PushFailure::Status)?;
-    Ok(response.into_inner().connections)
+    Ok(request)
 }
 
 fn body(args: &Args) -> anyhow::Result<Vec<u8>> {

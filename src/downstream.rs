@@ -101,17 +101,22 @@ impl Downstream {
             self.metrics.push_event("refused");
             return Err(PushError::Overloaded(self.config.max_pending));
         }
+        // Tracked before it is sent: the client's ACK may arrive before `deliver` returns.
+        let tracked = self.config.max_retries > 0 && !already;
+        if tracked {
+            let due = Instant::now() + self.config.retry_interval;
+            self.pending.insert(track.clone(), Pending { body: msg.body.clone(), retries: 0, due });
+        }
         let delivered = self.deliver(&track, &msg.body);
+        if delivered == 0 && tracked {
+            self.pending.remove(&track);
+        }
+        self.metrics.pushes_pending.set(self.pending.len() as i64);
         if delivered == 0 {
             self.metrics.push_event("not_connected");
             return Err(PushError::NotConnected { biz: identity.biz_id, user: identity.user_id });
         }
         self.metrics.push_event("delivered");
-        if self.config.max_retries > 0 && !already {
-            let due = Instant::now() + self.config.retry_interval;
-            self.pending.insert(track, Pending { body: msg.body, retries: 0, due });
-            self.metrics.pushes_pending.set(self.pending.len() as i64);
-        }
         Ok(delivered)
     }
 
@@ -125,6 +130,24 @@ impl Downstream {
         let msg = Message { cmd, key: key.clone(), body: self.wire.seal(plaintext) };
         let frame = self.wire.frame(&msg);
         links.iter().filter(|l| self.wire.send_frame(l, frame.clone(), cmd).is_ok()).count()
+    }
+
+    /// Sends one message to every connection of business `biz_id` (every connection when 0),
+    /// encoded (and encrypted) once and shared. Not tracked for acknowledgement. Returns how
+    /// many connections it was queued on.
+    pub fn broadcast(&self, biz_id: i64, key: String, body: &[u8]) -> usize {
+        let cmd = CommandType::DownstreamMessage.into();
+        let frame = self.wire.frame(&Message { cmd, key, body: self.wire.seal(body) });
+        let mut queued = 0;
+        self.links.for_each(|link| {
+            if (biz_id == 0 || link.identity.biz_id == biz_id)
+                && self.wire.send_frame(link, frame.clone(), cmd).is_ok()
+            {
+                queued += 1;
+            }
+        });
+        self.metrics.push_event("broadcast");
+        queued
     }
 
     /// The user acknowledged `key` (from any of their connections).

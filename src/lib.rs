@@ -11,6 +11,7 @@
 //! - [`downstream`] — pushes to every connection of a user, retransmitted until acknowledged,
 //!   and the gRPC `PushService` that takes them in.
 //! - [`wire`] — encoding, body encryption and counting of every outgoing message.
+//! - [`loadtest`] — the load generator of `wsgw loadtest` (a client of the public contracts).
 //! - [`governor`] — the operator HTTP endpoint: `/health`, `/ready`, `/metrics`.
 //! - [`links`] — the registry of live connections and their bounded outbound queues.
 //! - [`auth`] — JWT verification (and minting, for `wsgw token`).
@@ -25,6 +26,7 @@ pub mod downstream;
 pub mod gateway;
 pub mod governor;
 pub mod links;
+pub mod loadtest;
 pub mod node;
 pub mod protocol;
 pub mod shutdown;

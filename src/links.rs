@@ -215,6 +215,11 @@ impl LinkRegistry {
         ids.iter().filter_map(|id| self.links.get(id).map(|l| l.clone())).collect()
     }
 
+    /// Calls `f` with every live link (no snapshot is allocated; links may come and go).
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<Link>)) {
+        self.links.iter().for_each(|l| f(l.value()));
+    }
+
     /// Every live link (a snapshot).
     pub fn all(&self) -> Vec<Arc<Link>> {
         self.links.iter().map(|l| l.clone()).collect()

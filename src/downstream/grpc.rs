@@ -5,7 +5,10 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status, service::Interceptor};
 
 use super::{Downstream, PushError};
-use crate::protocol::pb::{PushRequest, PushResponse, push_service_server::PushService};
+use crate::protocol::pb::{
+    BroadcastRequest, BroadcastResponse, PushRequest, PushResponse,
+    push_service_server::PushService,
+};
 
 /// The `PushService` implementation.
 pub struct PushApi {
@@ -31,6 +34,20 @@ impl PushService for PushApi {
             Err(e @ PushError::NotConnected { .. }) => Err(Status::not_found(e.to_string())),
             Err(e @ PushError::Overloaded(_)) => Err(Status::resource_exhausted(e.to_string())),
         }
+    }
+
+    async fn broadcast(
+        &self,
+        request: Request<BroadcastRequest>,
+    ) -> Result<Response<BroadcastResponse>, Status> {
+        let req = request.into_inner();
+        if req.biz_id < 0 {
+            return Err(Status::invalid_argument(
+                "biz_id must be positive, or 0 for every connection",
+            ));
+        }
+        let n = self.downstream.broadcast(req.biz_id, req.key, &req.body);
+        Ok(Response::new(BroadcastResponse { connections: n as i64 }))
     }
 }
 

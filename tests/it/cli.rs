@@ -175,3 +175,13 @@ async fn without_a_secret_serve_prints_a_token_command_that_works() {
     drop(lines);
     node.signal("-TERM");
 }
+
+#[test]
+fn loadtest_help_documents_every_scenario() {
+    let out = wsgw().args(["loadtest", "--help"]).output().expect("run");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for scenario in ["idle", "upstream", "push", "broadcast", "churn"] {
+        assert!(help.contains(&format!("  {scenario} ")), "{scenario} missing from:\n{help}");
+    }
+}

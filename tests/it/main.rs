@@ -8,5 +8,6 @@ mod cli;
 mod connections;
 mod downstream;
 mod lifecycle;
+mod loadtest;
 mod protocol;
 mod upstream;
