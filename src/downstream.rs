@@ -128,8 +128,11 @@ impl Downstream {
         }
         let cmd = CommandType::DownstreamMessage.into();
         let msg = Message { cmd, key: key.clone(), body: self.wire.seal(plaintext) };
-        let frame = self.wire.frame(&msg);
-        links.iter().filter(|l| self.wire.send_frame(l, frame.clone(), cmd).is_ok()).count()
+        let mut batch = self.wire.batch(self.wire.frame(&msg), cmd);
+        links.iter().for_each(|l| {
+            batch.send(l);
+        });
+        batch.finish() as usize
     }
 
     /// Sends one message to every connection of business `biz_id` (every connection when 0),
@@ -138,16 +141,14 @@ impl Downstream {
     pub fn broadcast(&self, biz_id: i64, key: String, body: &[u8]) -> usize {
         let cmd = CommandType::DownstreamMessage.into();
         let frame = self.wire.frame(&Message { cmd, key, body: self.wire.seal(body) });
-        let mut queued = 0;
+        let mut batch = self.wire.batch(frame, cmd);
         self.links.for_each(|link| {
-            if (biz_id == 0 || link.identity.biz_id == biz_id)
-                && self.wire.send_frame(link, frame.clone(), cmd).is_ok()
-            {
-                queued += 1;
+            if biz_id == 0 || link.identity.biz_id == biz_id {
+                batch.send(link);
             }
         });
         self.metrics.push_event("broadcast");
-        queued
+        batch.finish() as usize
     }
 
     /// The user acknowledged `key` (from any of their connections).

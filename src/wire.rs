@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use crate::{
     links::{Link, SendError},
     protocol::{BodyCipher, CipherError, CommandType, ErrorCode, ErrorInfo, Message, Serializer},
-    telemetry::{Direction, Metrics},
+    telemetry::{BizMetrics, Direction, Metrics},
 };
 
 /// The node's message encoding and body encryption.
@@ -67,6 +67,21 @@ impl Wire {
         result
     }
 
+    /// A counter for queueing one shared frame on many links (a broadcast): counts in bulk
+    /// instead of per link. Call [`Batch::finish`] at the end.
+    pub fn batch(&self, frame: WsMessage, cmd: i32) -> Batch<'_> {
+        Batch {
+            wire: self,
+            len: frame.len(),
+            frame,
+            cmd,
+            biz: None,
+            sent: 0,
+            pending: 0,
+            dropped: 0,
+        }
+    }
+
     /// Queues a COMMAND_TYPE_ERROR for `key` (its body is never encrypted).
     pub fn send_error(&self, link: &Link, key: String, code: ErrorCode, reason: String) {
         let _ = self.send(link, &self.error(key, code, reason));
@@ -82,4 +97,49 @@ impl Wire {
 /// The command of a raw `cmd` value (unknown values count as unspecified).
 pub fn command(cmd: i32) -> CommandType {
     CommandType::try_from(cmd).unwrap_or(CommandType::InvalidUnspecified)
+}
+
+/// One frame queued on many links, counted once per business at the end.
+pub struct Batch<'a> {
+    wire: &'a Wire,
+    frame: WsMessage,
+    len: usize,
+    cmd: i32,
+    biz: Option<(i64, Arc<BizMetrics>)>,
+    sent: u64,
+    pending: u64,
+    dropped: u64,
+}
+
+impl Batch<'_> {
+    /// Queues the frame on `link`; false when its queue refused it.
+    pub fn send(&mut self, link: &Link) -> bool {
+        if link.send(self.frame.clone()).is_err() {
+            self.dropped += 1;
+            return false;
+        }
+        let biz = link.identity.biz_id;
+        if self.biz.as_ref().is_none_or(|(id, _)| *id != biz) {
+            self.flush_biz();
+            self.biz = Some((biz, self.wire.metrics.biz(biz)));
+        }
+        self.pending += 1;
+        self.sent += 1;
+        true
+    }
+
+    fn flush_biz(&mut self) {
+        if let Some((_, m)) = &self.biz {
+            m.messages(Direction::Out, self.pending, self.pending * self.len as u64);
+        }
+        self.pending = 0;
+    }
+
+    /// Records the counts; returns how many links took the frame.
+    pub fn finish(mut self) -> u64 {
+        self.flush_biz();
+        self.wire.metrics.commands(Direction::Out, command(self.cmd), self.sent);
+        self.wire.metrics.outbound_dropped.inc_by(self.dropped);
+        self.sent
+    }
 }

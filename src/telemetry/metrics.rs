@@ -78,12 +78,17 @@ pub struct BizMetrics {
 impl BizMetrics {
     /// Counts one message of `len` bytes.
     pub fn message(&self, direction: Direction, len: usize) {
-        let (count, bytes) = match direction {
+        self.messages(direction, 1, len as u64);
+    }
+
+    /// Counts `count` messages of `bytes` bytes in all.
+    pub fn messages(&self, direction: Direction, count: u64, bytes: u64) {
+        let (c, b) = match direction {
             Direction::In => (&self.messages_in, &self.bytes_in),
             Direction::Out => (&self.messages_out, &self.bytes_out),
         };
-        count.inc();
-        bytes.inc_by(len as u64);
+        c.inc_by(count);
+        b.inc_by(bytes);
     }
 }
 
@@ -214,8 +219,13 @@ impl Metrics {
 
     /// Counts one message by command.
     pub fn command(&self, direction: Direction, cmd: CommandType) {
+        self.commands(direction, cmd, 1);
+    }
+
+    /// Counts `n` messages of one command.
+    pub fn commands(&self, direction: Direction, cmd: CommandType, n: u64) {
         if let Some(c) = self.commands[direction as usize].get(cmd as usize) {
-            c.inc();
+            c.inc_by(n);
         }
     }
 

@@ -1,0 +1,176 @@
+//! Upstream round trips (client → wsgw → tonic backend → UPSTREAM_ACK), against a baseline
+//! measured in the same run: the same backend called directly over gRPC (no gateway).
+//!
+//!   cargo build --release
+//!   taskset -c 1 cargo bench --bench upstream -- [--conns 1000] [--rates 10000,25000,50000]
+//!
+//! wsgw runs as its own process pinned to CPU 0; this process (load generator and the fast
+//! in-process backend) should run on CPU 1. For each offered rate (messages/s in total, open
+//! loop: every client sends on its own clock) it prints the achieved ACK rate and the latency
+//! percentiles. A benchmark: nothing fails on a number.
+
+use std::{
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+use wsgw::{
+    loadtest::{self, Plan, Stats, Tokens},
+    protocol::{
+        Serializer,
+        pb::{
+            OnReceiveRequest, OnReceiveResponse,
+            backend_service_client::BackendServiceClient,
+            backend_service_server::{BackendService, BackendServiceServer},
+        },
+    },
+};
+
+const SECRET: &str = "bench-secret";
+const BIZ: i64 = 9999;
+
+struct Fast;
+
+#[tonic::async_trait]
+impl BackendService for Fast {
+    async fn on_receive(
+        &self,
+        r: Request<OnReceiveRequest>,
+    ) -> Result<Response<OnReceiveResponse>, Status> {
+        let msg_id = r.into_inner().key.len() as i64;
+        Ok(Response::new(OnReceiveResponse { msg_id, biz_id: BIZ }))
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let flag =
+        |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let conns: usize = flag("--conns").and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let rates: Vec<f64> = flag("--rates")
+        .unwrap_or_else(|| "2000,5000,8000,12000".into())
+        .split(',')
+        .filter_map(|r| r.parse().ok())
+        .collect();
+    let wsgw = flag("--wsgw").unwrap_or_else(|| "target/release/wsgw".into());
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let backend = start_backend().await;
+        println!("baseline: direct gRPC to the backend, 64 callers, closed loop, 5 s");
+        let (rate, lat) = direct(backend, 64, Duration::from_secs(5)).await;
+        println!("  {rate:.0} calls/s, p50 {:.3} ms, p99 {:.3} ms", lat.0, lat.1);
+        let mut server = start_wsgw(&wsgw, backend);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        println!("\n| offered msg/s | ACKs/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | vs direct gRPC |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for offered in rates {
+            let report = gateway(conns, offered).await;
+            let u = &report.upstream;
+            let errors: u64 = u.errors.values().sum::<u64>() + u.rate_limited;
+            println!(
+                "| {offered:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {errors} | {:.2}x rate, p99 +{:.3} ms |",
+                u.per_second, u.latency_ms.p50, u.latency_ms.p90, u.latency_ms.p99, u.latency_ms.p999,
+                u.per_second / rate, u.latency_ms.p99 - lat.1
+            );
+        }
+        let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
+        let _ = server.wait();
+    });
+}
+
+async fn start_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(BackendServiceServer::new(Fast))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+/// Closed-loop direct calls: (calls/s, (p50 ms, p99 ms)).
+async fn direct(backend: SocketAddr, callers: usize, period: Duration) -> (f64, (f64, f64)) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{backend}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let hist = Arc::new(std::sync::Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("h"),
+    ));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let (mut client, hist) = (BackendServiceClient::new(channel.clone()), hist.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while started.elapsed() < period {
+                let t = Instant::now();
+                let req = OnReceiveRequest { key: "k".into(), body: vec![b'x'; 64].into() };
+                if client.on_receive(req).await.is_ok() {
+                    n += 1;
+                    let _ =
+                        hist.lock().expect("lock").record(t.elapsed().as_micros().max(1) as u64);
+                }
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("caller");
+    }
+    let h = hist.lock().expect("lock");
+    let ms = |q| h.value_at_quantile(q) as f64 / 1000.0;
+    (total as f64 / started.elapsed().as_secs_f64(), (ms(0.5), ms(0.99)))
+}
+
+fn start_wsgw(program: &str, backend: SocketAddr) -> Child {
+    let mut cmd = if Command::new("taskset").arg("-V").output().is_ok() {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0", program]);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.arg("serve")
+        .env("WSGW_SERVER__WEBSOCKET__LISTEN", "127.0.0.1:19602")
+        .env("WSGW_SERVER__GOVERNOR__LISTEN", "127.0.0.1:19603")
+        .env("WSGW_SERVER__GRPC__LISTEN", "127.0.0.1:19604")
+        .env("WSGW_AUTH__JWT__SECRET", SECRET)
+        .env("WSGW_LOG__LEVEL", "error")
+        .env("WSGW_BACKENDS", format!("[{{biz_id: {BIZ}, endpoints: [\"{backend}\"]}}]"))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start wsgw")
+}
+
+async fn gateway(conns: usize, offered: f64) -> loadtest::Report {
+    let plan = Plan {
+        urls: vec!["ws://127.0.0.1:19602/".into()],
+        connections: conns,
+        ramp: 5000.0,
+        tokens: Tokens::Secret(SECRET.into()),
+        biz_id: BIZ,
+        first_user: 1,
+        sources: Vec::new(),
+        serializer: Serializer::Json,
+        duration: Duration::from_secs(5),
+        upstream_rate: offered / conns as f64,
+        upstream_count: None,
+        body_size: 64,
+        push: None,
+        broadcast: None,
+        churn_rate: 0.0,
+        server_pid: None,
+    };
+    loadtest::run(plan, Arc::new(Stats::new())).await.expect("loadtest")
+}
