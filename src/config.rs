@@ -192,6 +192,9 @@ pub struct UpstreamConfig {
     pub max_backoff: Duration,
     /// Upstream messages one connection may have in flight; beyond, RATE_LIMIT_EXCEEDED.
     pub max_in_flight: u32,
+    /// Calls in flight to one backend endpoint; when every endpoint of a business is at its
+    /// limit, messages are refused with RATE_LIMIT_EXCEEDED instead of queueing into timeouts.
+    pub max_calls_per_endpoint: u32,
     /// A key a user sent again within this window is not forwarded again.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
@@ -212,6 +215,7 @@ impl Default for UpstreamConfig {
             backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(1),
             max_in_flight: 16,
+            max_calls_per_endpoint: 1024,
             dedup_window: Duration::from_secs(60),
             dedup_capacity: 100_000,
             circuit_failures: 5,

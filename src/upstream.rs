@@ -21,7 +21,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Code, Status};
 use tracing::{debug, warn};
 
-pub use backends::{BackendRegistry, BizBackends, Endpoint, endpoint_uri};
+pub use backends::{BackendRegistry, BizBackends, Endpoint, Pick, endpoint_uri};
 
 use self::{
     batch::BatchItem,
@@ -44,6 +44,9 @@ pub enum UpstreamError {
     Unavailable(String),
     #[error("backend rejected the message: {0}")]
     Rejected(String),
+    /// Every endpoint is at its in-flight limit: the message is shed, not queued.
+    #[error("backends are busy")]
+    Busy,
 }
 
 impl UpstreamError {
@@ -52,6 +55,8 @@ impl UpstreamError {
             Self::NoBackend(_) => ErrorCode::NoBackend,
             Self::Unavailable(_) => ErrorCode::BackendUnavailable,
             Self::Rejected(_) => ErrorCode::BackendRejected,
+            // Never sent as an error: a busy backend is answered with RATE_LIMIT_EXCEEDED.
+            Self::Busy => ErrorCode::Unspecified,
         }
     }
 
@@ -60,6 +65,7 @@ impl UpstreamError {
             Self::NoBackend(_) => "no_backend",
             Self::Unavailable(_) => "unavailable",
             Self::Rejected(_) => "rejected",
+            Self::Busy => "busy",
         }
     }
 }
@@ -98,7 +104,9 @@ impl Upstream {
             let endpoints = b
                 .endpoints
                 .iter()
-                .map(|a| Endpoint::new(a, config.timeout).map(Arc::new))
+                .map(|a| {
+                    Endpoint::new(a, config.timeout, config.max_calls_per_endpoint).map(Arc::new)
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let sender = b.batch.enabled.then(|| {
                 let (batcher, sender) = batch::Batcher::new(b.biz_id, b.batch.clone());
@@ -144,14 +152,7 @@ impl Upstream {
         }
         if !link.try_begin_upstream(self.config.max_in_flight) {
             self.metrics.upstream_done(dkey.0.biz_id, "rate_limited", Duration::ZERO);
-            let limited = Message {
-                cmd: CommandType::RateLimitExceeded.into(),
-                key: dkey.1.clone(),
-                body: Bytes::new(),
-            };
-            for l in std::iter::once(link.clone()).chain(self.dedup.finish(&dkey, None)) {
-                let _ = self.wire.send(&l, &limited);
-            }
+            self.rate_limited(link, &dkey);
             return;
         }
         let this = self.clone();
@@ -182,6 +183,10 @@ impl Upstream {
                     self.send_ack(&l, &dkey.1, &ack);
                 }
             }
+            Err(UpstreamError::Busy) => {
+                self.metrics.upstream_done(biz, UpstreamError::Busy.outcome(), took);
+                self.rate_limited(link, dkey);
+            }
             Err(e) => {
                 self.metrics.upstream_done(biz, e.outcome(), took);
                 debug!(biz, key = %dkey.1, error = %e, "upstream message not accepted");
@@ -189,6 +194,15 @@ impl Upstream {
                     self.wire.send_error(&l, dkey.1.clone(), e.code(), e.to_string());
                 }
             }
+        }
+    }
+
+    /// Answers RATE_LIMIT_EXCEEDED (same key, no body) to the link and any waiters.
+    fn rate_limited(&self, link: &Arc<Link>, dkey: &dedup::Key) {
+        let cmd = CommandType::RateLimitExceeded.into();
+        let limited = Message { cmd, key: dkey.1.clone(), body: Bytes::new() };
+        for l in std::iter::once(link.clone()).chain(self.dedup.finish(dkey, None)) {
+            let _ = self.wire.send(&l, &limited);
         }
     }
 
@@ -251,10 +265,17 @@ impl Upstream {
             if attempt > 0 {
                 tokio::time::sleep(backoff(c.backoff, c.max_backoff, attempt)).await;
             }
-            let Some(endpoint) = biz.pick() else {
-                self.metrics.backend_error(biz.biz_id, "circuit_open");
-                last = "every endpoint's circuit is open".into();
-                continue;
+            let (endpoint, _permit) = match biz.pick() {
+                Pick::Ready(endpoint, permit) => (endpoint, permit),
+                Pick::Busy => {
+                    self.metrics.backend_error(biz.biz_id, "busy");
+                    return Ok(Err(UpstreamError::Busy));
+                }
+                Pick::CircuitOpen => {
+                    self.metrics.backend_error(biz.biz_id, "circuit_open");
+                    last = "every endpoint's circuit is open".into();
+                    continue;
+                }
             };
             let outcome = match tokio::time::timeout(c.timeout, call(endpoint.clone())).await {
                 Ok(Ok(value)) => {

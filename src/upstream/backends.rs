@@ -13,7 +13,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    time::Instant,
+};
 use tonic::transport::{Channel, Uri};
 
 use super::batch::BatchItem;
@@ -36,13 +39,15 @@ pub fn endpoint_uri(addr: &str) -> Result<Uri, String> {
 pub struct Endpoint {
     pub addr: String,
     channel: Channel,
+    /// Calls in flight are bounded: a permit per call.
+    permits: Arc<Semaphore>,
     failures: AtomicU32,
     open_until: Mutex<Option<Instant>>,
 }
 
 impl Endpoint {
     /// An endpoint whose channel connects on first use and reconnects by itself.
-    pub fn new(addr: &str, connect_timeout: Duration) -> Result<Self, String> {
+    pub fn new(addr: &str, connect_timeout: Duration, max_calls: u32) -> Result<Self, String> {
         let uri = endpoint_uri(addr)?;
         let channel = tonic::transport::Endpoint::from(uri)
             .connect_timeout(connect_timeout)
@@ -51,6 +56,7 @@ impl Endpoint {
         Ok(Self {
             addr: addr.to_owned(),
             channel,
+            permits: Arc::new(Semaphore::new(max_calls as usize)),
             failures: AtomicU32::new(0),
             open_until: Mutex::new(None),
         })
@@ -66,6 +72,11 @@ impl Endpoint {
 
     fn open_until(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
         self.open_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A permit for one call, or `None` when the endpoint is at its in-flight limit.
+    pub fn try_call(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
     }
 
     /// Whether calls may go to this endpoint now (circuit closed, or its cool-down is over).
@@ -121,12 +132,22 @@ impl BizBackends {
         }
     }
 
-    /// The next available endpoint, round-robin; `None` when every circuit is open.
-    pub fn pick(&self) -> Option<Arc<Endpoint>> {
+    /// The next endpoint with a closed circuit and a free call slot, round-robin.
+    pub fn pick(&self) -> Pick {
         let now = Instant::now();
         let n = self.endpoints.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n).map(|i| &self.endpoints[(start + i) % n]).find(|e| e.available(now)).cloned()
+        let mut busy = false;
+        for endpoint in (0..n).map(|i| &self.endpoints[(start + i) % n]) {
+            if !endpoint.available(now) {
+                continue;
+            }
+            match endpoint.try_call() {
+                Some(permit) => return Pick::Ready(endpoint.clone(), permit),
+                None => busy = true,
+            }
+        }
+        if busy { Pick::Busy } else { Pick::CircuitOpen }
     }
 
     /// The batcher, while the backend supports batching.
@@ -137,6 +158,16 @@ impl BizBackends {
     pub(super) fn batch_unsupported(&self) {
         self.batch_supported.store(false, Ordering::Relaxed);
     }
+}
+
+/// The outcome of [`BizBackends::pick`].
+pub enum Pick {
+    /// Call this endpoint while holding the permit.
+    Ready(Arc<Endpoint>, OwnedSemaphorePermit),
+    /// Every healthy endpoint is at its in-flight limit.
+    Busy,
+    /// Every endpoint's circuit is open.
+    CircuitOpen,
 }
 
 /// Every business's backends.
@@ -177,18 +208,36 @@ mod tests {
 
     #[tokio::test]
     async fn circuits_open_after_failures_and_round_robin_skips_them() {
-        let a = Arc::new(Endpoint::new("127.0.0.1:1", Duration::from_secs(1)).expect("a"));
-        let b = Arc::new(Endpoint::new("127.0.0.1:2", Duration::from_secs(1)).expect("b"));
+        let a = Arc::new(Endpoint::new("127.0.0.1:1", Duration::from_secs(1), 10).expect("a"));
+        let b = Arc::new(Endpoint::new("127.0.0.1:2", Duration::from_secs(1), 10).expect("b"));
         let biz = BizBackends::new(1, vec![a.clone(), b.clone()], None);
-        let picks: Vec<String> = (0..4).map(|_| biz.pick().expect("some").addr.clone()).collect();
+        let picks: Vec<String> = (0..4).map(|_| addr(biz.pick())).collect();
         assert_eq!(picks, ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:1", "127.0.0.1:2"]);
         assert!(!a.failed(2, Duration::from_secs(60)));
         assert!(a.failed(2, Duration::from_secs(60)), "the second failure opens it");
         assert!(a.is_open());
-        assert!((0..4).all(|_| biz.pick().expect("b").addr == "127.0.0.1:2"));
+        assert!((0..4).all(|_| addr(biz.pick()) == "127.0.0.1:2"));
         b.failed(1, Duration::from_secs(60));
-        assert!(biz.pick().is_none(), "every circuit open");
+        assert!(matches!(biz.pick(), Pick::CircuitOpen), "every circuit open");
         b.succeeded();
-        assert_eq!(biz.pick().expect("b again").addr, "127.0.0.1:2");
+        assert_eq!(addr(biz.pick()), "127.0.0.1:2");
+    }
+
+    fn addr(pick: Pick) -> String {
+        match pick {
+            Pick::Ready(e, _) => e.addr.clone(),
+            _ => panic!("expected an endpoint"),
+        }
+    }
+
+    #[tokio::test]
+    async fn endpoints_at_their_call_limit_are_busy() {
+        let a = Arc::new(Endpoint::new("127.0.0.1:1", Duration::from_secs(1), 1).expect("a"));
+        let biz = BizBackends::new(1, vec![a], None);
+        let held = biz.pick();
+        assert!(matches!(held, Pick::Ready(..)));
+        assert!(matches!(biz.pick(), Pick::Busy));
+        drop(held);
+        assert!(matches!(biz.pick(), Pick::Ready(..)), "the permit comes back");
     }
 }

@@ -220,6 +220,38 @@ async fn beyond_the_in_flight_limit_the_client_is_rate_limited() {
     );
 }
 
+#[tokio::test]
+async fn a_saturated_backend_sheds_load_with_rate_limit_instead_of_timing_out() {
+    let slow = Behaviour { delay: Duration::from_millis(400), ..Behaviour::default() };
+    let backend = TestBackend::spawn(BIZ, slow).await;
+    let node = TestNode::with_backend(BIZ, backend.addr)
+        .config(|c| {
+            c.upstream.max_calls_per_endpoint = 1;
+            c.upstream.timeout = Duration::from_secs(5);
+        })
+        .spawn()
+        .await;
+    let mut first = node.connect(1, BIZ).await;
+    let mut second = node.connect(2, BIZ).await;
+    first.send(&upstream("a", b"x"), Serializer::Json).await;
+    crate::assert_eventually!(backend.calls() == 1, "the first call is in flight");
+    second.send(&upstream("b", b"x"), Serializer::Json).await;
+    let shed = second.recv_msg(Serializer::Json).await;
+    assert_eq!((shed.cmd, shed.key.as_str()), (CommandType::RateLimitExceeded as i32, "b"));
+    assert_eq!(first.recv_msg(Serializer::Json).await.cmd, CommandType::UpstreamAck as i32);
+    assert_eq!(backend.calls(), 1, "the shed message never reached the backend");
+    assert_eq!(
+        node.metric(r#"websocket_gateway_backend_errors_total{biz_id="9999",kind="busy"}"#).await,
+        1.0
+    );
+    second.send(&upstream("b", b"x"), Serializer::Json).await;
+    assert_eq!(
+        second.recv_msg(Serializer::Json).await.cmd,
+        CommandType::UpstreamAck as i32,
+        "retry works"
+    );
+}
+
 async fn batch_node(backend: &TestBackend) -> TestNode {
     TestNode::with_backend(BIZ, backend.addr)
         .config(|c| {
