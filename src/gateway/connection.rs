@@ -81,12 +81,17 @@ impl Connection<'_> {
         let link = self.link.clone();
         let mut clock = Liveness::new(Instant::now(), &shared.config.limits, idle);
         let timer = sleep_until(clock.deadline());
-        tokio::pin!(timer);
+        // The waits live across iterations: re-registering them on every wake-up costs locks
+        // (the drain token is shared by every connection) on the fan-out path.
+        let drain = shared.drain.cancelled();
+        let woken = link.woken();
+        tokio::pin!(timer, drain, woken);
         loop {
             tokio::select! {
                 biased;
-                _ = shared.drain.cancelled() => return CloseReason::GoingAway,
-                _ = link.woken() => {
+                _ = &mut drain => return CloseReason::GoingAway,
+                _ = &mut woken => {
+                    woken.set(link.woken());
                     // Boxed (like every write below): an idle connection's future then only
                     // holds what waiting needs, not the state of a write in progress.
                     if let Err(reason) = Box::pin(self.flush()).await {
