@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage, protocol::WebSo
 use wsgw::{
     auth::{self, Identity, TokenSpec},
     config::JwtAlgorithm,
+    loadtest::rss_of,
     protocol::{
         Message, Serializer, pb::BroadcastRequest, pb::push_service_client::PushServiceClient,
     },
@@ -315,18 +316,5 @@ fn rss_sum(pids: &[u32]) -> Option<u64> {
     if pids.is_empty() {
         return None;
     }
-    pids.iter().map(|p| rss(*p)).sum()
-}
-
-fn rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
+    pids.iter().map(|p| rss_of(*p)).sum()
 }

@@ -131,13 +131,7 @@ async fn measure(
 
 /// Resident set size of `pid`, in bytes.
 fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kib * 1024
+    wsgw::loadtest::rss_of(pid).expect("the server's /proc status")
 }
 
 /// The baseline: accept, upgrade, read until closed — nothing else.

@@ -16,7 +16,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use tokio::time::Instant;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use stats::{Report, Stats};
+pub use stats::{Report, Stats, rss_of};
 
 use crate::{
     auth::{self, Identity, TokenSpec},

@@ -275,8 +275,8 @@ impl Stats {
     }
 }
 
-/// The resident set size of a process, in bytes.
-pub(super) fn rss_of(pid: u32) -> Option<u64> {
+/// The resident set size of a process, in bytes (from /proc).
+pub fn rss_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: u64 = status
         .lines()
