@@ -1,6 +1,7 @@
 //! The `wsgw` binary: parses the command line and hands each subcommand to its own module.
 //! Every subcommand owns its options and a `run` that returns the process exit code.
 
+mod generate;
 mod loadtest;
 mod push;
 mod serve;
@@ -8,12 +9,12 @@ mod token;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use wsgw::config::LogFormat;
 
 /// wsgw — a WebSocket gateway in front of gRPC business backends.
 #[derive(Parser)]
-#[command(name = "wsgw", version, about, propagate_version = true)]
+#[command(name = "wsgw", version, about, propagate_version = true, disable_help_subcommand = true)]
 struct Cli {
     /// Log format (overrides `log.format`).
     #[arg(long, global = true, value_enum)]
@@ -28,6 +29,8 @@ enum Command {
     Push(push::Args),
     Loadtest(loadtest::Args),
     Token(token::Args),
+    #[command(hide = true)]
+    GenerateDocs(generate::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Command::Push(args) => push::run(args),
         Command::Loadtest(args) => loadtest::run(args),
         Command::Token(args) => token::run(args),
+        Command::GenerateDocs(args) => generate::run(args, Cli::command()),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -185,3 +185,31 @@ fn loadtest_help_documents_every_scenario() {
         assert!(help.contains(&format!("  {scenario} ")), "{scenario} missing from:\n{help}");
     }
 }
+
+#[test]
+fn generated_docs_are_current() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = wsgw().arg("generate-docs").arg(dir.path()).output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for sub in ["completions", "man"] {
+        let mut fresh: Vec<_> = std::fs::read_dir(dir.path().join(sub))
+            .expect("generated")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        fresh.sort();
+        let mut committed: Vec<_> = std::fs::read_dir(repo.join(sub))
+            .expect("committed")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        committed.sort();
+        assert_eq!(fresh, committed, "{sub}/ is stale: run scripts/gen-docs.sh");
+        for name in fresh {
+            let a = std::fs::read(dir.path().join(sub).join(&name)).expect("read");
+            let b = std::fs::read(repo.join(sub).join(&name)).expect("read");
+            assert!(a == b, "{sub}/{} is stale: run scripts/gen-docs.sh", name.to_string_lossy());
+        }
+    }
+}

@@ -1,0 +1,102 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_wsgw_global_optspecs
+    string join \n log-format= h/help V/version
+end
+
+function __fish_wsgw_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_wsgw_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_wsgw_using_subcommand
+    set -l cmd (__fish_wsgw_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c wsgw -n "__fish_wsgw_needs_command" -l log-format -d 'Log format (overrides `log.format`)' -r -f -a "human\t''
+json\t''"
+complete -c wsgw -n "__fish_wsgw_needs_command" -s h -l help -d 'Print help'
+complete -c wsgw -n "__fish_wsgw_needs_command" -s V -l version -d 'Print version'
+complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "serve" -d 'Run a gateway node (embedded defaults when no config is given)'
+complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "push" -d 'Push a message to a user (every connection they have on the node), or broadcast it'
+complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "loadtest" -d 'Drive nodes with many real WebSocket clients; report throughput, latency and errors.'
+complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "token" -d 'Print a JWT for a user that a node with the same secret accepts'
+complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "generate-docs" -d 'Write completions and man pages (for packaging; hidden from --help)'
+complete -c wsgw -n "__fish_wsgw_using_subcommand serve" -s c -l config -d 'YAML config file; every key can be overridden by WSGW_<KEY__PATH> variables' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand serve" -l log-format -d 'Log format (overrides `log.format`)' -r -f -a "human\t''
+json\t''"
+complete -c wsgw -n "__fish_wsgw_using_subcommand serve" -l check -d 'Validate the configuration and exit (0 valid, 2 invalid)'
+complete -c wsgw -n "__fish_wsgw_using_subcommand serve" -s h -l help -d 'Print help'
+complete -c wsgw -n "__fish_wsgw_using_subcommand serve" -s V -l version -d 'Print version'
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l user -d 'Receiver\'s user id' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l biz -d 'Receiver\'s business id' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l key -d 'Message key (the client acknowledges it); a random one by default' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l addr -d 'The node\'s gRPC address (server.grpc.listen)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l token -d 'Bearer token (server.grpc.token)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l file -d 'Read the body from this file' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l timeout -d 'Give up after this long' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l log-format -d 'Log format (overrides `log.format`)' -r -f -a "human\t''
+json\t''"
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l all -d 'Broadcast to every connection of --biz (every connection of the node with --biz 0); encoded once, not retransmitted'
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -s h -l help -d 'Print help'
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -s V -l version -d 'Print version'
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l url -d 'WebSocket URL(s) of the node(s), used round-robin' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -s n -l connections -d 'Connections to open (each one a distinct user)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l ramp -d 'New connections per second while ramping up' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l secret -d 'Mint tokens with this secret (default: the --config / WSGW_AUTH__JWT__SECRET secret)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -s c -l config -d 'Node config to take the JWT secret from' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l token-file -d 'Use the token in this file for every connection' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l biz -d 'Business id of the simulated users' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l first-user -d 'User id of the first connection; connection i is user first_user + i' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l source -d 'Local source addresses to spread connections over (127.0.0.2,127.0.0.3,...)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l serializer -d 'The node\'s serializer' -r -f -a "json\t''
+proto\t''"
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l scenario -d 'Scenarios to run' -r -f -a "idle\t''
+upstream\t''
+push\t''
+broadcast\t''
+churn\t''"
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l duration -d 'How long to measure after the ramp-up (an upper bound when counts are given)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l rate -d 'upstream: messages per second per connection' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l messages -d 'upstream: messages per connection; the run ends when all are answered' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l body-size -d 'Body size of upstream, push and broadcast messages, in bytes' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l push-addr -d 'push/broadcast: the node\'s gRPC address' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l push-token -d 'push/broadcast: bearer token of the gRPC API' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l push-rate -d 'push: pushes per second in total' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l pushes -d 'push: pushes in total; the run ends when all are delivered or failed' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l broadcasts -d 'broadcast: how many broadcasts' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l broadcast-interval -d 'broadcast: pause between broadcasts (each first waits for its fan-out); 0 = back to back' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l churn-rate -d 'churn: connect/close cycles per second' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l server-pid -d 'Report this server process\'s RSS (idle memory per connection)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l json -d 'Also write the report as JSON to this file' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l log-format -d 'Log format (overrides `log.format`)' -r -f -a "human\t''
+json\t''"
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -s V -l version -d 'Print version'
+complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l user -d 'User id (claim `user_id`)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l biz -d 'Business id (claim `biz_id`)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l ttl -d 'Lifetime of the token ("1h", "30m", ...)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l secret -d 'HMAC secret; defaults to the node\'s `auth.jwt.secret` from --config or WSGW_AUTH__JWT__SECRET' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand token" -s c -l config -d 'Take secret, issuer, audience and algorithm from this node config' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l issuer -d 'Claim `iss` (default: the config\'s auth.jwt.issuer)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l audience -d 'Claim `aud` (default: the config\'s auth.jwt.audience)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l alg -d 'Signature algorithm (default: the first of the config\'s auth.jwt.algorithms)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l log-format -d 'Log format (overrides `log.format`)' -r -f -a "human\t''
+json\t''"
+complete -c wsgw -n "__fish_wsgw_using_subcommand token" -s h -l help -d 'Print help'
+complete -c wsgw -n "__fish_wsgw_using_subcommand token" -s V -l version -d 'Print version'
+complete -c wsgw -n "__fish_wsgw_using_subcommand generate-docs" -l log-format -d 'Log format (overrides `log.format`)' -r -f -a "human\t''
+json\t''"
+complete -c wsgw -n "__fish_wsgw_using_subcommand generate-docs" -s h -l help -d 'Print help'
+complete -c wsgw -n "__fish_wsgw_using_subcommand generate-docs" -s V -l version -d 'Print version'
