@@ -106,8 +106,8 @@ impl Connection<'_> {
                         Some(Err(e)) => return reason_for(&e),
                         Some(Ok(WsMessage::Text(t))) => (Bytes::from(t), true),
                         Some(Ok(WsMessage::Binary(b))) => (b, false),
-                        // Pongs to our pings are answered by tungstenite; a close is replied to
-                        // and ends the stream on the next read.
+                        // Pings are answered by tungstenite, pongs only prove liveness (above);
+                        // a close is replied to and ends the stream on the next read.
                         Some(Ok(_)) => continue,
                     };
                     clock.application_message(now);
