@@ -92,11 +92,26 @@ impl BizMetrics {
     }
 }
 
+/// Registers a metric; our definitions are static, so failing here is a programming error.
+fn registered<M>(registry: &Registry, metric: prometheus::Result<M>) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let metric = metric.expect("metric definitions are valid");
+    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    registered(registry, IntCounter::new(format!("{PREFIX}_{name}"), help))
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    registered(registry, IntGauge::new(format!("{PREFIX}_{name}"), help))
+}
+
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(format!("{PREFIX}_{name}"), help), labels)
-        .expect("metric definitions are valid");
-    registry.register(Box::new(c.clone())).expect("metric names are unique");
-    c
+    registered(registry, IntCounterVec::new(Opts::new(format!("{PREFIX}_{name}"), help), labels))
 }
 
 /// `commands_total{direction,cmd}` for every known command, in command-number order.
@@ -118,48 +133,36 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
-        let online_users = IntGaugeVec::new(
-            Opts::new(format!("{PREFIX}_online_users"), "Users with at least one open connection."),
-            &["biz_id"],
+        let online_users = registered(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    format!("{PREFIX}_online_users"),
+                    "Users with at least one open connection.",
+                ),
+                &["biz_id"],
+            ),
+        );
+        let latency = HistogramOpts::new(
+            format!("{PREFIX}_upstream_latency_seconds"),
+            "Upstream message to backend answer, by business and outcome.",
         )
-        .expect("valid");
-        r.register(Box::new(online_users.clone())).expect("unique");
-        let connections_open =
-            IntGauge::new(format!("{PREFIX}_connections_open"), "Open WebSocket connections.")
-                .expect("valid");
-        r.register(Box::new(connections_open.clone())).expect("unique");
-        let outbound_dropped = IntCounter::new(
-            format!("{PREFIX}_outbound_dropped_total"),
+        .buckets(LATENCY_BUCKETS.to_vec());
+        let upstream_latency = registered(&r, HistogramVec::new(latency, &["biz_id", "outcome"]));
+        let connections_open = gauge(&r, "connections_open", "Open WebSocket connections.");
+        let outbound_dropped = counter(
+            &r,
+            "outbound_dropped_total",
             "Messages refused because a connection's outbound queue was full.",
-        )
-        .expect("valid");
-        r.register(Box::new(outbound_dropped.clone())).expect("unique");
-        let decode_errors = IntCounter::new(
-            format!("{PREFIX}_decode_errors_total"),
-            "Client messages that could not be decoded.",
-        )
-        .expect("valid");
-        r.register(Box::new(decode_errors.clone())).expect("unique");
-        let dedup_hits = IntCounter::new(
-            format!("{PREFIX}_upstream_dedup_hits_total"),
+        );
+        let decode_errors =
+            counter(&r, "decode_errors_total", "Client messages that could not be decoded.");
+        let dedup_hits = counter(
+            &r,
+            "upstream_dedup_hits_total",
             "Upstream messages answered from the dedup window.",
-        )
-        .expect("valid");
-        r.register(Box::new(dedup_hits.clone())).expect("unique");
-        let pushes_pending =
-            IntGauge::new(format!("{PREFIX}_pushes_pending"), "Pushes awaiting acknowledgement.")
-                .expect("valid");
-        r.register(Box::new(pushes_pending.clone())).expect("unique");
-        let upstream_latency = HistogramVec::new(
-            HistogramOpts::new(
-                format!("{PREFIX}_upstream_latency_seconds"),
-                "Upstream message to backend answer, by business and outcome.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["biz_id", "outcome"],
-        )
-        .expect("valid");
-        r.register(Box::new(upstream_latency.clone())).expect("unique");
+        );
+        let pushes_pending = gauge(&r, "pushes_pending", "Pushes awaiting acknowledgement.");
         Self {
             dedup_hits,
             pushes_pending,
