@@ -17,5 +17,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register_descriptors(&descriptors)?
         .out_dir(&out)
         .build(&[".gatewayapi.v1"])?;
+
+    // Node-to-node API; refers to the gatewayapi types generated above.
+    let mut files = protox::compile(["cluster/v1/cluster.proto"], ["proto"])?;
+    files.file.retain(|f| f.package() == "wsgw.cluster.v1");
+    let mut config = prost_build::Config::new();
+    config.bytes(["."]).extern_path(".gatewayapi.v1", "crate::protocol::pb");
+    tonic_prost_build::configure().out_dir(&out).compile_fds_with_config(files, config)?;
     Ok(())
 }

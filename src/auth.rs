@@ -4,6 +4,10 @@
 //! or numeric strings; `exp` checked when present; `iss`/`aud` when configured) and the short,
 //! client-safe reason for each failure. Must never log or return the secret or the token.
 
+mod bearer;
+
+pub use bearer::BearerAuth;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};

@@ -5,6 +5,7 @@
 //! Every problem is collected and reported at once, each naming its key. This module must never
 //! start anything or read the environment beyond what [`load`] is given.
 
+mod cluster;
 mod load;
 mod validate;
 
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::Serializer;
 
+pub use cluster::{ClusterConfig, EtcdConfig, KafkaConfig, RedisConfig};
 pub use load::{ConfigError, Problem, load, load_from_env};
 
 /// The whole configuration of one node.
@@ -30,6 +32,8 @@ pub struct Config {
     /// Static backends: which gRPC endpoints serve which business.
     pub backends: Vec<BackendConfig>,
     pub downstream: DownstreamConfig,
+    /// Redis, etcd and Kafka; all off by default (single node).
+    pub cluster: ClusterConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
 }

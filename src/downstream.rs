@@ -7,9 +7,8 @@
 //! is never acknowledged is given up after `downstream.max_retries`, logged and counted. Must
 //! never block: delivery is a non-blocking enqueue on each link.
 //!
-//! Ingestion sources (the gRPC `PushService` in [`grpc`], Kafka later) call [`Downstream::push`].
-
-pub mod grpc;
+//! Delivers on this node only; [`crate::routing`] decides which node(s) a push goes to and
+//! calls [`Downstream::push`] here.
 
 use std::{
     sync::{

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::TokenVerifier,
+    cluster::Cluster,
     config::{Config, IdleClose},
     downstream::Downstream,
     shutdown::PhaseCell,
@@ -54,6 +55,7 @@ pub struct Shared {
     pub wire: Arc<Wire>,
     pub upstream: Arc<Upstream>,
     pub downstream: Arc<Downstream>,
+    pub cluster: Arc<Cluster>,
     pub metrics: Arc<Metrics>,
     pub phase: Arc<PhaseCell>,
     /// Cancelled when the node drains: every connection says goodbye and ends.

@@ -1,7 +1,8 @@
 //! The governor: the operator's HTTP endpoint (`server.governor.listen`, default :9003).
 //!
 //! - `GET /health` — 200 while the process serves at all (liveness).
-//! - `GET /ready` — 200 while the node accepts clients; 503 while starting, draining or stopped.
+//! - `GET /ready` — 200 while the node accepts clients; 503 while starting, draining or stopped,
+//!   and while the session directory (Redis, cluster mode) is unreachable.
 //! - `GET /metrics` — Prometheus text exposition.
 //!
 //! Must never expose configuration, environment variables or secrets (the original did).
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    cluster::Cluster,
     shutdown::{Phase, PhaseCell},
     telemetry::Metrics,
 };
@@ -27,20 +29,24 @@ use crate::{
 struct GovernorState {
     metrics: Arc<Metrics>,
     phase: Arc<PhaseCell>,
+    cluster: Arc<Cluster>,
 }
 
 /// The governor's routes.
-pub fn router(metrics: Arc<Metrics>, phase: Arc<PhaseCell>) -> Router {
+pub fn router(metrics: Arc<Metrics>, phase: Arc<PhaseCell>, cluster: Arc<Cluster>) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
-        .with_state(GovernorState { metrics, phase })
+        .with_state(GovernorState { metrics, phase, cluster })
 }
 
 async fn ready(State(s): State<GovernorState>) -> impl IntoResponse {
     match s.phase.get() {
-        Phase::Running => (StatusCode::OK, "ready\n".to_owned()),
+        Phase::Running => match s.cluster.not_ready() {
+            None => (StatusCode::OK, "ready\n".to_owned()),
+            Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        },
         other => (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", other.as_str())),
     }
 }

@@ -8,8 +8,12 @@
 //! - [`gateway`] — the connection layer: listener, handshake, the per-connection task and the
 //!   registry of live links.
 //! - [`upstream`] — client messages to gRPC backends (dedup, batching, retries, circuits).
-//! - [`downstream`] — pushes to every connection of a user, retransmitted until acknowledged,
-//!   and the gRPC `PushService` that takes them in.
+//! - [`cluster`] — Redis session directory and offline inbox, etcd node registry and backend
+//!   discovery, Kafka push ingestion and presence events. All optional.
+//! - [`routing`] — where a push goes (this node, peers, the offline inbox), and the gRPC
+//!   `PushService` / node-to-node `NodeService` that take pushes in.
+//! - [`downstream`] — pushes to every connection of a user on this node, retransmitted until
+//!   acknowledged.
 //! - [`wire`] — encoding, body encryption and counting of every outgoing message.
 //! - [`loadtest`] — the load generator of `wsgw loadtest` (a client of the public contracts).
 //! - [`governor`] — the operator HTTP endpoint: `/health`, `/ready`, `/metrics`.
@@ -21,6 +25,7 @@
 //! - [`shutdown`] — the node's phase (starting, running, draining, stopped).
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod downstream;
 pub mod gateway;
@@ -29,6 +34,7 @@ pub mod links;
 pub mod loadtest;
 pub mod node;
 pub mod protocol;
+pub mod routing;
 pub mod shutdown;
 pub mod telemetry;
 pub mod upstream;

@@ -16,16 +16,22 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::{
-    auth::{EmptySecret, TokenVerifier},
+    auth::{BearerAuth, EmptySecret, TokenVerifier},
+    cluster::{Advertised, Cluster},
     config::Config,
-    downstream::{
-        Downstream,
-        grpc::{BearerAuth, PushApi},
-    },
+    downstream::Downstream,
     gateway::{self, Shared},
     governor,
     links::LinkRegistry,
-    protocol::{BodyCipher, CipherError, pb::push_service_server::PushServiceServer},
+    protocol::{
+        BodyCipher, CipherError, CommandType, Message,
+        cluster_pb::node_service_server::NodeServiceServer,
+        pb::{NodeList, push_service_server::PushServiceServer},
+    },
+    routing::{
+        Router,
+        api::{NodeApi, PushApi},
+    },
     shutdown::{Phase, PhaseCell},
     telemetry::Metrics,
     upstream::Upstream,
@@ -48,11 +54,14 @@ pub enum NodeError {
     Cipher(#[from] CipherError),
     #[error("backends: {0}")]
     Backend(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// A node with its sockets bound, ready to [`run`](Node::run).
 pub struct Node {
     shared: Arc<Shared>,
+    router: Arc<Router>,
     listeners: Listeners,
     /// Connection tasks and the backend calls they start; drained on shutdown.
     tasks: TaskTracker,
@@ -115,8 +124,20 @@ impl Node {
             grpc: bind("grpc", config.server.grpc.listen).await?,
         };
         let tasks = TaskTracker::new();
-        let shared = Arc::new(build(config, secret.as_bytes(), tasks.clone())?);
-        Ok(Self { shared, listeners, tasks, ephemeral_secret })
+        let at = Advertised::new(
+            &config.cluster,
+            local_addr(&listeners.ws),
+            local_addr(&listeners.grpc),
+        );
+        let shared = Arc::new(build(config, secret.as_bytes(), tasks.clone(), &at)?);
+        let router = Arc::new(Router::new(
+            shared.node_id.clone(),
+            shared.downstream.clone(),
+            shared.cluster.directory.clone(),
+            &shared.config.server.grpc.token,
+            shared.metrics.clone(),
+        ));
+        Ok(Self { shared, router, listeners, tasks, ephemeral_secret })
     }
 
     pub fn ws_addr(&self) -> SocketAddr {
@@ -147,17 +168,30 @@ impl Node {
     /// Serves until `shutdown` completes, then drains and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let addrs = (self.ws_addr(), self.grpc_addr(), self.governor_addr());
-        let Self { shared, listeners, tasks, .. } = self;
+        let Self { shared, router, listeners, tasks, .. } = self;
         let background = TaskTracker::new();
         let stop_background = CancellationToken::new();
         let stop_accept = CancellationToken::new();
         let stop_servers = CancellationToken::new();
 
-        let router = governor::router(shared.metrics.clone(), shared.phase.clone());
+        let routes =
+            governor::router(shared.metrics.clone(), shared.phase.clone(), shared.cluster.clone());
         let governor =
-            tokio::spawn(governor::serve(listeners.governor, router, stop_servers.clone()));
-        let grpc = tokio::spawn(serve_grpc(listeners.grpc, shared.clone(), stop_servers.clone()));
+            tokio::spawn(governor::serve(listeners.governor, routes, stop_servers.clone()));
+        let grpc = tokio::spawn(serve_grpc(
+            listeners.grpc,
+            shared.clone(),
+            router.clone(),
+            stop_servers.clone(),
+        ));
         shared.upstream.start(&background, &stop_background);
+        shared.cluster.start(
+            &shared.links,
+            &router,
+            &shared.upstream,
+            &background,
+            &stop_background,
+        );
         background.spawn(shared.downstream.clone().run_retries(stop_background.clone()));
         let acceptor = tokio::spawn(gateway::run_listener(
             listeners.ws,
@@ -174,6 +208,7 @@ impl Node {
         info!(connections = shared.links.len(), "draining");
         stop_accept.cancel();
         let _ = acceptor.await;
+        redirect_to_peers(&shared).await;
         shared.drain.cancel();
         tasks.close();
         let drain_timeout = shared.config.shutdown.drain_timeout;
@@ -196,8 +231,30 @@ impl Node {
     }
 }
 
+/// Leaves the registry and sends every client a REDIRECT to the live peers (least loaded
+/// first), which goes out just before the 1001 close.
+async fn redirect_to_peers(shared: &Shared) {
+    let nodes = shared.cluster.leave().await;
+    if nodes.is_empty() {
+        return;
+    }
+    let cmd = CommandType::Redirect.into();
+    let body = shared.wire.serializer.encode(&NodeList { nodes });
+    let mut batch =
+        shared.wire.batch(shared.wire.frame(&Message { cmd, key: String::new(), body }), cmd);
+    shared.links.for_each(|link| {
+        batch.send(link);
+    });
+    info!(clients = batch.finish(), "redirected clients to peers");
+}
+
 /// Builds the node's services from its config.
-fn build(config: Config, secret: &[u8], tasks: TaskTracker) -> Result<Shared, NodeError> {
+fn build(
+    config: Config,
+    secret: &[u8],
+    tasks: TaskTracker,
+    at: &Advertised,
+) -> Result<Shared, NodeError> {
     let node_id = config.node_id();
     let metrics = Arc::new(Metrics::new());
     let cipher = BodyCipher::from_config(&config.protocol.encryption)?;
@@ -218,7 +275,10 @@ fn build(config: Config, secret: &[u8], tasks: TaskTracker) -> Result<Shared, No
         metrics.clone(),
         node_id.clone(),
     );
+    let cluster =
+        Cluster::new(&config, &node_id, at, metrics.clone()).map_err(NodeError::Cluster)?;
     Ok(Shared {
+        cluster: Arc::new(cluster),
         node_id,
         ws_config: Shared::ws_config(&config),
         verifier: TokenVerifier::new(&config.auth.jwt, secret)?,
@@ -234,16 +294,22 @@ fn build(config: Config, secret: &[u8], tasks: TaskTracker) -> Result<Shared, No
     })
 }
 
-/// Serves the gRPC API (`PushService`) until `stop` is cancelled.
+/// Serves the gRPC APIs (`PushService`, `NodeService`) until `stop` is cancelled.
 async fn serve_grpc(
     listener: TcpListener,
     shared: Arc<Shared>,
+    router: Arc<Router>,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let auth = BearerAuth::new(&shared.config.server.grpc.token);
-    let push = PushServiceServer::with_interceptor(PushApi::new(shared.downstream.clone()), auth);
+    let push = PushServiceServer::with_interceptor(
+        PushApi::new(router.clone(), shared.downstream.clone()),
+        auth.clone(),
+    );
+    let node = NodeServiceServer::with_interceptor(NodeApi::new(router), auth);
     tonic::transport::Server::builder()
         .add_service(push)
+        .add_service(node)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
         .await
 }

@@ -15,6 +15,12 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/gatewayapi.v1.serde.rs"));
 }
 
+/// The node-to-node API (`wsgw.cluster.v1`).
+#[allow(clippy::all, missing_docs)]
+pub mod cluster_pb {
+    include!(concat!(env!("OUT_DIR"), "/wsgw.cluster.v1.rs"));
+}
+
 pub use codec::{DecodeError, Serializer};
 pub use encryption::{BodyCipher, CipherError};
 pub use pb::message::CommandType;

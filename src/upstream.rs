@@ -13,7 +13,12 @@ mod backends;
 mod batch;
 mod dedup;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use tokio::{sync::oneshot, time::Instant};
@@ -84,6 +89,10 @@ pub struct Upstream {
     wire: Arc<Wire>,
     metrics: Arc<Metrics>,
     tasks: TaskTracker,
+    /// Endpoints of the config file, per business; discovery adds to them, never removes them.
+    static_endpoints: HashMap<i64, Vec<String>>,
+    /// Businesses whose backends came (partly) from discovery.
+    discovered: std::sync::Mutex<HashSet<i64>>,
     /// Batchers configured but not started yet (see [`Upstream::start`]).
     batchers: std::sync::Mutex<Vec<batch::Batcher>>,
 }
@@ -115,7 +124,11 @@ impl Upstream {
             });
             backends.set(BizBackends::new(b.biz_id, endpoints, sender));
         }
+        let static_endpoints =
+            static_backends.iter().map(|b| (b.biz_id, b.endpoints.clone())).collect();
         Ok(Self {
+            static_endpoints,
+            discovered: std::sync::Mutex::default(),
             dedup: Dedup::new(config.dedup_window, config.dedup_capacity),
             backends,
             config,
@@ -124,6 +137,47 @@ impl Upstream {
             tasks,
             batchers: std::sync::Mutex::new(batchers),
         })
+    }
+
+    /// Applies discovered backends (business → addresses), merged with the static ones.
+    /// Endpoints whose address is unchanged are kept (with their connection and circuit); a
+    /// business that disappears from discovery falls back to its static endpoints, if any.
+    pub fn set_discovered(&self, found: &HashMap<i64, Vec<String>>) {
+        let mut discovered = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<i64> =
+            discovered.iter().filter(|b| !found.contains_key(b)).copied().collect();
+        for biz in gone {
+            discovered.remove(&biz);
+            match self.static_endpoints.get(&biz) {
+                Some(addrs) => self.replace_endpoints(biz, addrs),
+                None => self.backends.remove(biz),
+            }
+        }
+        for (biz, addrs) in found {
+            let mut all = self.static_endpoints.get(biz).cloned().unwrap_or_default();
+            all.extend(addrs.iter().filter(|a| !all.contains(a)).cloned().collect::<Vec<_>>());
+            self.replace_endpoints(*biz, &all);
+            discovered.insert(*biz);
+        }
+    }
+
+    fn replace_endpoints(&self, biz: i64, addrs: &[String]) {
+        let current = self.backends.get(biz);
+        let existing = |addr: &str| {
+            current.as_ref().and_then(|c| c.endpoints.iter().find(|e| e.addr == addr).cloned())
+        };
+        let endpoints: Vec<Arc<Endpoint>> = addrs
+            .iter()
+            .filter_map(|a| match existing(a) {
+                Some(e) => Some(e),
+                None => Endpoint::new(a, self.config.timeout, self.config.max_calls_per_endpoint)
+                    .map(Arc::new)
+                    .map_err(|e| warn!(addr = %a, error = %e, "ignoring a backend address"))
+                    .ok(),
+            })
+            .collect();
+        let batcher = current.as_ref().and_then(|c| c.batch_sender());
+        self.backends.set(BizBackends::new(biz, endpoints, batcher));
     }
 
     /// Starts the batchers on `background`; they end when `stop` is cancelled.

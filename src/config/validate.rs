@@ -72,6 +72,7 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
     check(EnvFilter::try_new(&c.log.level).is_ok(), "log.level", "is not a valid tracing filter");
     p.extend(validate_backends(c));
     p.extend(validate_traffic(c));
+    p.extend(c.cluster.problems().into_iter().map(|(k, m)| Problem::new(k, m)));
     p
 }
 

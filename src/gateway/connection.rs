@@ -50,6 +50,7 @@ pub(super) async fn serve(stream: TcpStream, remote: SocketAddr, shared: Arc<Sha
     if first {
         biz.online_users.inc();
     }
+    shared.cluster.connected(&link, first);
     shared.metrics.connections_open.inc();
     debug!(conn = link.id, biz = identity.biz_id, user = identity.user_id, %remote, "connected");
 
@@ -59,9 +60,11 @@ pub(super) async fn serve(stream: TcpStream, remote: SocketAddr, shared: Arc<Sha
     Box::pin(conn.goodbye(reason)).await;
 
     shared.metrics.connections_open.dec();
-    if shared.links.remove(&link) {
+    let last = shared.links.remove(&link);
+    if last {
         biz.online_users.dec();
     }
+    shared.cluster.disconnected(&link, last);
     shared.metrics.closed(reason.code().unwrap_or(1006), reason.as_str());
     debug!(conn = link.id, reason = reason.as_str(), "closed");
     drop(accepted.slot);
@@ -200,6 +203,10 @@ impl Connection<'_> {
         let Some(frame) = reason.frame() else { return };
         if reason == CloseReason::SlowConsumer {
             self.shared.metrics.outbound_dropped.inc();
+        }
+        if reason == CloseReason::GoingAway {
+            // What was queued before the drain (a REDIRECT) goes out before the close.
+            let _ = Box::pin(self.flush()).await;
         }
         let limits = &self.shared.config.limits;
         let abort = &self.shared.abort;

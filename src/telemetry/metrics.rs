@@ -63,6 +63,8 @@ pub struct Metrics {
     upstream_latency: HistogramVec,
     backend_errors: IntCounterVec,
     pushes: IntCounterVec,
+    cluster_events: IntCounterVec,
+    dependency_up: IntGaugeVec,
     biz: DashMap<i64, Arc<BizMetrics>>,
 }
 
@@ -191,6 +193,22 @@ impl Metrics {
                 "Message bytes by direction.",
                 &["direction", "biz_id"],
             ),
+            cluster_events: counter_vec(
+                &r,
+                "cluster_events_total",
+                "Cluster events by service (redis, etcd, kafka, peer) and event.",
+                &["service", "event"],
+            ),
+            dependency_up: registered(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        format!("{PREFIX}_dependency_up"),
+                        "1 while a configured service (redis, etcd, kafka) answers.",
+                    ),
+                    &["service"],
+                ),
+            ),
             commands: command_series(&r),
             handshakes: counter_vec(&r, "handshakes_total", "Handshakes by outcome.", &["outcome"]),
             closes: counter_vec(&r, "closes_total", "Closed connections.", &["code", "reason"]),
@@ -258,6 +276,21 @@ impl Metrics {
     /// Counts one push event.
     pub fn push_event(&self, event: &str) {
         self.pushes.with_label_values(&[event]).inc();
+    }
+
+    /// Counts one cluster event of `service`.
+    pub fn cluster_event(&self, service: &str, event: &str) {
+        self.cluster_events.with_label_values(&[service, event]).inc();
+    }
+
+    /// Counts `n` cluster events of `service`.
+    pub fn cluster_events(&self, service: &str, event: &str, n: u64) {
+        self.cluster_events.with_label_values(&[service, event]).inc_by(n);
+    }
+
+    /// Records whether `service` answers.
+    pub fn dependency(&self, service: &str, up: bool) {
+        self.dependency_up.with_label_values(&[service]).set(i64::from(up));
     }
 
     /// The Prometheus text exposition of every metric.

@@ -155,6 +155,11 @@ impl BizBackends {
         self.batcher.as_ref().filter(|_| self.batch_supported.load(Ordering::Relaxed))
     }
 
+    /// The batcher's queue, whether or not the backend supports batching.
+    pub(crate) fn batch_sender(&self) -> Option<mpsc::Sender<BatchItem>> {
+        self.batcher.clone()
+    }
+
     pub(super) fn batch_unsupported(&self) {
         self.batch_supported.store(false, Ordering::Relaxed);
     }

@@ -1,0 +1,118 @@
+//! Backend discovery from etcd, compatible with the original gateway: `gateway.backend.services`
+//! holds `[{"bizId":9999,"name":"mockServer"}]`, and each backend registers itself under
+//! `/ego/{name}/providers/grpc://{host:port}`. Both are watched; every change re-reads the whole
+//! map and hands it to [`Upstream::set_discovered`], which merges it with the static backends of
+//! the config (a static endpoint is never removed by discovery).
+//!
+//! Owns: reading and watching those keys. Must never remove a business's backends because etcd is
+//! unreachable: on errors the last known map stays until etcd answers again.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use etcd_client::{Client, GetOptions, WatchOptions};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::registry::connect;
+use crate::{config::EtcdConfig, telemetry::Metrics, upstream::Upstream};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Service {
+    biz_id: i64,
+    name: String,
+}
+
+/// Watches the backend map and applies it to the upstream.
+pub struct Discovery {
+    endpoints: Vec<String>,
+    prefix: String,
+    upstream: Arc<Upstream>,
+    metrics: Arc<Metrics>,
+}
+
+impl Discovery {
+    pub fn new(config: &EtcdConfig, upstream: Arc<Upstream>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            endpoints: config.endpoints.clone(),
+            prefix: config.prefix.clone(),
+            upstream,
+            metrics,
+        }
+    }
+
+    fn services_key(&self) -> String {
+        format!("{}gateway.backend.services", self.prefix)
+    }
+
+    fn providers_prefix(&self, name: &str) -> String {
+        format!("{}/ego/{name}/providers/", self.prefix)
+    }
+
+    pub async fn run(self, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        while !stop.is_cancelled() {
+            if let Err(e) = self.session(&stop).await {
+                self.metrics.cluster_event("etcd", "discovery_error");
+                warn!(error = %e, retry_in = ?backoff, "backend discovery (etcd) unavailable");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Watches both key spaces and re-reads the map on every change.
+    async fn session(&self, stop: &CancellationToken) -> Result<(), etcd_client::Error> {
+        let mut client = connect(&self.endpoints).await?;
+        let mut services = client.watch(self.services_key(), None).await?;
+        let ego = format!("{}/ego/", self.prefix);
+        let mut providers = client.watch(ego, Some(WatchOptions::new().with_prefix())).await?;
+        // Read after the watches exist, so no change between the two is missed.
+        self.reload(&mut client).await?;
+        loop {
+            let changed = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                m = services.message() => m?,
+                m = providers.message() => m?,
+            };
+            if changed.is_none() {
+                return Err(etcd_client::Error::WatchError("watch ended".into()));
+            }
+            self.reload(&mut client).await?;
+        }
+    }
+
+    async fn reload(&self, client: &mut Client) -> Result<(), etcd_client::Error> {
+        let resp = client.get(self.services_key(), None).await?;
+        let services: Vec<Service> = match resp.kvs().first() {
+            None => Vec::new(),
+            Some(kv) => serde_json::from_slice(kv.value()).unwrap_or_else(|e| {
+                warn!(error = %e, "gateway.backend.services is not a JSON list of {{bizId, name}}");
+                Vec::new()
+            }),
+        };
+        let mut map: HashMap<i64, Vec<String>> = HashMap::new();
+        for s in services {
+            let prefix = self.providers_prefix(&s.name);
+            let resp = client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
+            let addrs = map.entry(s.biz_id).or_default();
+            for kv in resp.kvs() {
+                let Ok(key) = kv.key_str() else { continue };
+                let provider = key.strip_prefix(prefix.as_str()).unwrap_or_default();
+                if let Some(addr) = provider.strip_prefix("grpc://").filter(|a| !a.is_empty()) {
+                    addrs.push(addr.to_owned());
+                }
+            }
+        }
+        let summary: Vec<String> =
+            map.iter().map(|(b, a)| format!("{b}={}", a.join("|"))).collect();
+        info!(backends = %summary.join(" "), "discovered backends");
+        self.upstream.set_discovered(&map);
+        self.metrics.cluster_event("etcd", "discovery_applied");
+        Ok(())
+    }
+}

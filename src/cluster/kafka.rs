@@ -1,0 +1,240 @@
+//! Kafka: consuming pushes (`push_message_event`) and producing presence events
+//! (`gateway_users_action`), with the original gateway's JSON (SPEC §3).
+//!
+//! Pushes: every node consumes the topic as one consumer group, so each push is read once,
+//! by one node, and routed to the node(s) holding its receiver (never "every node reads
+//! everything"). Up to `concurrency` pushes are routed at once; offsets are stored in order and
+//! only after the push was handed to its node(s) or stored in the inbox, then committed by
+//! librdkafka's auto-commit: at-least-once, with the push key for dedup. A push that cannot be
+//! routed (directory down and receiver not here, node overloaded) is retried with back-off and
+//! holds back later offsets of its partition. Undecodable records are counted and skipped.
+//!
+//! Presence: events are queued without waiting (bounded by `presence_buffer`, drops counted) and
+//! produced in the background; librdkafka buffers and retries them for up to five minutes while
+//! brokers are down, so a brief outage loses nothing. Must never block a connection.
+
+use std::{sync::Arc, time::Duration};
+
+use base64::Engine as _;
+use futures_util::{StreamExt, stream::FuturesOrdered, stream::FuturesUnordered};
+use rdkafka::{
+    ClientConfig, Message as _,
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    producer::{FutureProducer, FutureRecord, Producer as _},
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    auth::Identity,
+    config::KafkaConfig,
+    downstream::PushError,
+    protocol::pb::PushMessage,
+    routing::{RouteError, Router},
+    telemetry::Metrics,
+};
+
+/// A record of the push topic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KafkaPush {
+    pub key: String,
+    pub biz_id: i64,
+    pub receiver_id: i64,
+    /// Standard base64.
+    pub body: String,
+}
+
+impl KafkaPush {
+    fn into_push(self) -> Option<PushMessage> {
+        let body = base64::engine::general_purpose::STANDARD.decode(self.body.as_bytes()).ok()?;
+        Some(PushMessage {
+            key: self.key,
+            biz_id: self.biz_id,
+            receiver_id: self.receiver_id,
+            body: body.into(),
+        })
+    }
+}
+
+/// A presence change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum PresenceAction {
+    Online,
+    Offline,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PresenceRecord {
+    biz_id: i64,
+    user_id: i64,
+    action: PresenceAction,
+}
+
+fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "2000")
+        .set("log_level", "3");
+    c
+}
+
+/// Consumes the push topic and routes every push.
+pub struct PushConsumer {
+    config: KafkaConfig,
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+}
+
+impl PushConsumer {
+    pub fn new(config: &KafkaConfig, router: Arc<Router>, metrics: Arc<Metrics>) -> Self {
+        Self { config: config.clone(), router, metrics }
+    }
+
+    pub async fn run(self, stop: CancellationToken) {
+        let consumer: StreamConsumer = match client_config(&self.config)
+            .set("group.id", &self.config.group_id)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", &self.config.start_from)
+            .set("session.timeout.ms", "10000")
+            .set("fetch.wait.max.ms", "50")
+            .create()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                return warn!(error = %e, "cannot create the Kafka consumer; pushes from Kafka are off");
+            }
+        };
+        if let Err(e) = consumer.subscribe(&[self.config.push_topic.as_str()]) {
+            return warn!(error = %e, "cannot subscribe to the push topic; pushes from Kafka are off");
+        }
+        info!(topic = %self.config.push_topic, group = %self.config.group_id, "consuming pushes");
+        let mut inflight = FuturesOrdered::new();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some((partition, offset, done)) = inflight.next(), if !inflight.is_empty() => {
+                    if done {
+                        let _ = consumer.store_offset(&self.config.push_topic, partition, offset);
+                    }
+                }
+                received = consumer.recv(), if inflight.len() < self.config.concurrency => match received {
+                    Ok(m) => {
+                        self.metrics.dependency("kafka", true);
+                        let payload = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
+                        let (partition, offset) = (m.partition(), m.offset());
+                        let route = self.handle(payload, stop.clone());
+                        inflight.push_back(async move { (partition, offset, route.await) });
+                    }
+                    Err(e) => {
+                        self.metrics.dependency("kafka", false);
+                        self.metrics.cluster_event("kafka", "consume_error");
+                        warn!(error = %e, "Kafka consumer error");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                },
+            }
+        }
+        // Unfinished pushes are not stored: the group hands them out again.
+        drop(inflight);
+        let _ =
+            tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync))
+                .await;
+    }
+
+    /// Routes one record; true when its offset may be committed.
+    fn handle(
+        &self,
+        payload: Vec<u8>,
+        stop: CancellationToken,
+    ) -> impl Future<Output = bool> + Send + 'static {
+        let router = self.router.clone();
+        let metrics = self.metrics.clone();
+        async move {
+            let Some(msg) =
+                serde_json::from_slice::<KafkaPush>(&payload).ok().and_then(KafkaPush::into_push)
+            else {
+                metrics.cluster_event("kafka", "push_invalid");
+                warn!(record = %String::from_utf8_lossy(&payload), "skipping a push record that is not valid JSON");
+                return true;
+            };
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match router.push(msg.clone()).await {
+                    Ok(r) => {
+                        metrics.cluster_event(
+                            "kafka",
+                            if r.stored { "push_stored" } else { "push_routed" },
+                        );
+                        return true;
+                    }
+                    Err(RouteError::Push(PushError::Invalid | PushError::NotConnected { .. })) => {
+                        metrics.cluster_event("kafka", "push_undeliverable");
+                        return true;
+                    }
+                    Err(e) => {
+                        metrics.cluster_event("kafka", "push_retried");
+                        warn!(error = %e, retry_in = ?backoff, key = %msg.key, "push from Kafka not routed yet");
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return false,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Produces presence events until `stop`, then flushes what is buffered (briefly).
+pub async fn run_presence(
+    config: KafkaConfig,
+    mut events: mpsc::Receiver<(Identity, PresenceAction)>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let producer: FutureProducer = match client_config(&config)
+        .set("message.timeout.ms", "300000")
+        .set("queue.buffering.max.messages", config.presence_buffer.to_string())
+        .set("linger.ms", "5")
+        .create()
+    {
+        Ok(p) => p,
+        Err(e) => {
+            return warn!(error = %e, "cannot create the Kafka producer; presence events are off");
+        }
+    };
+    let mut deliveries = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            Some(done) = deliveries.next(), if !deliveries.is_empty() => {
+                let ok = matches!(done, Ok(Ok(_)));
+                metrics.cluster_event("kafka", if ok { "presence_produced" } else { "presence_failed" });
+            }
+            event = events.recv() => {
+                let Some((who, action)) = event else { break };
+                let record = PresenceRecord { biz_id: who.biz_id, user_id: who.user_id, action };
+                let payload = serde_json::to_vec(&record).unwrap_or_default();
+                let key = format!("{}-{}", who.biz_id, who.user_id);
+                match producer.send_result(FutureRecord::to(&config.presence_topic).key(&key).payload(&payload)) {
+                    Ok(delivery) => deliveries.push(delivery),
+                    Err((e, _)) => {
+                        metrics.cluster_event("kafka", "presence_dropped");
+                        warn!(error = %e, "presence event dropped");
+                    }
+                }
+            }
+        }
+    }
+    let flush = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5)));
+    let _ = flush.await;
+}

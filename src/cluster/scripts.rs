@@ -1,0 +1,50 @@
+//! The directory's Lua scripts. Each runs atomically in Redis, which is what makes "route or
+//! store" and "connect and empty the inbox" safe against each other.
+
+/// KEYS: user hash, inbox. ARGV: key prefix, push JSON, inbox max, inbox TTL (ms).
+/// Returns `[node, node entry, …]` for every live node holding the user; when there is none,
+/// stores the push in the inbox and returns `[]`. Fields of dead nodes are skipped.
+pub const ROUTE: &str = r#"
+local fields = redis.call('HKEYS', KEYS[1])
+local seen, out = {}, {}
+for _, f in ipairs(fields) do
+  local node = string.match(f, '^(.*)|[^|]*$')
+  if node and not seen[node] then
+    seen[node] = true
+    local entry = redis.call('GET', ARGV[1] .. 'node:' .. node)
+    if entry then
+      out[#out + 1] = node
+      out[#out + 1] = entry
+    end
+  end
+end
+if #out == 0 then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+return out
+"#;
+
+/// KEYS: user hash, node's conns hash, node's users set, inbox.
+/// ARGV: field (`node|conn`), connected-at ms, conn id, conn entry, `biz:user`.
+/// Returns `[connections of the user cluster-wide, inbox push JSON…]` and empties the inbox.
+pub const CONNECT: &str = r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[5])
+local inbox = redis.call('LRANGE', KEYS[4], 0, -1)
+if #inbox > 0 then redis.call('DEL', KEYS[4]) end
+table.insert(inbox, 1, tostring(redis.call('HLEN', KEYS[1])))
+return inbox
+"#;
+
+/// KEYS: user hash, node's conns hash, node's users set.
+/// ARGV: field (`node|conn`), conn id, `biz:user` when it was the user's last on the node, or ''.
+/// Returns `[connections of the user left cluster-wide]`.
+pub const DISCONNECT: &str = r#"
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[2])
+if ARGV[3] ~= '' then redis.call('SREM', KEYS[3], ARGV[3]) end
+return { tostring(redis.call('HLEN', KEYS[1])) }
+"#;

@@ -1,0 +1,161 @@
+//! The `cluster` section: Redis (session directory, offline inbox), etcd (node registry,
+//! backend discovery) and Kafka (push ingestion, presence events). Each is off while its address
+//! is empty; a node with none of them is a complete single-node gateway.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// Host name or IP that clients and peer nodes use to reach this node (registered in etcd,
+    /// sent in REDIRECT, used for node-to-node delivery). Empty: the listen address when it is
+    /// a specific IP, otherwise 127.0.0.1.
+    pub advertise_host: String,
+    /// This node's weight, location and labels in its registry entry.
+    pub weight: i32,
+    pub location: String,
+    pub labels: Vec<String>,
+    pub redis: RedisConfig,
+    pub etcd: EtcdConfig,
+    pub kafka: KafkaConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`; empty: in-memory directory (single node).
+    pub url: String,
+    /// Prefix of every key wsgw writes.
+    pub prefix: String,
+    /// A node that stops refreshing its entry for this long is dead: its sessions stop being
+    /// routed to and are removed by the surviving nodes.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Pushes kept per offline user, at most (the oldest are dropped first)...
+    pub inbox_max: u32,
+    /// ...for this long after the last one arrived.
+    #[serde(with = "humantime_serde")]
+    pub inbox_ttl: Duration,
+    /// Directory updates waiting to be written; beyond, the directory is rebuilt later.
+    pub queue: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            prefix: "wsgw:".into(),
+            session_ttl: Duration::from_secs(15),
+            inbox_max: 100,
+            inbox_ttl: Duration::from_secs(24 * 3600),
+            queue: 65_536,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct EtcdConfig {
+    /// `host:port` of etcd members; empty: no registry and no discovery.
+    pub endpoints: Vec<String>,
+    /// Prepended to every key (`/services/gateway/node/…`, `gateway.backend.services`,
+    /// `/ego/…`); empty keeps the original gateway's keys.
+    pub prefix: String,
+    /// TTL of the node's lease; a node that dies disappears from the registry after it.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often the node's load (connections) is written to its entry.
+    #[serde(with = "humantime_serde")]
+    pub report_interval: Duration,
+    /// Watch `gateway.backend.services` and `/ego/{name}/providers/` for backends.
+    pub discovery: bool,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            prefix: String::new(),
+            lease_ttl: Duration::from_secs(10),
+            report_interval: Duration::from_secs(5),
+            discovery: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port,…`; empty: no Kafka.
+    pub brokers: String,
+    /// Consumer group of all nodes (each push is consumed by one node).
+    pub group_id: String,
+    /// Push topic (JSON `{"key","biz_id","receiver_id","body"}`); empty: not consumed.
+    pub push_topic: String,
+    /// Where a new group starts: `earliest` or `latest`. An existing group resumes at its
+    /// committed offset either way.
+    pub start_from: String,
+    /// Pushes routed concurrently; offsets are committed in order after hand-off.
+    pub concurrency: usize,
+    /// Presence topic (`{"bizId","userId","action"}`); empty: no presence events.
+    pub presence_topic: String,
+    /// Presence events buffered while Kafka is slow or down; beyond, events are dropped and
+    /// counted.
+    pub presence_buffer: usize,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: String::new(),
+            group_id: "wsgw".into(),
+            push_topic: "push_message_event".into(),
+            start_from: "earliest".into(),
+            concurrency: 64,
+            presence_topic: "gateway_users_action".into(),
+            presence_buffer: 100_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Problems with this section, as (key, message).
+    pub(super) fn problems(&self) -> Vec<(&'static str, &'static str)> {
+        let mut p = Vec::new();
+        let r = &self.redis;
+        if !r.url.is_empty() && !(r.url.starts_with("redis://") || r.url.starts_with("unix://")) {
+            p.push(("cluster.redis.url", "must be redis://host:port[/db] or empty"));
+        }
+        if r.session_ttl < Duration::from_secs(1) {
+            p.push(("cluster.redis.session_ttl", "must be at least 1s"));
+        }
+        if r.inbox_max == 0 {
+            p.push(("cluster.redis.inbox_max", "must be at least 1"));
+        }
+        if r.queue == 0 {
+            p.push(("cluster.redis.queue", "must be at least 1"));
+        }
+        if self.etcd.lease_ttl < Duration::from_secs(2) {
+            p.push(("cluster.etcd.lease_ttl", "must be at least 2s"));
+        }
+        if self.etcd.report_interval.is_zero() {
+            p.push(("cluster.etcd.report_interval", "must be positive"));
+        }
+        let k = &self.kafka;
+        if !matches!(k.start_from.as_str(), "earliest" | "latest") {
+            p.push(("cluster.kafka.start_from", "must be earliest or latest"));
+        }
+        if k.concurrency == 0 {
+            p.push(("cluster.kafka.concurrency", "must be at least 1"));
+        }
+        if k.presence_buffer == 0 {
+            p.push(("cluster.kafka.presence_buffer", "must be at least 1"));
+        }
+        if !k.brokers.is_empty() && k.group_id.is_empty() {
+            p.push(("cluster.kafka.group_id", "must not be empty"));
+        }
+        p
+    }
+}

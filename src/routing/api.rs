@@ -1,0 +1,92 @@
+//! The gRPC services that take pushes in: `gatewayapi.v1.PushService` (backends, `wsgw push`)
+//! and `wsgw.cluster.v1.NodeService` (peer nodes). Both sit behind the node's bearer token.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{DeliverRequest, DeliverResponse, RouteError, Router};
+use crate::{
+    downstream::{Downstream, PushError},
+    protocol::{
+        cluster_pb::node_service_server::NodeService,
+        pb::{
+            BroadcastRequest, BroadcastResponse, PushRequest, PushResponse,
+            push_service_server::PushService,
+        },
+    },
+};
+
+/// The `PushService` implementation: every push is routed through the cluster.
+pub struct PushApi {
+    router: Arc<Router>,
+    downstream: Arc<Downstream>,
+}
+
+impl PushApi {
+    pub fn new(router: Arc<Router>, downstream: Arc<Downstream>) -> Self {
+        Self { router, downstream }
+    }
+}
+
+fn status(e: RouteError) -> Status {
+    match e {
+        RouteError::Push(e @ PushError::Invalid) => Status::invalid_argument(e.to_string()),
+        RouteError::Push(e @ PushError::NotConnected { .. }) => Status::not_found(e.to_string()),
+        RouteError::Push(e @ PushError::Overloaded(_)) => Status::resource_exhausted(e.to_string()),
+        e @ RouteError::Unavailable(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl PushService for PushApi {
+    async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
+        let msg =
+            request.into_inner().msg.ok_or_else(|| Status::invalid_argument("msg is required"))?;
+        let routed = self.router.push(msg).await.map_err(status)?;
+        Ok(Response::new(PushResponse {
+            connections: i32::try_from(routed.connections).unwrap_or(i32::MAX),
+            stored: routed.stored,
+        }))
+    }
+
+    /// Broadcasts reach the connections of this node (see the proto).
+    async fn broadcast(
+        &self,
+        request: Request<BroadcastRequest>,
+    ) -> Result<Response<BroadcastResponse>, Status> {
+        let req = request.into_inner();
+        if req.biz_id < 0 {
+            return Err(Status::invalid_argument(
+                "biz_id must be positive, or 0 for every connection",
+            ));
+        }
+        let n = self.downstream.broadcast(req.biz_id, req.key, &req.body);
+        Ok(Response::new(BroadcastResponse { connections: n as i64 }))
+    }
+}
+
+/// The `NodeService` implementation: deliveries from peers, on this node only.
+pub struct NodeApi {
+    router: Arc<Router>,
+}
+
+impl NodeApi {
+    pub fn new(router: Arc<Router>) -> Self {
+        Self { router }
+    }
+}
+
+#[tonic::async_trait]
+impl NodeService for NodeApi {
+    async fn deliver(
+        &self,
+        request: Request<DeliverRequest>,
+    ) -> Result<Response<DeliverResponse>, Status> {
+        let connections = self
+            .router
+            .deliver_local(request.into_inner().msgs)
+            .map_err(|e| status(RouteError::Push(e)))?;
+        Ok(Response::new(DeliverResponse { connections }))
+    }
+}
