@@ -7,6 +7,7 @@
 #   scripts/services.sh stop      stop what `start` started
 #   scripts/services.sh status    which are up
 #   scripts/services.sh tools     only install (redis-server, etcd, protoc, tansu)
+#   scripts/services.sh protoc    only install protoc (building wsgw needs it: etcd-client)
 #
 # Ports: Redis 6379, etcd 2379 (peer 2380), Kafka 9092. State lives in target/services/.
 # The tansu binary is linked at target/tools/bin/tansu (tests start private brokers with it).
@@ -98,6 +99,12 @@ stop_one() {
 }
 
 case ${1:-start} in
+  protoc)
+    command -v protoc >/dev/null && exit 0
+    log "installing protobuf-compiler (protoc)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q protobuf-compiler >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q protobuf-compiler >/dev/null; }
+    ;;
   tools) apt_install; tansu_install ;;
   start)
     apt_install

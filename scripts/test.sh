@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # The project's test command (README; also run by .ci/run): formatting, lints, every unit and
-# integration test, and the Autobahn WebSocket conformance suite. Installs what it needs.
+# integration test (against real Redis, etcd and a Kafka-protocol broker, started here), and the
+# Autobahn WebSocket conformance suite. Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
+
+step "services (Redis, etcd, Kafka/tansu) and build tools"
+# Starts only what is not running yet, and stops on exit only what it started.
+scripts/services.sh start
+trap 'scripts/services.sh stop' EXIT
 
 step "format"
 cargo fmt --all --check

@@ -99,6 +99,11 @@ impl NodeHandle {
         self.shared.links.users()
     }
 
+    /// The node's cluster services (session directory, registry).
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.shared.cluster
+    }
+
     /// Pushes awaiting acknowledgement.
     pub fn pending_pushes(&self) -> usize {
         self.shared.downstream.pending()

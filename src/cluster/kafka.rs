@@ -80,6 +80,7 @@ fn client_config(config: &KafkaConfig) -> ClientConfig {
     c.set("bootstrap.servers", &config.brokers)
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "2000")
+        .set("socket.timeout.ms", "10000")
         .set("log_level", "3");
     c
 }

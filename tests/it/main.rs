@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod cli;
+mod cluster;
 mod connections;
 mod downstream;
 mod lifecycle;

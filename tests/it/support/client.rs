@@ -66,6 +66,31 @@ impl Client {
         }
     }
 
+    /// The next message within `wait` (None: nothing came), skipping pings and pongs.
+    pub async fn recv_msg_within(
+        &mut self,
+        serializer: Serializer,
+        wait: Duration,
+    ) -> Option<Message> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            match next.expect("frame") {
+                WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+                WsMessage::Binary(b) => {
+                    return Some(serializer.decode(&b).expect("decodable message"));
+                }
+                other => panic!("expected a binary frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Acknowledges a push (DOWNSTREAM_ACK with its key).
+    pub async fn ack(&mut self, key: &str, serializer: Serializer) {
+        let cmd = wsgw::protocol::CommandType::DownstreamAck.into();
+        self.send(&Message { cmd, key: key.into(), body: Default::default() }, serializer).await;
+    }
+
     /// Reads until the server's close frame, completes the closing handshake like a polite
     /// client, and returns the frame (None: closed without a frame).
     pub async fn closed(&mut self) -> Option<CloseFrame> {

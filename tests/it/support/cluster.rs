@@ -1,0 +1,305 @@
+//! Cluster test harness: the real Redis, etcd and Kafka-protocol broker started by
+//! `scripts/services.sh`, isolated per test by unique key prefixes, topics and groups; private
+//! Redis and tansu processes for the tests that restart them; Kafka producer and consumer helpers.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use rdkafka::{
+    ClientConfig, Message as _,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{Consumer, StreamConsumer},
+    producer::{FutureProducer, FutureRecord},
+    {Offset, TopicPartitionList},
+};
+use wsgw::config::Config;
+
+use super::node::{Builder, TestNode};
+
+pub const REDIS: &str = "redis://127.0.0.1:6379";
+pub const ETCD: &str = "127.0.0.1:2379";
+pub const KAFKA: &str = "127.0.0.1:9092";
+
+/// Names unique to one test (keys, topics, group), so tests share the services safely.
+#[derive(Clone)]
+pub struct Scope {
+    pub name: String,
+    pub redis: String,
+    pub kafka: String,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl Scope {
+    /// A fresh scope on the shared services; panics with a hint when they are not running.
+    pub fn new(test: &str) -> Scope {
+        for (what, addr) in [("redis", "127.0.0.1:6379"), ("etcd", ETCD), ("kafka", KAFKA)] {
+            assert!(
+                std::net::TcpStream::connect(addr).is_ok(),
+                "{what} is not running on {addr}: start the services with scripts/services.sh start"
+            );
+        }
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{test}-{}-{n}", std::process::id());
+        Scope { name, redis: REDIS.into(), kafka: KAFKA.into() }
+    }
+
+    pub fn push_topic(&self) -> String {
+        format!("push-{}", self.name)
+    }
+
+    pub fn presence_topic(&self) -> String {
+        format!("presence-{}", self.name)
+    }
+
+    /// Cluster settings of a node `id` in this scope, with short TTLs for tests.
+    pub fn apply(&self, c: &mut Config, id: &str) {
+        c.node.id = id.into();
+        let cl = &mut c.cluster;
+        cl.redis.url = self.redis.clone();
+        cl.redis.prefix = format!("{}:", self.name);
+        cl.redis.session_ttl = Duration::from_secs(2);
+        cl.etcd.endpoints = vec![ETCD.into()];
+        cl.etcd.prefix = format!("/{}", self.name);
+        cl.etcd.lease_ttl = Duration::from_secs(2);
+        cl.etcd.report_interval = Duration::from_millis(300);
+        cl.kafka.brokers = self.kafka.clone();
+        cl.kafka.group_id = format!("group-{}", self.name);
+        cl.kafka.push_topic = self.push_topic();
+        cl.kafka.presence_topic = self.presence_topic();
+    }
+
+    /// A node builder in this scope.
+    pub fn node(&self, id: &str) -> Builder {
+        let scope = self.clone();
+        let id = id.to_owned();
+        TestNode::builder().config(move |c| scope.apply(c, &id))
+    }
+
+    /// Creates this scope's topics (one partition each).
+    pub async fn create_topics(&self) {
+        create_topics(&self.kafka, &[&self.push_topic(), &self.presence_topic()]).await;
+    }
+}
+
+pub async fn create_topics(brokers: &str, topics: &[&str]) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
+    let new: Vec<NewTopic> =
+        topics.iter().map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1))).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin.create_topics(&new, &options).await.expect("create topics");
+    for r in results {
+        if let Err((topic, e)) = r {
+            assert!(
+                e == rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+                "create topic {topic}: {e}"
+            );
+        }
+    }
+}
+
+/// A Kafka producer that retries for a long time (through broker restarts).
+pub fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.timeout.ms", "60000")
+        .set("reconnect.backoff.max.ms", "500")
+        .set("log_level", "3")
+        .create()
+        .expect("producer")
+}
+
+/// Produces one push record (the original gateway's JSON) and waits for the broker's ack.
+pub async fn produce_push(
+    p: &FutureProducer,
+    topic: &str,
+    key: &str,
+    biz: i64,
+    user: i64,
+    body: &[u8],
+) {
+    use base64::Engine as _;
+    let json = serde_json::json!({
+        "key": key, "biz_id": biz, "receiver_id": user,
+        "body": base64::engine::general_purpose::STANDARD.encode(body),
+    })
+    .to_string();
+    let record = FutureRecord::to(topic).key(key).payload(&json);
+    p.send(record, Duration::from_secs(60)).await.map_err(|(e, _)| e).expect("produced");
+}
+
+/// A reader of partition 0 of `topic` from its beginning (no group: no rebalance to wait for).
+pub fn consumer(brokers: &str, topic: &str) -> StreamConsumer {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "unused")
+        .set("enable.auto.commit", "false")
+        .set("log_level", "3")
+        .create()
+        .expect("consumer");
+    let mut partitions = TopicPartitionList::new();
+    partitions.add_partition_offset(topic, 0, Offset::Beginning).expect("partition");
+    c.assign(&partitions).expect("assign");
+    c
+}
+
+/// The next record's payload as JSON, within `wait`.
+pub async fn next_json(c: &StreamConsumer, wait: Duration) -> Option<serde_json::Value> {
+    let m = tokio::time::timeout(wait, c.recv()).await.ok()?.ok()?;
+    serde_json::from_slice(m.payload()?).ok()
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A service process this test owns (a private Redis or broker it may stop and restart).
+pub struct Private {
+    pub port: u16,
+    child: Option<Child>,
+    command: Vec<String>,
+}
+
+fn tansu() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/bin/tansu")
+}
+
+impl Private {
+    pub fn redis() -> Private {
+        let port = free_port();
+        let args = [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ];
+        Private::start(port, args.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// A tansu broker that advertises loopback port `advertised` (a [`Cut`] in front of it)
+    /// instead of its own.
+    pub fn kafka(advertised: u16) -> Private {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let public = format!("tcp://127.0.0.1:{advertised}");
+        let bin = tansu().display().to_string();
+        let args = [
+            bin.as_str(),
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &public,
+            "--storage-engine",
+            "memory://tansu/",
+        ];
+        Private::start(port, args.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn start(port: u16, command: Vec<String>) -> Private {
+        let mut p = Private { port, child: None, command };
+        p.restart();
+        p
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Kills the process (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the process (again) and waits until its port accepts connections.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new(&self.command[0])
+            .args(&self.command[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("start {}: {e} (scripts/services.sh tools installs it)", self.command[0])
+            });
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(self.addr()).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{} did not start on port {}", self.command[0], self.port);
+    }
+}
+
+impl Drop for Private {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A TCP forwarder whose path can be cut: every connection through it is dropped and new ones
+/// are refused until it is restored. To clients this is a broker restart that keeps its data.
+pub struct Cut {
+    pub port: u16,
+    open: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Cut {
+    /// Forwards loopback `port` to `target`.
+    pub async fn start(port: u16, target: SocketAddr) -> Cut {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+        let open = std::sync::Arc::new(tokio::sync::watch::Sender::new(true));
+        let state = open.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !*state.borrow() {
+                    continue; // refused: dropped at once
+                }
+                let mut closed = state.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = closed.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        Cut { port, open, task }
+    }
+
+    pub fn cut(&self) {
+        self.open.send_replace(false);
+    }
+
+    pub fn restore(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
