@@ -8,9 +8,11 @@ cd "$(dirname "$0")/.."
 step() { printf '\n== %s\n' "$*"; }
 
 step "services (Redis, etcd, Kafka/tansu) and build tools"
-# Starts only what is not running yet, and stops on exit only what it started.
+# Starts what is not running yet; stops them on exit unless they were all up before.
+if scripts/services.sh status | grep -q down; then
+  trap 'scripts/services.sh stop' EXIT
+fi
 scripts/services.sh start
-trap 'scripts/services.sh stop' EXIT
 
 step "format"
 cargo fmt --all --check

@@ -360,7 +360,7 @@ impl Directory {
                 _ = refresh.tick() => {
                     self.refresh(&links).await;
                     sweeps += 1;
-                    if sweeps % 3 == 0 {
+                    if sweeps.is_multiple_of(3) {
                         let _ = self.sweep_dead().await;
                     }
                 }
@@ -469,11 +469,11 @@ impl Directory {
             .query_async(&mut self.redis.clone())
             .await;
         let Ok((set,)) = self.observe(r) else { return };
-        if set.is_none() || self.rebuild.swap(false, Ordering::Relaxed) {
-            if let Err(e) = self.rebuild(links).await {
-                self.rebuild.store(true, Ordering::Relaxed);
-                warn!(error = %e, "could not rebuild this node's directory entries");
-            }
+        if (set.is_none() || self.rebuild.swap(false, Ordering::Relaxed))
+            && let Err(e) = self.rebuild(links).await
+        {
+            self.rebuild.store(true, Ordering::Relaxed);
+            warn!(error = %e, "could not rebuild this node's directory entries");
         }
     }
 

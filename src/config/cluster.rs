@@ -125,7 +125,9 @@ impl ClusterConfig {
     pub(super) fn problems(&self) -> Vec<(&'static str, &'static str)> {
         let mut p = Vec::new();
         let r = &self.redis;
-        if !r.url.is_empty() && !(r.url.starts_with("redis://") || r.url.starts_with("unix://")) {
+        let url_ok =
+            r.url.is_empty() || r.url.starts_with("redis://") || r.url.starts_with("unix://");
+        if !url_ok {
             p.push(("cluster.redis.url", "must be redis://host:port[/db] or empty"));
         }
         if r.session_ttl < Duration::from_secs(1) {
