@@ -18,11 +18,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .out_dir(&out)
         .build(&[".gatewayapi.v1"])?;
 
-    // Node-to-node API; refers to the gatewayapi types generated above.
-    let mut files = protox::compile(["cluster/v1/cluster.proto"], ["proto"])?;
-    files.file.retain(|f| f.package() == "wsgw.cluster.v1");
+    // Node-to-node and admin APIs; they refer to the gatewayapi types generated above.
+    let mut files =
+        protox::compile(["cluster/v1/cluster.proto", "admin/v1/admin.proto"], ["proto"])?;
+    let descriptors = files.encode_to_vec();
+    files.file.retain(|f| f.package().starts_with("wsgw."));
     let mut config = prost_build::Config::new();
     config.bytes(["."]).extern_path(".gatewayapi.v1", "crate::protocol::pb");
     tonic_prost_build::configure().out_dir(&out).compile_fds_with_config(files, config)?;
+    // Canonical protobuf JSON for the admin types: the CLI's `--json` output.
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .extern_path(".gatewayapi.v1", "crate::protocol::pb")
+        .out_dir(&out)
+        .build(&[".wsgw.admin.v1"])?;
     Ok(())
 }

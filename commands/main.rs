@@ -2,9 +2,12 @@
 //! Every subcommand owns its options and a `run` that returns the process exit code.
 
 mod generate;
+mod kick;
 mod loadtest;
+mod nodes;
 mod push;
 mod serve;
+mod sessions;
 mod token;
 
 use std::process::ExitCode;
@@ -27,6 +30,8 @@ struct Cli {
 enum Command {
     Serve(serve::Args),
     Push(push::Args),
+    Sessions(sessions::Args),
+    Kick(kick::Args),
     Loadtest(loadtest::Args),
     Token(token::Args),
     #[command(hide = true)]
@@ -38,6 +43,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args, cli.log_format),
         Command::Push(args) => push::run(args),
+        Command::Sessions(args) => sessions::run(args),
+        Command::Kick(args) => kick::run(args),
         Command::Loadtest(args) => loadtest::run(args),
         Command::Token(args) => token::run(args),
         Command::GenerateDocs(args) => generate::run(args, Cli::command()),

@@ -1,9 +1,12 @@
 //! `wsgw push`: push a message to every connection of a user through a node's gRPC
 //! `PushService`, or (`--all`) broadcast it to every connection of a business.
 //!
-//! Exit codes: 0 delivered; 1 not delivered (the user has no connection there, or a broadcast
-//! reached nobody); 2 refused or failed (bad arguments, wrong token, node unreachable,
-//! overloaded).
+//! In cluster mode any node routes the push to every node holding the user, or keeps it in the
+//! user's offline inbox. Broadcasts reach the connections of the addressed node.
+//!
+//! Exit codes: 0 delivered, or stored for an offline user (cluster mode); 1 not delivered (no
+//! connection, single node; or a broadcast reached nobody); 2 refused or failed (bad arguments,
+//! wrong token, node unreachable, overloaded).
 
 use std::{io::Read as _, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -13,7 +16,7 @@ use wsgw::protocol::pb::{
     BroadcastRequest, PushMessage, PushRequest, push_service_client::PushServiceClient,
 };
 
-/// Push a message to a user (every connection they have on the node), or broadcast it.
+/// Push a message to every connection of a user (cluster-wide in cluster mode), or broadcast it.
 #[derive(clap::Args)]
 pub struct Args {
     /// Receiver's user id.
@@ -69,12 +72,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("error: no answer from {} within {:?}", args.addr, args.timeout);
             Ok(ExitCode::from(FAILED))
         }
-        Ok(Ok(0)) => {
+        Ok(Ok((0, true))) => {
+            println!(
+                "stored in the offline inbox of {who}, key {key}: delivered when they connect"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Ok((0, false))) => {
             eprintln!("not delivered: no connection of {who}");
             Ok(ExitCode::from(NOT_DELIVERED))
         }
-        Ok(Ok(n)) => {
-            println!("delivered to {n} connection(s) of {who}, key {key}");
+        Ok(Ok((n, stored))) => {
+            let also = if stored { " (and kept for a device on an unreachable node)" } else { "" };
+            println!("delivered to {n} connection(s) of {who}, key {key}{also}");
             Ok(ExitCode::SUCCESS)
         }
         Ok(Err(PushFailure::Status(s))) if s.code() == Code::NotFound => {
@@ -97,7 +107,8 @@ enum PushFailure {
     Status(tonic::Status),
 }
 
-async fn push(args: &Args, msg: PushMessage) -> Result<i64, PushFailure> {
+/// (connections reached, kept in the offline inbox).
+async fn push(args: &Args, msg: PushMessage) -> Result<(i64, bool), PushFailure> {
     let url =
         if args.addr.contains("://") { args.addr.clone() } else { format!("http://{}", args.addr) };
     let endpoint = tonic::transport::Endpoint::from_shared(url).map_err(PushFailure::Connect)?;
@@ -107,11 +118,11 @@ async fn push(args: &Args, msg: PushMessage) -> Result<i64, PushFailure> {
         let broadcast = BroadcastRequest { biz_id: msg.biz_id, key: msg.key, body: msg.body };
         let response =
             client.broadcast(authorized(broadcast, args)?).await.map_err(PushFailure::Status)?;
-        return Ok(response.into_inner().connections);
+        return Ok((response.into_inner().connections, false));
     }
     let request = authorized(PushRequest { msg: Some(msg) }, args)?;
-    let response = client.push(request).await.map_err(PushFailure::Status)?;
-    Ok(response.into_inner().connections.into())
+    let response = client.push(request).await.map_err(PushFailure::Status)?.into_inner();
+    Ok((response.connections.into(), response.stored))
 }
 
 /// Adds the bearer token, when one is given.

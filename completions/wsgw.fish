@@ -29,7 +29,9 @@ json\t''"
 complete -c wsgw -n "__fish_wsgw_needs_command" -s h -l help -d 'Print help'
 complete -c wsgw -n "__fish_wsgw_needs_command" -s V -l version -d 'Print version'
 complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "serve" -d 'Run a gateway node (embedded defaults when no config is given)'
-complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "push" -d 'Push a message to a user (every connection they have on the node), or broadcast it'
+complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "push" -d 'Push a message to every connection of a user (cluster-wide in cluster mode), or broadcast it'
+complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "sessions" -d 'List connections: node, connection id, user, remote address, since, messages in/out'
+complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "kick" -d 'Disconnect every connection of a user, telling the client why'
 complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "loadtest" -d 'Drive nodes with many real WebSocket clients; report throughput, latency and errors.'
 complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "token" -d 'Print a JWT for a user that a node with the same secret accepts'
 complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "generate-docs" -d 'Write completions and man pages (for packaging; hidden from --help)'
@@ -51,6 +53,31 @@ json\t''"
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l all -d 'Broadcast to every connection of --biz (every connection of the node with --biz 0); encoded once, not retransmitted'
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -s h -l help -d 'Print help'
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -s V -l version -d 'Print version'
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l etcd -d 'Every node registered in etcd instead (host:port[,host:port])' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l token -d 'Bearer token (server.grpc.token)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l biz -d 'Only this business' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l user -d 'Only this user (with --biz)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l node -d 'Only connections on this node id' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l log-format -d 'Log format (overrides `log.format`)' -r -f -a "human\t''
+json\t''"
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l json -d 'JSON for scripts: {"sessions":[{"nodeId","connId","bizId","userId","remoteAddr", "connectedAtMs","messagesIn","messagesOut"}]} (64-bit numbers as strings)'
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -s h -l help -d 'Print help'
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -s V -l version -d 'Print version'
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l etcd -d 'Every node registered in etcd instead (host:port[,host:port])' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l token -d 'Bearer token (server.grpc.token)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l user -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l biz -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l conn -d 'Only this connection (see `wsgw sessions`)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l reason -d 'Close reason the client sees' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l log-format -d 'Log format (overrides `log.format`)' -r -f -a "human\t''
+json\t''"
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l json -d 'JSON for scripts: {"closed":N,"nodes":[{"node","closed"}]}'
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -s h -l help -d 'Print help'
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -s V -l version -d 'Print version'
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l url -d 'WebSocket URL(s) of the node(s), used round-robin' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -s n -l connections -d 'Connections to open (each one a distinct user)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l ramp -d 'New connections per second while ramping up' -r

@@ -13,7 +13,7 @@
 mod directory;
 mod discovery;
 mod kafka;
-mod registry;
+pub mod registry;
 mod scripts;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -44,20 +44,26 @@ pub struct Advertised {
     pub host: String,
     pub ws_port: u16,
     pub grpc_port: u16,
+    pub governor_port: u16,
 }
 
 impl Advertised {
     /// The advertised host of `config` for listeners bound at `ws` and `grpc`.
-    pub fn new(config: &ClusterConfig, ws: SocketAddr, grpc: SocketAddr) -> Self {
+    pub fn new(
+        config: &ClusterConfig,
+        ws: SocketAddr,
+        grpc: SocketAddr,
+        governor: SocketAddr,
+    ) -> Self {
         let host = match config.advertise_host.as_str() {
             "" if !ws.ip().is_unspecified() => ws.ip().to_string(),
             "" => "127.0.0.1".to_owned(),
             h => h.to_owned(),
         };
-        Self { host, ws_port: ws.port(), grpc_port: grpc.port() }
+        Self { host, ws_port: ws.port(), grpc_port: grpc.port(), governor_port: governor.port() }
     }
 
-    fn ws(&self) -> String {
+    pub fn ws(&self) -> String {
         format!("{}:{}", self.host, self.ws_port)
     }
 
@@ -108,7 +114,15 @@ impl Cluster {
                 port: i32::from(at.ws_port),
                 weight: c.weight,
                 location: c.location.clone(),
-                labels: c.labels.iter().cloned().chain([format!("grpc={}", at.grpc())]).collect(),
+                labels: c
+                    .labels
+                    .iter()
+                    .cloned()
+                    .chain([
+                        format!("grpc={}", at.grpc()),
+                        format!("governor={}:{}", at.host, at.governor_port),
+                    ])
+                    .collect(),
                 capacity: config.server.websocket.max_connections as i64,
                 load: 0,
             };
@@ -238,6 +252,13 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// The live peers in the registry, least loaded first (empty without etcd).
+    pub async fn peers(&self) -> Result<Vec<Node>, String> {
+        let Some(r) = &self.registry else { return Ok(Vec::new()) };
+        let peers = r.peers().await.map_err(|e| format!("node registry (etcd): {e}"))?;
+        Ok(peers.into_iter().map(NodeEntry::into_node).collect())
     }
 
     /// Leaves the registry (so nobody sends clients here) and returns the live peers, least

@@ -58,6 +58,10 @@ pub struct Shared {
     pub cluster: Arc<Cluster>,
     pub metrics: Arc<Metrics>,
     pub phase: Arc<PhaseCell>,
+    /// host:port clients connect to (advertised).
+    pub advertised_ws: String,
+    /// Cancelled when an operator asks the node to drain (admin API).
+    pub drain_requested: CancellationToken,
     /// Cancelled when the node drains: every connection says goodbye and ends.
     pub drain: CancellationToken,
     /// Cancelled when the drain deadline passes: every connection ends at once.

@@ -8,6 +8,8 @@
 //! - [`gateway`] — the connection layer: listener, handshake, the per-connection task and the
 //!   registry of live links.
 //! - [`upstream`] — client messages to gRPC backends (dedup, batching, retries, circuits).
+//! - [`admin`] — the admin gRPC API (stats, sessions, kick, redirect, drain) and the client
+//!   helpers the operator subcommands use.
 //! - [`cluster`] — Redis session directory and offline inbox, etcd node registry and backend
 //!   discovery, Kafka push ingestion and presence events. All optional.
 //! - [`routing`] — where a push goes (this node, peers, the offline inbox), and the gRPC
@@ -24,6 +26,7 @@
 //! - [`telemetry`] — metrics and logging set-up.
 //! - [`shutdown`] — the node's phase (starting, running, draining, stopped).
 
+pub mod admin;
 pub mod auth;
 pub mod cluster;
 pub mod config;

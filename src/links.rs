@@ -49,6 +49,8 @@ pub struct Link {
     wake: Notify,
     /// Upstream messages of this connection waiting for a backend.
     upstream_in_flight: AtomicU32,
+    /// Data messages received from the client.
+    messages_in: AtomicU64,
 }
 
 #[derive(Default)]
@@ -57,6 +59,10 @@ struct Outbound {
     /// Bytes queued or taken but not yet written.
     bytes: usize,
     closing: Option<CloseReason>,
+    /// The close reason text of a kick.
+    close_text: Option<String>,
+    /// Messages accepted for sending.
+    sent: u64,
 }
 
 impl Link {
@@ -81,6 +87,7 @@ impl Link {
             return Err(SendError::Full);
         }
         out.bytes += len;
+        out.sent += 1;
         out.queue.push_back(msg);
         drop(out);
         self.wake.notify_one();
@@ -91,6 +98,53 @@ impl Link {
     pub fn close(&self, reason: CloseReason) {
         self.lock().closing.get_or_insert(reason);
         self.wake.notify_one();
+    }
+
+    /// Closes the connection with 1008 and `text` as the close reason (an operator's kick).
+    pub fn kick(&self, text: String) {
+        let mut out = self.lock();
+        if out.closing.is_none() {
+            out.closing = Some(CloseReason::Kicked);
+            out.close_text = Some(text);
+        }
+        drop(out);
+        self.wake.notify_one();
+    }
+
+    /// Queues `msg` (a REDIRECT) regardless of the byte limit and closes the connection after
+    /// it with [`CloseReason::Redirected`]. False when the connection was already closing.
+    pub fn redirect(&self, msg: WsMessage) -> bool {
+        let mut out = self.lock();
+        if out.closing.is_some() {
+            return false;
+        }
+        out.bytes += msg.len();
+        out.sent += 1;
+        out.queue.push_back(msg);
+        out.closing = Some(CloseReason::Redirected);
+        drop(out);
+        self.wake.notify_one();
+        true
+    }
+
+    /// The close reason text set by [`Link::kick`].
+    pub fn close_text(&self) -> Option<String> {
+        self.lock().close_text.clone()
+    }
+
+    /// Takes what is still queued even though the link is closing (sent before a polite close).
+    pub fn take_rest(&self) -> VecDeque<WsMessage> {
+        std::mem::take(&mut self.lock().queue)
+    }
+
+    /// Counts one data message from the client.
+    pub fn received(&self) {
+        self.messages_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (messages received from the client, messages queued for it).
+    pub fn message_counts(&self) -> (u64, u64) {
+        (self.messages_in.load(Ordering::Relaxed), self.lock().sent)
     }
 
     /// Waits until something was queued or a close was requested.
@@ -183,6 +237,7 @@ impl LinkRegistry {
             outbound: Mutex::default(),
             wake: Notify::new(),
             upstream_in_flight: AtomicU32::new(0),
+            messages_in: AtomicU64::new(0),
         });
         self.links.insert(id, link.clone());
         let mut conns = self.users.entry(identity).or_default();
@@ -218,6 +273,11 @@ impl LinkRegistry {
     /// Calls `f` with every live link (no snapshot is allocated; links may come and go).
     pub fn for_each(&self, mut f: impl FnMut(&Arc<Link>)) {
         self.links.iter().for_each(|l| f(l.value()));
+    }
+
+    /// A live link by id.
+    pub fn get(&self, id: ConnId) -> Option<Arc<Link>> {
+        self.links.get(&id).map(|l| l.clone())
     }
 
     /// Every live link (a snapshot).

@@ -16,6 +16,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::{
+    admin::{AdminApi, Sampler},
     auth::{BearerAuth, EmptySecret, TokenVerifier},
     cluster::{Advertised, Cluster},
     config::Config,
@@ -25,6 +26,7 @@ use crate::{
     links::LinkRegistry,
     protocol::{
         BodyCipher, CipherError, CommandType, Message,
+        admin_pb::admin_service_server::AdminServiceServer,
         cluster_pb::node_service_server::NodeServiceServer,
         pb::{NodeList, push_service_server::PushServiceServer},
     },
@@ -133,6 +135,7 @@ impl Node {
             &config.cluster,
             local_addr(&listeners.ws),
             local_addr(&listeners.grpc),
+            local_addr(&listeners.governor),
         );
         let shared = Arc::new(build(config, secret.as_bytes(), tasks.clone(), &at)?);
         let router = Arc::new(Router::new(
@@ -183,10 +186,13 @@ impl Node {
             governor::router(shared.metrics.clone(), shared.phase.clone(), shared.cluster.clone());
         let governor =
             tokio::spawn(governor::serve(listeners.governor, routes, stop_servers.clone()));
+        let sampler = Sampler::new(shared.clone());
+        background.spawn(sampler.clone().run(stop_background.clone()));
         let grpc = tokio::spawn(serve_grpc(
             listeners.grpc,
             shared.clone(),
             router.clone(),
+            sampler,
             stop_servers.clone(),
         ));
         shared.upstream.start(&background, &stop_background);
@@ -207,7 +213,10 @@ impl Node {
         shared.phase.set(Phase::Running);
         info!(node = %shared.node_id, websocket = %addrs.0, grpc = %addrs.1, governor = %addrs.2, "node running");
 
-        shutdown.await;
+        tokio::select! {
+            _ = shutdown => {}
+            _ = shared.drain_requested.cancelled() => info!("drain requested through the admin API"),
+        }
 
         shared.phase.set(Phase::Draining);
         info!(connections = shared.links.len(), "draining");
@@ -283,6 +292,8 @@ fn build(
     let cluster =
         Cluster::new(&config, &node_id, at, metrics.clone()).map_err(NodeError::Cluster)?;
     Ok(Shared {
+        advertised_ws: at.ws(),
+        drain_requested: CancellationToken::new(),
         cluster: Arc::new(cluster),
         node_id,
         ws_config: Shared::ws_config(&config),
@@ -304,6 +315,7 @@ async fn serve_grpc(
     listener: TcpListener,
     shared: Arc<Shared>,
     router: Arc<Router>,
+    sampler: Arc<Sampler>,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let auth = BearerAuth::new(&shared.config.server.grpc.token);
@@ -311,10 +323,12 @@ async fn serve_grpc(
         PushApi::new(router.clone(), shared.downstream.clone()),
         auth.clone(),
     );
-    let node = NodeServiceServer::with_interceptor(NodeApi::new(router), auth);
+    let node = NodeServiceServer::with_interceptor(NodeApi::new(router), auth.clone());
+    let admin = AdminServiceServer::with_interceptor(AdminApi::new(shared, sampler), auth);
     tonic::transport::Server::builder()
         .add_service(push)
         .add_service(node)
+        .add_service(admin)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
         .await
 }

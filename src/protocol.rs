@@ -15,6 +15,13 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/gatewayapi.v1.serde.rs"));
 }
 
+/// The admin API (`wsgw.admin.v1`), with canonical protobuf-JSON serde impls.
+#[allow(clippy::all, missing_docs)]
+pub mod admin_pb {
+    include!(concat!(env!("OUT_DIR"), "/wsgw.admin.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/wsgw.admin.v1.serde.rs"));
+}
+
 /// The node-to-node API (`wsgw.cluster.v1`).
 #[allow(clippy::all, missing_docs)]
 pub mod cluster_pb {

@@ -6,4 +6,4 @@
 pub mod logging;
 pub mod metrics;
 
-pub use metrics::{BizMetrics, Direction, Metrics};
+pub use metrics::{BizMetrics, Direction, Metrics, Totals};

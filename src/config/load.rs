@@ -328,6 +328,15 @@ mod tests {
         assert_eq!(leaf_keys(&tree, ""), leaf_keys(&defaults, ""), "every key must be documented");
     }
 
+    #[test]
+    fn documented_cluster_config_is_valid() {
+        let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/cluster.yaml");
+        let c = load(Some(&doc), env(&[])).expect("config/cluster.yaml is valid");
+        assert_eq!(c.cluster.etcd.endpoints, ["127.0.0.1:2379"]);
+        assert_eq!(c.cluster.redis.url, "redis://127.0.0.1:6379");
+        assert_eq!(c.cluster.kafka.brokers, "127.0.0.1:9092");
+    }
+
     fn leaf_keys(v: &Value, prefix: &str) -> Vec<String> {
         match v {
             Value::Object(map) => {

@@ -146,6 +146,7 @@ impl Connection<'_> {
             return self.queue(echo);
         }
         self.biz.message(Direction::In, data.len());
+        self.link.received();
         let shared = self.shared;
         let msg: Message = shared.wire.serializer.decode(&data).map_err(|e| {
             shared.metrics.decode_errors.inc();
@@ -200,13 +201,30 @@ impl Connection<'_> {
 
     /// Sends the close frame for `reason` (if any) and waits briefly for the client's answer.
     async fn goodbye(&mut self, reason: CloseReason) {
-        let Some(frame) = reason.frame() else { return };
-        if reason == CloseReason::SlowConsumer {
-            self.shared.metrics.outbound_dropped.inc();
-        }
-        if reason == CloseReason::GoingAway {
-            // What was queued before the drain (a REDIRECT) goes out before the close.
-            let _ = Box::pin(self.flush()).await;
+        let Some(mut frame) = reason.frame() else { return };
+        match reason {
+            CloseReason::SlowConsumer => self.shared.metrics.outbound_dropped.inc(),
+            CloseReason::Kicked => {
+                // Close reasons are at most 123 bytes; cut on a character boundary.
+                let mut text = self.link.close_text().unwrap_or_else(|| "kicked".into());
+                while text.len() > 123 {
+                    text.pop();
+                }
+                frame.reason = text.into();
+            }
+            // What was queued before (a REDIRECT) goes out before the close.
+            CloseReason::GoingAway | CloseReason::Redirected => {
+                let rest = self.link.take_rest();
+                let ws = &mut self.ws;
+                let write = async move {
+                    for msg in rest {
+                        ws.feed(msg).await?;
+                    }
+                    ws.flush().await
+                };
+                let _ = within(self.shared.config.limits.write_timeout, write).await;
+            }
+            _ => {}
         }
         let limits = &self.shared.config.limits;
         let abort = &self.shared.abort;

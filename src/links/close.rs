@@ -17,6 +17,10 @@ pub enum CloseReason {
     InvalidMessage,
     MessageTooBig,
     SlowConsumer,
+    /// An operator kicked the connection (the close reason text is theirs).
+    Kicked,
+    /// Sent a REDIRECT to other nodes (operator rebalance).
+    Redirected,
 }
 
 impl CloseReason {
@@ -25,10 +29,10 @@ impl CloseReason {
         match self {
             Self::ClientClosed | Self::ConnectionLost => None,
             Self::IdleTimeout => Some(1000),
-            Self::GoingAway | Self::PongTimeout => Some(1001),
+            Self::GoingAway | Self::PongTimeout | Self::Redirected => Some(1001),
             Self::ProtocolError => Some(1002),
             Self::InvalidMessage => Some(1007),
-            Self::SlowConsumer => Some(1008),
+            Self::SlowConsumer | Self::Kicked => Some(1008),
             Self::MessageTooBig => Some(1009),
         }
     }
@@ -45,6 +49,8 @@ impl CloseReason {
             Self::InvalidMessage => "invalid message",
             Self::MessageTooBig => "message too big",
             Self::SlowConsumer => "slow consumer",
+            Self::Kicked => "kicked",
+            Self::Redirected => "redirected",
         }
     }
 

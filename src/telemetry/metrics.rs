@@ -11,7 +11,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Registry, TextEncoder, core::Collector,
 };
 
 use crate::protocol::CommandType;
@@ -37,6 +37,44 @@ impl Direction {
             Self::In => "upstream",
             Self::Out => "downstream",
         }
+    }
+}
+
+/// Counter totals of one node at one moment (see [`Metrics::totals`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Totals {
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub push_retries: u64,
+    pub outbound_dropped: u64,
+    /// Upstream latency histogram: (upper bound in seconds, cumulative count).
+    pub upstream_buckets: Vec<(f64, u64)>,
+    pub upstream_count: u64,
+}
+
+impl Totals {
+    /// The `q` quantile (seconds) of the upstream latencies recorded between `earlier` and
+    /// `self`, interpolated within its bucket; 0 without samples.
+    pub fn upstream_quantile(&self, earlier: &Totals, q: f64) -> f64 {
+        let n = self.upstream_count.saturating_sub(earlier.upstream_count);
+        if n == 0 {
+            return 0.0;
+        }
+        let target = q * n as f64;
+        let mut lower = 0.0;
+        let mut below = 0u64;
+        for (i, (bound, cum)) in self.upstream_buckets.iter().enumerate() {
+            let before = earlier.upstream_buckets.get(i).map_or(0, |b| b.1);
+            let count = cum.saturating_sub(before);
+            if count as f64 >= target {
+                let inside = (count - below) as f64;
+                let frac = if inside > 0.0 { (target - below as f64) / inside } else { 1.0 };
+                return lower + (bound - lower) * frac.clamp(0.0, 1.0);
+            }
+            lower = *bound;
+            below = count;
+        }
+        lower
     }
 }
 
@@ -291,6 +329,38 @@ impl Metrics {
     /// Records whether `service` answers.
     pub fn dependency(&self, service: &str, up: bool) {
         self.dependency_up.with_label_values(&[service]).set(i64::from(up));
+    }
+
+    /// Totals for dashboards (the admin API): summed over every label.
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for family in self.messages.collect() {
+            for m in family.get_metric() {
+                let dir = m.get_label().iter().find(|l| l.name() == "direction");
+                let v = m.get_counter().get_value() as u64;
+                match dir.map(|l| l.value()) {
+                    Some("upstream") => t.messages_in += v,
+                    Some("downstream") => t.messages_out += v,
+                    _ => {}
+                }
+            }
+        }
+        t.push_retries = self.pushes.with_label_values(&["retried"]).get();
+        t.outbound_dropped = self.outbound_dropped.get();
+        let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS.iter().map(|b| (*b, 0)).collect();
+        for family in self.upstream_latency.collect() {
+            for m in family.get_metric() {
+                let h = m.get_histogram();
+                for (i, b) in h.get_bucket().iter().enumerate() {
+                    if let Some(slot) = buckets.get_mut(i) {
+                        slot.1 += b.cumulative_count();
+                    }
+                }
+                t.upstream_count += h.get_sample_count();
+            }
+        }
+        t.upstream_buckets = buckets;
+        t
     }
 
     /// The Prometheus text exposition of every metric.

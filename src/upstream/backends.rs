@@ -193,6 +193,14 @@ impl BackendRegistry {
         self.bizs.write().unwrap_or_else(|e| e.into_inner()).remove(&biz_id);
     }
 
+    /// Every business's backends, by business id.
+    pub fn all(&self) -> Vec<Arc<BizBackends>> {
+        let map = self.bizs.read().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<Arc<BizBackends>> = map.values().cloned().collect();
+        all.sort_by_key(|b| b.biz_id);
+        all
+    }
+
     /// The backends of `biz_id`, if any.
     pub fn get(&self, biz_id: i64) -> Option<Arc<BizBackends>> {
         self.bizs.read().unwrap_or_else(|e| e.into_inner()).get(&biz_id).cloned()

@@ -1,0 +1,106 @@
+//! Reaching running nodes for the operator subcommands: one node by address, or every node
+//! registered in etcd (its `grpc=host:port` label), with the bearer token on every call.
+
+use std::time::Duration;
+
+use tonic::{
+    Request,
+    metadata::{Ascii, MetadataValue},
+    transport::{Channel, Endpoint},
+};
+
+use crate::{
+    cluster::{NodeEntry, registry},
+    protocol::admin_pb::admin_service_client::AdminServiceClient,
+};
+
+/// Why nodes could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ReachError {
+    #[error("bad address {0}: {1}")]
+    Address(String, String),
+    #[error("cannot reach {0}: {1}")]
+    Connect(String, tonic::transport::Error),
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("no node is registered in etcd under {0}")]
+    NoNodes(String),
+    #[error("the token must be printable ASCII")]
+    Token,
+}
+
+/// Where the operator points a subcommand.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// One node's gRPC address.
+    Addr(String),
+    /// Every node registered in etcd (endpoints, key prefix).
+    Etcd(Vec<String>, String),
+}
+
+/// One reachable node.
+#[derive(Clone)]
+pub struct NodeClient {
+    /// The node id (from etcd), or its address.
+    pub name: String,
+    pub addr: String,
+    pub client: AdminServiceClient<Channel>,
+    token: Option<MetadataValue<Ascii>>,
+}
+
+impl NodeClient {
+    /// Wraps `msg` with the bearer token.
+    pub fn request<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        if let Some(t) = &self.token {
+            r.metadata_mut().insert("authorization", t.clone());
+        }
+        r
+    }
+}
+
+fn token_value(token: &str) -> Result<Option<MetadataValue<Ascii>>, ReachError> {
+    match token {
+        "" => Ok(None),
+        t => format!("Bearer {t}").parse().map(Some).map_err(|_| ReachError::Token),
+    }
+}
+
+/// A lazily connected client for the node at `addr` (`host:port` or a URL).
+pub fn node(name: &str, addr: &str, token: &str) -> Result<NodeClient, ReachError> {
+    let url = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
+    let endpoint = Endpoint::from_shared(url)
+        .map_err(|e| ReachError::Address(addr.to_owned(), e.to_string()))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10));
+    Ok(NodeClient {
+        name: name.to_owned(),
+        addr: addr.to_owned(),
+        client: AdminServiceClient::new(endpoint.connect_lazy()),
+        token: token_value(token)?,
+    })
+}
+
+/// The registered nodes of an etcd cluster, least loaded first.
+pub async fn registered(endpoints: &[String], prefix: &str) -> Result<Vec<NodeEntry>, ReachError> {
+    let mut etcd = registry::connect(endpoints).await?;
+    Ok(registry::list_nodes(&mut etcd, prefix).await?)
+}
+
+/// Clients for every node `target` names.
+pub async fn nodes(target: &Target, token: &str) -> Result<Vec<NodeClient>, ReachError> {
+    match target {
+        Target::Addr(addr) => Ok(vec![node(addr, addr, token)?]),
+        Target::Etcd(endpoints, prefix) => {
+            let entries = registered(endpoints, prefix).await?;
+            let nodes: Vec<NodeClient> = entries
+                .iter()
+                .filter_map(|e| e.grpc_addr().map(|a| node(&e.id, a, token)))
+                .collect::<Result<_, _>>()?;
+            if nodes.is_empty() {
+                return Err(ReachError::NoNodes(registry::nodes_prefix(prefix)));
+            }
+            Ok(nodes)
+        }
+    }
+}
