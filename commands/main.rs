@@ -1,6 +1,7 @@
 //! The `wsgw` binary: parses the command line and hands each subcommand to its own module.
 //! Every subcommand owns its options and a `run` that returns the process exit code.
 
+mod alert_webhook;
 mod generate;
 mod kick;
 mod loadtest;
@@ -32,6 +33,7 @@ enum Command {
     Push(push::Args),
     Sessions(sessions::Args),
     Kick(kick::Args),
+    AlertWebhook(alert_webhook::Args),
     Loadtest(loadtest::Args),
     Token(token::Args),
     #[command(hide = true)]
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         Command::Push(args) => push::run(args),
         Command::Sessions(args) => sessions::run(args),
         Command::Kick(args) => kick::run(args),
+        Command::AlertWebhook(args) => alert_webhook::run(args),
         Command::Loadtest(args) => loadtest::run(args),
         Command::Token(args) => token::run(args),
         Command::GenerateDocs(args) => generate::run(args, Cli::command()),

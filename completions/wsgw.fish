@@ -32,6 +32,7 @@ complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "serve" -d 'Run a gateway 
 complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "push" -d 'Push a message to every connection of a user (cluster-wide in cluster mode), or broadcast it'
 complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "sessions" -d 'List connections: node, connection id, user, remote address, since, messages in/out'
 complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "kick" -d 'Disconnect every connection of a user, telling the client why'
+complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "alert-webhook" -d 'Grafana contact point: POST /webhook/v1 redirects a share of an alerting node\'s clients'
 complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "loadtest" -d 'Drive nodes with many real WebSocket clients; report throughput, latency and errors.'
 complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "token" -d 'Print a JWT for a user that a node with the same secret accepts'
 complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "generate-docs" -d 'Write completions and man pages (for packaging; hidden from --help)'
@@ -78,6 +79,20 @@ json\t''"
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l json -d 'JSON for scripts: {"closed":N,"nodes":[{"node","closed"}]}'
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -s h -l help -d 'Print help'
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -s V -l version -d 'Print version'
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l listen -d 'Where to listen' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l addr -d 'One node\'s gRPC address (every alert acts on it)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l etcd -d 'Find the alerting node among those registered in etcd (host:port[,host:port])' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l token -d 'Token webhook requests must carry (Authorization: Bearer TOKEN; Grafana\'s "Authorization header - Credentials")' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l basic-auth -d 'Or basic auth credentials requests must carry, as user:password' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l admin-token -d 'The nodes\' gRPC token (server.grpc.token)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l percent -d 'Share of the alerting node\'s connections to redirect (0 < p ≤ 1)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l label -d 'Alert label that names the node (tried after node_id, before instance)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l cooldown -d 'The same alert is not acted on again within this time' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l log-format -d 'Log format (overrides `log.format`)' -r -f -a "human\t''
+json\t''"
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -s h -l help -d 'Print help'
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -s V -l version -d 'Print version'
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l url -d 'WebSocket URL(s) of the node(s), used round-robin' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -s n -l connections -d 'Connections to open (each one a distinct user)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l ramp -d 'New connections per second while ramping up' -r

@@ -6,6 +6,7 @@
 //! touch a socket: kicks and redirects go through each link's queue like everything else.
 
 pub mod client;
+pub mod webhook;
 
 use std::{
     sync::Arc,

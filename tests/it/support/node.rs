@@ -142,6 +142,11 @@ impl TestNode {
             .unwrap_or(0.0)
     }
 
+    /// The node's task, without asking it to stop (it ends when drained by other means).
+    pub fn task(&mut self) -> JoinHandle<()> {
+        self.task.take().expect("running")
+    }
+
     /// Starts the graceful shutdown and returns the node's task (finishes when drained).
     pub fn begin_shutdown(&mut self) -> JoinHandle<()> {
         if let Some(stop) = self.stop.take() {

@@ -1,0 +1,85 @@
+//! `wsgw alert-webhook`: a Grafana webhook contact point that rebalances overloaded nodes.
+//! See `wsgw::admin::webhook` for what it does with each alert; `scripts/grafana/` has the
+//! scrape config, dashboard and alert rule that point at it.
+
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, bail};
+use tracing::info;
+use wsgw::admin::{
+    client::Target,
+    webhook::{self, WebhookConfig},
+};
+
+/// Grafana contact point: POST /webhook/v1 redirects a share of an alerting node's clients.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where to listen.
+    #[arg(long, default_value = "0.0.0.0:8001")]
+    listen: SocketAddr,
+    /// One node's gRPC address (every alert acts on it).
+    #[arg(long, default_value = "127.0.0.1:9004", conflicts_with = "etcd")]
+    addr: String,
+    /// Find the alerting node among those registered in etcd (host:port[,host:port]).
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Key prefix of the registry in etcd (cluster.etcd.prefix).
+    #[arg(long, default_value = "")]
+    etcd_prefix: String,
+    /// Token webhook requests must carry (Authorization: Bearer TOKEN; Grafana's
+    /// "Authorization header - Credentials").
+    #[arg(long, default_value = "")]
+    token: String,
+    /// Or basic auth credentials requests must carry, as user:password.
+    #[arg(long, default_value = "")]
+    basic_auth: String,
+    /// The nodes' gRPC token (server.grpc.token).
+    #[arg(long, default_value = "")]
+    admin_token: String,
+    /// Share of the alerting node's connections to redirect (0 < p ≤ 1).
+    #[arg(long, default_value_t = 0.5)]
+    percent: f64,
+    /// Alert label that names the node (tried after node_id, before instance).
+    #[arg(long, default_value = "")]
+    label: String,
+    /// The same alert is not acted on again within this time.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    cooldown: Duration,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.token.is_empty() && args.basic_auth.is_empty() {
+        bail!("give --token or --basic-auth: the webhook never acts on unauthenticated requests");
+    }
+    if !(args.percent > 0.0 && args.percent <= 1.0) {
+        bail!("--percent must be in (0, 1]");
+    }
+    tracing_subscriber::fmt().with_env_filter("info").with_writer(std::io::stderr).init();
+    let target = match args.etcd.is_empty() {
+        true => Target::Addr(args.addr.clone()),
+        false => Target::Etcd(args.etcd.clone(), args.etcd_prefix.clone()),
+    };
+    let config = WebhookConfig {
+        target,
+        admin_token: args.admin_token,
+        token: args.token,
+        basic_auth: args.basic_auth,
+        fraction: args.percent,
+        label: args.label,
+        cooldown: args.cooldown,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        info!(listen = %args.listen, "alert webhook: POST /webhook/v1");
+        axum::serve(listener, webhook::router(config))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .context("webhook server")
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

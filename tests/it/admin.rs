@@ -1,0 +1,298 @@
+//! The admin API and the operator subcommands (`sessions`, `kick`, `alert-webhook`) against
+//! running nodes: the real binary for the CLI, real gRPC and HTTP for the rest.
+
+use std::time::Duration;
+
+use tokio_stream::StreamExt as _;
+use wsgw::{
+    admin::{
+        client::{self, Target},
+        webhook::{self, WebhookConfig},
+    },
+    protocol::{
+        CommandType, Serializer,
+        admin_pb::{InfoRequest, RedirectRequest, WatchStatsRequest},
+        pb::NodeList,
+    },
+};
+
+use crate::support::{TestNode, cluster::Scope, code};
+
+const JSON: Serializer = Serializer::Json;
+
+/// Runs `wsgw ARGS…`: (exit code, stdout, stderr).
+async fn wsgw(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgw"))
+        .args(args)
+        .output()
+        .await
+        .expect("run wsgw");
+    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
+    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
+}
+
+fn users(json: &str) -> Vec<(String, String)> {
+    let v: serde_json::Value = serde_json::from_str(json).expect("--json output parses");
+    let mut users: Vec<(String, String)> = v["sessions"]
+        .as_array()
+        .expect("sessions array")
+        .iter()
+        .map(|s| {
+            (s["bizId"].as_str().unwrap_or("").into(), s["userId"].as_str().unwrap_or("").into())
+        })
+        .collect();
+    users.sort();
+    users
+}
+
+#[tokio::test]
+async fn sessions_lists_exactly_the_connected_users() {
+    let node = TestNode::spawn().await;
+    let _a = node.connect(1, 9).await;
+    let _b = node.connect(2, 9).await;
+    let _c = node.connect(3, 8).await;
+    let addr = node.grpc_addr.to_string();
+    crate::assert_eventually!(node.handle.connections() == 3, "three connected");
+
+    let (rc, out, err) = wsgw(&["sessions", "--addr", &addr, "--json"]).await;
+    assert_eq!(rc, 0, "{err}");
+    let expected = [("8", "3"), ("9", "1"), ("9", "2")].map(|(b, u)| (b.to_owned(), u.to_owned()));
+    assert_eq!(users(&out), expected);
+
+    let (_, out, _) =
+        wsgw(&["sessions", "--addr", &addr, "--json", "--biz", "9", "--user", "2"]).await;
+    assert_eq!(users(&out), [("9".to_owned(), "2".to_owned())]);
+    let (rc, table, _) = wsgw(&["sessions", "--addr", &addr]).await;
+    assert_eq!(rc, 0);
+    assert!(table.starts_with("NODE") && table.contains("3 connection(s), 3 user(s)"), "{table}");
+}
+
+#[tokio::test]
+async fn kick_closes_every_connection_of_the_user_on_every_node_with_the_reason() {
+    let scope = Scope::new("kick");
+    let a = scope.node("a").spawn().await;
+    let b = scope.node("b").spawn().await;
+    let mut on_a = a.connect(7, 9).await;
+    let mut on_b = b.connect(7, 9).await;
+    let mut other = a.connect(8, 9).await;
+    let prefix = format!("/{}", scope.name);
+    crate::assert_within!(
+        10,
+        client::registered(&[crate::support::cluster::ETCD.into()], &prefix)
+            .await
+            .map(|n| n.len())
+            .unwrap_or(0)
+            == 2,
+        "both registered"
+    );
+    let etcd = ["--etcd", crate::support::cluster::ETCD, "--etcd-prefix", &prefix];
+
+    let (rc, out, err) = wsgw(&[&["sessions", "--json"], &etcd[..]].concat()).await;
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(users(&out).len(), 3, "every node answered: {out}");
+
+    let args =
+        [&["kick", "--user", "7", "--biz", "9", "--reason", "maintenance", "--json"], &etcd[..]]
+            .concat();
+    let (rc, out, err) = wsgw(&args).await;
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["closed"], 2);
+    for client in [&mut on_a, &mut on_b] {
+        assert_eq!(code(&client.closed().await), (1008, "maintenance".to_owned()));
+    }
+    other.listen_for(Duration::from_millis(200)).await;
+    let (rc, out, _) = wsgw(&[&["kick", "--user", "7", "--biz", "9"], &etcd[..]].concat()).await;
+    assert_eq!(rc, 1, "nobody left to kick: {out}");
+}
+
+#[tokio::test]
+async fn wrong_or_missing_tokens_are_refused() {
+    let node = TestNode::builder().config(|c| c.server.grpc.token = "s3cret".into()).spawn().await;
+    let addr = node.grpc_addr.to_string();
+    for token in ["wrong", ""] {
+        let (rc, _, err) = wsgw(&["sessions", "--addr", &addr, "--token", token]).await;
+        assert_eq!(rc, 2);
+        assert!(err.contains("Unauthenticated"), "{err}");
+        let (rc, _, _) =
+            wsgw(&["kick", "--addr", &addr, "--token", token, "--user", "1", "--biz", "1"]).await;
+        assert_eq!(rc, 2);
+    }
+    let (rc, out, err) = wsgw(&["sessions", "--addr", &addr, "--token", "s3cret", "--json"]).await;
+    assert_eq!((rc, users(&out).len()), (0, 0), "{err}");
+}
+
+#[tokio::test]
+async fn stats_and_the_stats_feed_report_the_node() {
+    let node = TestNode::spawn().await;
+    let _c = node.connect(1, 9).await;
+    let n = client::node("n", &node.grpc_addr.to_string(), "").expect("client");
+    let mut admin = n.client.clone();
+    crate::assert_within!(
+        5,
+        admin.info(InfoRequest {}).await.expect("info").into_inner().connections == 1,
+        "info counts the connection"
+    );
+    let info = admin.info(InfoRequest {}).await.expect("info").into_inner();
+    assert_eq!(
+        (info.node_id.as_str(), info.phase.as_str(), info.ready),
+        ("test-node", "running", true)
+    );
+    let mut feed =
+        admin.watch_stats(WatchStatsRequest { interval_ms: 100 }).await.expect("feed").into_inner();
+    for _ in 0..3 {
+        let s = tokio::time::timeout(Duration::from_secs(5), feed.next()).await.expect("in time");
+        assert_eq!(s.expect("item").expect("ok").users, 1);
+    }
+}
+
+#[tokio::test]
+async fn redirect_moves_the_asked_share_of_clients_to_a_live_peer() {
+    let scope = Scope::new("admin-redirect");
+    let a = scope.node("a").spawn().await;
+    let b = scope.node("b").spawn().await;
+    let prefix = format!("/{}", scope.name);
+    let etcd = vec![crate::support::cluster::ETCD.to_owned()];
+    crate::assert_within!(
+        10,
+        client::registered(&etcd, &prefix).await.map(|n| n.len()).unwrap_or(0) == 2,
+        "registered"
+    );
+    let mut clients = Vec::new();
+    for user in 1..=4 {
+        clients.push(a.connect(user, 9).await);
+    }
+    let n = client::node("a", &a.grpc_addr.to_string(), "").expect("client");
+    let r = n
+        .client
+        .clone()
+        .redirect(RedirectRequest { fraction: 0.5, count: 0 })
+        .await
+        .expect("redirect");
+    let r = r.into_inner();
+    assert_eq!(r.redirected, 2);
+    assert_eq!(r.targets.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["b"]);
+    assert_eq!(r.targets[0].port, i32::from(b.ws_addr.port()));
+    let mut moved = 0;
+    for c in &mut clients {
+        if let Some(m) = c.recv_msg_within(JSON, Duration::from_millis(500)).await {
+            assert_eq!(m.cmd, i32::from(CommandType::Redirect));
+            assert_eq!(JSON.decode::<NodeList>(&m.body).expect("NodeList").nodes[0].id, "b");
+            assert_eq!(code(&c.closed().await), (1001, "redirected".to_owned()));
+            moved += 1;
+        }
+    }
+    assert_eq!(moved, 2);
+    crate::assert_eventually!(a.handle.connections() == 2, "half stay");
+}
+
+async fn webhook_on(target: Target) -> String {
+    let config = WebhookConfig {
+        target,
+        admin_token: String::new(),
+        token: "hook-token".into(),
+        basic_auth: "grafana:pw".into(),
+        fraction: 0.5,
+        label: String::new(),
+        cooldown: Duration::from_secs(300),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, webhook::router(config)).await });
+    format!("http://{addr}/webhook/v1")
+}
+
+fn alert(status: &str, instance: &str) -> serde_json::Value {
+    serde_json::json!({
+        "receiver": "wsgw", "status": status, "orgId": 1,
+        "alerts": [{
+            "status": status, "fingerprint": "f00d",
+            "labels": {"alertname": "GatewayOverloaded", "instance": instance},
+            "annotations": {}, "startsAt": "2026-11-29T00:00:00Z"
+        }]
+    })
+}
+
+async fn post(url: &str, auth: Option<&str>, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = req.send().await.expect("POST");
+    let status = resp.status().as_u16();
+    (status, serde_json::from_str(&resp.text().await.expect("body")).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn the_webhook_rebalances_the_alerting_node_once_and_ignores_resolved_alerts() {
+    let scope = Scope::new("webhook");
+    let a = scope.node("a").spawn().await;
+    let _b = scope.node("b").spawn().await;
+    let prefix = format!("/{}", scope.name);
+    let etcd = vec![crate::support::cluster::ETCD.to_owned()];
+    crate::assert_within!(
+        10,
+        client::registered(&etcd, &prefix).await.map(|n| n.len()).unwrap_or(0) == 2,
+        "registered"
+    );
+    let mut clients = Vec::new();
+    for user in 1..=4 {
+        clients.push(a.connect(user, 9).await);
+    }
+    let url = webhook_on(Target::Etcd(etcd, prefix)).await;
+    // Prometheus' instance label is the scraped governor address.
+    let firing = alert("firing", &a.governor_addr.to_string());
+
+    assert_eq!(post(&url, None, &firing).await.0, 401);
+    assert_eq!(post(&url, Some("Bearer nope"), &firing).await.0, 401);
+    assert_eq!(post(&url, Some("Basic Z3JhZmFuYTp3cm9uZw=="), &firing).await.0, 401);
+    assert_eq!(a.handle.connections(), 4, "nothing happened without credentials");
+
+    let (status, answer) = post(&url, Some("Bearer hook-token"), &firing).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["actions"][0]["action"], "redirected", "{answer}");
+    assert_eq!(
+        (answer["actions"][0]["node"].as_str(), answer["actions"][0]["redirected"].as_u64()),
+        (Some("a"), Some(2))
+    );
+    let mut moved = 0;
+    for c in &mut clients {
+        if c.recv_msg_within(JSON, Duration::from_millis(300)).await.is_some() {
+            assert_eq!(code(&c.closed().await), (1001, "redirected".to_owned()));
+            moved += 1;
+        }
+    }
+    assert_eq!(moved, 2);
+    crate::assert_eventually!(a.handle.connections() == 2, "half of a's clients left");
+
+    // Grafana repeats the notification: nothing more happens.
+    let basic = format!("Basic {}", base64_of("grafana:pw"));
+    let (_, again) = post(&url, Some(&basic), &firing).await;
+    assert_eq!(again["actions"][0]["action"], "skipped_cooldown", "{again}");
+    let (_, resolved) =
+        post(&url, Some("Bearer hook-token"), &alert("resolved", &a.governor_addr.to_string()))
+            .await;
+    assert_eq!(resolved["actions"][0]["action"], "ignored_resolved");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.handle.connections(), 2, "the repeat and the resolved alert moved nobody");
+    let (_, unknown) =
+        post(&url, Some("Bearer hook-token"), &alert("firing", "10.9.9.9:9003")).await;
+    assert_eq!(unknown["actions"][0]["action"], "unknown_node");
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn drain_through_the_admin_api_stops_the_node() {
+    let mut node = TestNode::spawn().await;
+    let n = client::node("n", &node.grpc_addr.to_string(), "").expect("client");
+    n.client.clone().drain(wsgw::protocol::admin_pb::DrainRequest {}).await.expect("drain");
+    let task = node.task();
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("stopped in time").expect("ok");
+}
