@@ -10,6 +10,7 @@ mod push;
 mod serve;
 mod sessions;
 mod token;
+mod top;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,7 @@ enum Command {
     Push(push::Args),
     Sessions(sessions::Args),
     Kick(kick::Args),
+    Top(top::Args),
     AlertWebhook(alert_webhook::Args),
     Loadtest(loadtest::Args),
     Token(token::Args),
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Command::Push(args) => push::run(args),
         Command::Sessions(args) => sessions::run(args),
         Command::Kick(args) => kick::run(args),
+        Command::Top(args) => top::run(args),
         Command::AlertWebhook(args) => alert_webhook::run(args),
         Command::Loadtest(args) => loadtest::run(args),
         Command::Token(args) => token::run(args),
