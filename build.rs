@@ -30,6 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
         .extern_path(".gatewayapi.v1", "crate::protocol::pb")
+        .emit_fields()
         .out_dir(&out)
         .build(&[".wsgw.admin.v1"])?;
     Ok(())

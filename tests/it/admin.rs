@@ -296,3 +296,30 @@ async fn drain_through_the_admin_api_stops_the_node() {
     let task = node.task();
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("stopped in time").expect("ok");
 }
+
+#[test]
+fn the_grafana_files_parse_and_point_the_alert_at_the_webhook() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/grafana");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("file");
+    let alerting: serde_json::Value =
+        serde_yaml_ng::from_str(&read("alerting.yaml")).expect("yaml");
+    let rule = &alerting["groups"][0]["rules"][0];
+    assert_eq!(
+        rule["data"][0]["model"]["expr"],
+        "sum(websocket_gateway_online_users) by (instance)"
+    );
+    assert_eq!(alerting["contactPoints"][0]["receivers"][0]["type"], "webhook");
+    assert_eq!(alerting["policies"][0]["receiver"], alerting["contactPoints"][0]["name"]);
+    let prometheus: serde_json::Value =
+        serde_yaml_ng::from_str(&read("prometheus.yml")).expect("yaml");
+    assert_eq!(prometheus["scrape_configs"][0]["metrics_path"], "/metrics");
+    let dashboard: serde_json::Value = serde_json::from_str(&read("dashboard.json")).expect("json");
+    let exprs: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str())
+        .collect();
+    assert!(exprs.contains(&"sum(websocket_gateway_online_users) by (instance)"), "{exprs:?}");
+}
