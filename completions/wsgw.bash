@@ -40,6 +40,9 @@ _wsgw() {
             wsgw,token)
                 cmd="wsgw__subcmd__token"
                 ;;
+            wsgw,top)
+                cmd="wsgw__subcmd__top"
+                ;;
             *)
                 ;;
         esac
@@ -47,7 +50,7 @@ _wsgw() {
 
     case "${cmd}" in
         wsgw)
-            opts="-h -V --log-format --help --version serve push sessions kick alert-webhook loadtest token generate-docs"
+            opts="-h -V --log-format --help --version serve push sessions kick top alert-webhook loadtest token generate-docs"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -470,6 +473,44 @@ _wsgw() {
                     return 0
                     ;;
                 --alg)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wsgw__subcmd__top)
+            opts="-h -V --addr --etcd --etcd-prefix --token --interval --log-format --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --addr)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --interval)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

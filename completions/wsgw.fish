@@ -32,6 +32,7 @@ complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "serve" -d 'Run a gateway 
 complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "push" -d 'Push a message to every connection of a user (cluster-wide in cluster mode), or broadcast it'
 complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "sessions" -d 'List connections: node, connection id, user, remote address, since, messages in/out'
 complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "kick" -d 'Disconnect every connection of a user, telling the client why'
+complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "top" -d 'Live dashboard of the cluster\'s nodes (q quits)'
 complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "alert-webhook" -d 'Grafana contact point: POST /webhook/v1 redirects a share of an alerting node\'s clients'
 complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "loadtest" -d 'Drive nodes with many real WebSocket clients; report throughput, latency and errors.'
 complete -c wsgw -n "__fish_wsgw_needs_command" -f -a "token" -d 'Print a JWT for a user that a node with the same secret accepts'
@@ -79,6 +80,15 @@ json\t''"
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l json -d 'JSON for scripts: {"closed":N,"nodes":[{"node","closed"}]}'
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -s h -l help -d 'Print help'
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -s V -l version -d 'Print version'
+complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l etcd -d 'Every node registered in etcd instead (host:port[,host:port])' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l token -d 'Bearer token (server.grpc.token)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l interval -d 'Refresh interval' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l log-format -d 'Log format (overrides `log.format`)' -r -f -a "human\t''
+json\t''"
+complete -c wsgw -n "__fish_wsgw_using_subcommand top" -s h -l help -d 'Print help'
+complete -c wsgw -n "__fish_wsgw_using_subcommand top" -s V -l version -d 'Print version'
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l listen -d 'Where to listen' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l addr -d 'One node\'s gRPC address (every alert acts on it)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l etcd -d 'Find the alerting node among those registered in etcd (host:port[,host:port])' -r

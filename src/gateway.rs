@@ -11,10 +11,12 @@
 //! | code | reason | when |
 //! |---|---|---|
 //! | 1000 | `idle timeout` | no application message for `limits.idle_timeout` (see `idle_close`) |
-//! | 1001 | `going away` | the node drains (graceful shutdown) |
+//! | 1001 | `going away` | the node drains (graceful shutdown; a REDIRECT to live peers goes first in cluster mode) |
+//! | 1001 | `redirected` | an operator moved the connection to other nodes (a REDIRECT goes first) |
 //! | 1001 | `pong timeout` | nothing heard for `limits.pong_timeout` after a ping |
 //! | 1002 | `protocol error` | a WebSocket protocol violation |
 //! | 1007 | `invalid message` | a frame that is not a valid `Message` for the serializer, or bad UTF-8 |
+//! | 1008 | the operator's reason | kicked through the admin API (`wsgw kick`) |
 //! | 1008 | `slow consumer` | the outbound queue exceeded `limits.outbound_queue_bytes`, or a write timed out |
 //! | 1009 | `message too big` | a message larger than `limits.max_message_size` |
 //!
