@@ -33,8 +33,15 @@ pub struct Args {
     #[arg(long)]
     key: Option<String>,
     /// The node's gRPC address (server.grpc.listen).
-    #[arg(long, default_value = "127.0.0.1:9004")]
+    #[arg(long, default_value = "127.0.0.1:9004", conflicts_with = "etcd")]
     addr: String,
+    /// Push through the least-loaded node registered in etcd instead (host:port[,…]); it
+    /// reaches the user on whichever nodes hold them. With --all, broadcasts on every node.
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Key prefix of the registry in etcd (cluster.etcd.prefix).
+    #[arg(long, default_value = "")]
+    etcd_prefix: String,
     /// Bearer token (server.grpc.token).
     #[arg(long, env = "WSGW_SERVER__GRPC__TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -61,15 +68,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let user = args.user.unwrap_or(0);
     let msg =
         PushMessage { key: key.clone(), biz_id: args.biz, receiver_id: user, body: body.into() };
-    let result =
-        runtime.block_on(async { tokio::time::timeout(args.timeout, push(&args, msg)).await });
+    let result = runtime.block_on(async {
+        tokio::time::timeout(args.timeout, async {
+            let addrs = addresses(&args).await?;
+            let mut total = (0, false);
+            for addr in &addrs {
+                let (n, stored) = push(&args, addr, msg.clone()).await?;
+                total = (total.0 + n, total.1 || stored);
+            }
+            Ok(total)
+        })
+        .await
+    });
     let who = match args.all {
         true => format!("biz {} (broadcast)", args.biz),
         false => format!("user {user} of biz {}", args.biz),
     };
     match result {
         Err(_) => {
-            eprintln!("error: no answer from {} within {:?}", args.addr, args.timeout);
+            eprintln!("error: no answer within {:?}", args.timeout);
             Ok(ExitCode::from(FAILED))
         }
         Ok(Ok((0, true))) => {
@@ -96,7 +113,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(FAILED))
         }
         Ok(Err(PushFailure::Connect(e))) => {
-            eprintln!("error: cannot reach {}: {e}", args.addr);
+            eprintln!("error: cannot reach the node: {e}");
+            Ok(ExitCode::from(FAILED))
+        }
+        Ok(Err(PushFailure::Registry(e))) => {
+            eprintln!("error: node registry (etcd): {e}");
             Ok(ExitCode::from(FAILED))
         }
     }
@@ -105,12 +126,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 enum PushFailure {
     Connect(tonic::transport::Error),
     Status(tonic::Status),
+    Registry(String),
+}
+
+/// The node(s) to call: `--addr`, or from etcd the least-loaded node (every node for --all).
+async fn addresses(args: &Args) -> Result<Vec<String>, PushFailure> {
+    if args.etcd.is_empty() {
+        return Ok(vec![args.addr.clone()]);
+    }
+    let nodes = wsgw::admin::client::registered(&args.etcd, &args.etcd_prefix)
+        .await
+        .map_err(|e| PushFailure::Registry(e.to_string()))?;
+    let mut addrs: Vec<String> =
+        nodes.iter().filter_map(|n| n.grpc_addr().map(str::to_owned)).collect();
+    if !args.all {
+        addrs.truncate(1);
+    }
+    if addrs.is_empty() {
+        return Err(PushFailure::Registry("no node is registered".into()));
+    }
+    Ok(addrs)
 }
 
 /// (connections reached, kept in the offline inbox).
-async fn push(args: &Args, msg: PushMessage) -> Result<(i64, bool), PushFailure> {
-    let url =
-        if args.addr.contains("://") { args.addr.clone() } else { format!("http://{}", args.addr) };
+async fn push(args: &Args, addr: &str, msg: PushMessage) -> Result<(i64, bool), PushFailure> {
+    let url = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
     let endpoint = tonic::transport::Endpoint::from_shared(url).map_err(PushFailure::Connect)?;
     let channel = endpoint.connect().await.map_err(PushFailure::Connect)?;
     let mut client = PushServiceClient::new(channel);

@@ -316,7 +316,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__push)
-            opts="-h -V --user --all --biz --key --addr --token --file --timeout --log-format --help --version"
+            opts="-h -V --user --all --biz --key --addr --etcd --etcd-prefix --token --file --timeout --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -335,6 +335,14 @@ _wsgw() {
                     return 0
                     ;;
                 --addr)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-prefix)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

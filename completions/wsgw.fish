@@ -47,6 +47,8 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l user -d 'Receiver\'s 
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l biz -d 'Receiver\'s business id' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l key -d 'Message key (the client acknowledges it); a random one by default' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l addr -d 'The node\'s gRPC address (server.grpc.listen)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l etcd -d 'Push through the least-loaded node registered in etcd instead (host:port[,…]); it reaches the user on whichever nodes hold them. With --all, broadcasts on every node' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l token -d 'Bearer token (server.grpc.token)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l file -d 'Read the body from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l timeout -d 'Give up after this long' -r

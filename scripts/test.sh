@@ -9,7 +9,8 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "services (Redis, etcd, Kafka/tansu) and build tools"
 # Starts what is not running yet; stops them on exit unless they were all up before.
-if scripts/services.sh status | grep -q down; then
+services_before=$(scripts/services.sh status)
+if grep -q down <<<"$services_before"; then
   trap 'scripts/services.sh stop' EXIT
 fi
 scripts/services.sh start

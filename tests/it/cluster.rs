@@ -359,3 +359,46 @@ async fn an_unreachable_redis_at_start_leaves_the_node_serving_locally() {
     assert_eq!(node.push(1, 9, "k", b"local").await.expect("local push works"), 1);
     assert!(is_push(&client.recv_msg(JSON).await, "k", b"local"));
 }
+
+#[tokio::test]
+async fn wsgw_push_with_etcd_reaches_the_user_wherever_they_are() {
+    let scope = Scope::new("push-etcd");
+    let _a = scope.node("a").spawn().await;
+    let b = scope.node("b").spawn().await;
+    crate::assert_within!(10, registered(&scope).await.len() == 2, "both registered");
+    let mut client = b.connect(12, 9).await;
+    await_sessions(&b, 12, 9, 1).await;
+    let prefix = format!("/{}", scope.name);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgw"))
+        .args(["push", "--etcd", cluster::ETCD, "--etcd-prefix", &prefix])
+        .args(["--user", "12", "--biz", "9", "--key", "via-etcd", "hello"])
+        .output()
+        .await
+        .expect("run wsgw push");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("delivered to 1 connection(s)"), "{stdout}");
+    assert!(is_push(&client.recv_msg(JSON).await, "via-etcd", b"hello"));
+}
+
+#[tokio::test]
+async fn unreachable_etcd_and_kafka_leave_the_node_serving() {
+    let mut scope = Scope::new("no-etcd-kafka");
+    scope.kafka = format!("127.0.0.1:{}", cluster::free_port());
+    let dead_etcd = format!("127.0.0.1:{}", cluster::free_port());
+    let node =
+        scope.node("a").config(move |c| c.cluster.etcd.endpoints = vec![dead_etcd]).spawn().await;
+    let mut client = node.connect(1, 9).await;
+    crate::assert_within!(10, node.get("/ready").await.0 == 200, "ready: Redis is up");
+    let etcd_down = "websocket_gateway_dependency_up{service=\"etcd\"}";
+    crate::assert_within!(
+        10,
+        node.metric("websocket_gateway_cluster_events_total{event=\"error\",service=\"etcd\"}")
+            .await
+            >= 1.0,
+        "etcd errors are counted"
+    );
+    assert_eq!(node.metric(etcd_down).await, 0.0);
+    assert_eq!(node.push(1, 9, "k", b"still works").await.expect("push"), 1);
+    assert!(is_push(&client.recv_msg(JSON).await, "k", b"still works"));
+}
