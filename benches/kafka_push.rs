@@ -45,6 +45,7 @@ struct Opts {
     pushes: u64,
     rate: u64,
     seconds: u64,
+    concurrency: usize,
 }
 
 /// Received pushes: count and produce → receive latency (µs).
@@ -106,7 +107,7 @@ fn main() {
         |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     if !args.iter().any(|a| a == "run") {
         return eprintln!(
-            "usage: kafka_push run [--users 1000] [--pushes 20000] [--rate 2000] [--seconds 5]"
+            "usage: kafka_push run [--users 1000] [--pushes 20000] [--rate 2000] [--seconds 5] [--concurrency 64]"
         );
     }
     let opts = Opts {
@@ -116,6 +117,7 @@ fn main() {
         pushes: flag("--pushes").and_then(|v| v.parse().ok()).unwrap_or(20_000),
         rate: flag("--rate").and_then(|v| v.parse().ok()).unwrap_or(2000),
         seconds: flag("--seconds").and_then(|v| v.parse().ok()).unwrap_or(5),
+        concurrency: flag("--concurrency").and_then(|v| v.parse().ok()).unwrap_or(64),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("rt");
     runtime.block_on(run(opts));
@@ -154,7 +156,7 @@ async fn run(o: Opts) {
     let gw_lat = paced(&producer, &gw_topic, &o, &sink).await;
     floor.abort();
     let report = serde_json::json!({
-        "users": o.users, "pushes": o.pushes, "rate": o.rate,
+        "users": o.users, "pushes": o.pushes, "rate": o.rate, "concurrency": o.concurrency,
         "floor": { "pushes_per_s": floor_tput, "p50_us": floor_lat.0, "p99_us": floor_lat.1 },
         "wsgw": { "pushes_per_s": gw_tput, "p50_us": gw_lat.0, "p99_us": gw_lat.1 },
         "ratio": {
@@ -179,6 +181,7 @@ async fn node(o: &Opts, tag: &str, id: &str, topic: &str) -> std::net::SocketAdd
     c.cluster.kafka.brokers = o.brokers.clone();
     c.cluster.kafka.group_id = format!("{tag}-group");
     c.cluster.kafka.push_topic = topic.into();
+    c.cluster.kafka.concurrency = o.concurrency;
     c.cluster.kafka.presence_topic = String::new();
     c.downstream.max_pending = 1_000_000;
     let node = Node::bind(c).await.expect("node binds");

@@ -25,7 +25,7 @@
 //! connection's frame path.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::HashSet,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -41,6 +41,10 @@ use crate::{auth::Identity, links::Link, protocol::pb::PushMessage, telemetry::M
 
 use super::scripts;
 
+mod sessions;
+
+pub use sessions::{SessionEntry, SessionQuery};
+
 /// A Redis failure.
 #[derive(Debug, thiserror::Error)]
 #[error("session directory (redis): {0}")]
@@ -53,26 +57,6 @@ pub enum Route {
     Nodes(Vec<(String, String)>),
     /// Nobody holds the receiver; the push was stored in their inbox.
     Stored,
-}
-
-/// One connection as the directory knows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SessionEntry {
-    pub node: String,
-    pub conn: u64,
-    pub biz_id: i64,
-    pub user_id: i64,
-    pub since_ms: u64,
-    pub remote: String,
-}
-
-/// Which sessions to list.
-#[derive(Clone, Copy, Debug)]
-pub enum SessionQuery<'a> {
-    User(Identity),
-    Biz(i64),
-    Node(&'a str),
-    All,
 }
 
 /// A change of one link; the flag says whether it was the user's first (up) or last (down)
@@ -261,81 +245,6 @@ impl Directory {
         self.observe(r)?;
         self.metrics.cluster_event("redis", "inbox_stored");
         Ok(())
-    }
-
-    /// The ids of live nodes (those that refreshed their entry within the TTL).
-    pub async fn live_nodes(&self) -> Result<Vec<String>, DirectoryError> {
-        let mut redis = self.redis.clone();
-        let ids: Vec<String> =
-            self.observe(redis.smembers(self.key(format_args!("nodes"))).await)?;
-        let keys: Vec<String> = ids.iter().map(|n| self.node_key(n)).collect();
-        if keys.is_empty() {
-            return Ok(ids);
-        }
-        let alive: Vec<Option<String>> = self.observe(redis.mget(&keys).await)?;
-        Ok(ids.into_iter().zip(alive).filter_map(|(id, v)| v.map(|_| id)).collect())
-    }
-
-    /// The sessions matching `query`, on live nodes only, ordered by node and connection.
-    pub async fn sessions(
-        &self,
-        query: SessionQuery<'_>,
-    ) -> Result<Vec<SessionEntry>, DirectoryError> {
-        let live: HashSet<String> = self.live_nodes().await?.into_iter().collect();
-        let mut redis = self.redis.clone();
-        let mut out = Vec::new();
-        if let SessionQuery::User(id) = query {
-            let fields: BTreeMap<String, u64> =
-                self.observe(redis.hgetall(self.user_key(id)).await)?;
-            for (field, since_ms) in fields {
-                let Some((node, conn)) = field.rsplit_once('|') else { continue };
-                let Ok(conn) = conn.parse() else { continue };
-                if live.contains(node) {
-                    let (biz_id, user_id) = (id.biz_id, id.user_id);
-                    let remote = String::new();
-                    out.push(SessionEntry {
-                        node: node.into(),
-                        conn,
-                        biz_id,
-                        user_id,
-                        since_ms,
-                        remote,
-                    });
-                }
-            }
-            return Ok(self.with_remotes(out).await);
-        }
-        let mut nodes: Vec<&String> = live.iter().collect();
-        nodes.sort();
-        for node in nodes {
-            if matches!(query, SessionQuery::Node(n) if n != node) {
-                continue;
-            }
-            let conns: BTreeMap<u64, String> =
-                self.observe(redis.hgetall(self.conns_key(node)).await)?;
-            for (conn, value) in conns {
-                let Some(e) = parse_conn(node, conn, &value) else { continue };
-                if !matches!(query, SessionQuery::Biz(b) if b != e.biz_id) {
-                    out.push(e);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Fills in the remote addresses of user entries from their nodes' connection tables.
-    async fn with_remotes(&self, mut entries: Vec<SessionEntry>) -> Vec<SessionEntry> {
-        let mut redis = self.redis.clone();
-        for e in &mut entries {
-            let v: redis::RedisResult<Option<String>> =
-                redis.hget(self.conns_key(&e.node), e.conn).await;
-            if let Ok(Some(v)) = v
-                && let Some(full) = parse_conn(&e.node, e.conn, &v)
-            {
-                e.remote = full.remote;
-            }
-        }
-        entries
     }
 
     /// Writes queued updates, refreshes this node's entry and sweeps dead nodes until `stop`.
@@ -625,16 +534,4 @@ fn millis(t: SystemTime) -> u64 {
 
 fn conn_value(link: &Link, since: u64) -> String {
     format!("{}:{}:{}:{}", link.identity.biz_id, link.identity.user_id, since, link.remote)
-}
-
-fn parse_conn(node: &str, conn: u64, value: &str) -> Option<SessionEntry> {
-    let mut parts = value.splitn(4, ':');
-    Some(SessionEntry {
-        node: node.to_owned(),
-        conn,
-        biz_id: parts.next()?.parse().ok()?,
-        user_id: parts.next()?.parse().ok()?,
-        since_ms: parts.next()?.parse().ok()?,
-        remote: parts.next()?.to_owned(),
-    })
 }
