@@ -107,7 +107,7 @@ fn main() {
         |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     if !args.iter().any(|a| a == "run") {
         return eprintln!(
-            "usage: kafka_push run [--users 1000] [--pushes 20000] [--rate 2000] [--seconds 5] [--concurrency 64]"
+            "usage: kafka_push run [--users 1000] [--pushes 20000] [--rate 2000] [--seconds 5] [--concurrency 256]"
         );
     }
     let opts = Opts {
@@ -117,7 +117,7 @@ fn main() {
         pushes: flag("--pushes").and_then(|v| v.parse().ok()).unwrap_or(20_000),
         rate: flag("--rate").and_then(|v| v.parse().ok()).unwrap_or(2000),
         seconds: flag("--seconds").and_then(|v| v.parse().ok()).unwrap_or(5),
-        concurrency: flag("--concurrency").and_then(|v| v.parse().ok()).unwrap_or(64),
+        concurrency: flag("--concurrency").and_then(|v| v.parse().ok()).unwrap_or(256),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("rt");
     runtime.block_on(run(opts));

@@ -113,7 +113,7 @@ impl Default for KafkaConfig {
             group_id: "wsgw".into(),
             push_topic: "push_message_event".into(),
             start_from: "earliest".into(),
-            concurrency: 64,
+            concurrency: 256,
             presence_topic: "gateway_users_action".into(),
             presence_buffer: 100_000,
         }

@@ -244,6 +244,8 @@ async fn a_kafka_outage_mid_stream_loses_no_push() {
 
     // Cut the broker off; keep producing while it is unreachable (the producer buffers).
     path.cut();
+    // A user arriving during the outage: their ONLINE event waits in the producer's buffer.
+    let during = node.connect(5, 9).await;
     let sends: Vec<_> = (0..20)
         .map(|i| {
             let p = producer.clone();
@@ -260,6 +262,16 @@ async fn a_kafka_outage_mid_stream_loses_no_push() {
     }
     collect(&mut client, &mut seen, 40).await;
     assert!((0..20).all(|i| seen.contains(&format!("during-{i}"))), "no push lost");
+    let presence = cluster::consumer(&brokers, &scope.presence_topic());
+    let mut online = Vec::new();
+    while online.len() < 2 {
+        let event = cluster::next_json(&presence, KAFKA_WAIT).await.expect("presence events");
+        if event["action"] == "ONLINE" {
+            online.push(event["userId"].as_i64().expect("userId"));
+        }
+    }
+    assert_eq!(online, [4, 5], "the ONLINE produced during the outage arrived too");
+    drop(during);
     // Stop the node while its broker is still there (the consumer leaves its group).
     drop(client);
     let mut node = node;
