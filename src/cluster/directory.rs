@@ -348,7 +348,7 @@ impl Directory {
                         let _ = outcomes.try_send(Outcome::Online(link.identity));
                     }
                     let msgs: Vec<PushMessage> =
-                        r[1..].iter().filter_map(|j| serde_json::from_str(j).ok()).collect();
+                        r.iter().skip(1).filter_map(|j| serde_json::from_str(j).ok()).collect();
                     if !msgs.is_empty() {
                         self.metrics.cluster_events("redis", "inbox_delivered", msgs.len() as u64);
                         let _ = outcomes.send(Outcome::Inbox(msgs)).await;
