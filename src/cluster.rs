@@ -275,3 +275,27 @@ impl Cluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("addr")
+    }
+
+    #[test]
+    fn the_advertised_host_is_configured_or_derived_from_the_listen_address() {
+        let mut c = ClusterConfig::default();
+        let at =
+            Advertised::new(&c, addr("10.1.2.3:9002"), addr("0.0.0.0:9004"), addr("0.0.0.0:9003"));
+        assert_eq!((at.ws(), at.grpc()), ("10.1.2.3:9002".into(), "10.1.2.3:9004".into()));
+        let at =
+            Advertised::new(&c, addr("0.0.0.0:9002"), addr("0.0.0.0:9004"), addr("0.0.0.0:9003"));
+        assert_eq!(at.ws(), "127.0.0.1:9002", "unspecified listen: loopback");
+        c.advertise_host = "gw-1.example.com".into();
+        let at =
+            Advertised::new(&c, addr("0.0.0.0:9002"), addr("0.0.0.0:9004"), addr("0.0.0.0:9003"));
+        assert_eq!(at.grpc(), "gw-1.example.com:9004");
+    }
+}

@@ -371,3 +371,37 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_quantiles_come_from_the_latencies_between_two_samples() {
+        let m = Metrics::new();
+        let before = m.totals();
+        for _ in 0..98 {
+            m.upstream_done(1, "ok", std::time::Duration::from_millis(3));
+        }
+        for _ in 0..2 {
+            m.upstream_done(1, "ok", std::time::Duration::from_millis(800));
+        }
+        let after = m.totals();
+        let p50 = after.upstream_quantile(&before, 0.5);
+        let p99 = after.upstream_quantile(&before, 0.99);
+        assert!(p50 > 0.0 && p50 <= 0.005, "p50 {p50} lies in the 3 ms bucket");
+        assert!(p99 > 0.5 && p99 <= 1.0, "p99 {p99} lies in the 800 ms bucket");
+        assert_eq!(after.upstream_quantile(&after, 0.99), 0.0, "no samples in between");
+        assert_eq!(after.upstream_count - before.upstream_count, 100);
+    }
+
+    #[test]
+    fn totals_sum_messages_over_businesses() {
+        let m = Metrics::new();
+        m.biz(1).message(Direction::In, 10);
+        m.biz(2).message(Direction::In, 10);
+        m.biz(2).message(Direction::Out, 10);
+        let t = m.totals();
+        assert_eq!((t.messages_in, t.messages_out), (2, 1));
+    }
+}

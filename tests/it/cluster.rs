@@ -151,7 +151,11 @@ async fn a_killed_node_leaves_the_registry_and_the_directory_after_its_ttl() {
     .await
     .expect("connect to the child node");
     await_sessions(&survivor, 5, 9, 1).await;
-    assert!(registered(&scope).await.iter().any(|n| n.id == "victim"));
+    crate::assert_within!(
+        10,
+        registered(&scope).await.iter().any(|n| n.id == "victim"),
+        "the child node registered"
+    );
 
     victim.child.kill().await.expect("SIGKILL");
     drop(client.closed().await);
