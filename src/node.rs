@@ -237,6 +237,7 @@ impl Node {
         stop_background.cancel();
         background.close();
         background.wait().await;
+        router.shutdown().await;
         shared.phase.set(Phase::Stopped);
         stop_servers.cancel();
         report("governor", governor.await);

@@ -4,19 +4,18 @@
 //! Owns: the decision where a push goes and the node-to-node calls. Without a session directory
 //! (single node) every push is local. With one, the directory names the live nodes holding the
 //! receiver; this node delivers its own share directly and calls `NodeService.Deliver` on the
-//! others, so one push costs one lookup plus one call per node that holds the user, never a
-//! call per node of the cluster. A receiver nobody holds gets the push in their offline inbox
-//! (atomically with the lookup); so does one whose node could not be reached. Must never retry
-//! on its own: callers (Kafka, the gRPC API) decide, because only they know whether to wait.
+//! others (batched per peer, see `peers`), so one push costs one lookup plus at most one call
+//! per node that holds the user, never a call per node of the cluster. A receiver nobody holds
+//! gets the push in their offline inbox (atomically with the lookup); so does one whose node
+//! could not be reached. Must never retry on its own: callers (Kafka, the gRPC API) decide,
+//! because only they know whether to wait.
 
 pub mod api;
+mod peers;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use dashmap::DashMap;
 use futures_util::future::join_all;
-use tonic::{metadata::MetadataValue, transport::Channel};
-use tracing::debug;
 
 use crate::{
     cluster::{Directory, Route},
@@ -39,7 +38,7 @@ pub struct Routed {
 }
 
 /// Why a push could not be routed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum RouteError {
     #[error(transparent)]
     Push(#[from] PushError),
@@ -54,13 +53,9 @@ pub struct Router {
     node_id: String,
     downstream: Arc<Downstream>,
     directory: Option<Arc<Directory>>,
-    peers: DashMap<String, NodeServiceClient<Channel>>,
-    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+    peers: peers::Peers,
     metrics: Arc<Metrics>,
 }
-
-/// Deadline of one node-to-node call.
-const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Router {
     pub fn new(
@@ -71,7 +66,12 @@ impl Router {
         metrics: Arc<Metrics>,
     ) -> Self {
         let token = (!token.is_empty()).then(|| format!("Bearer {token}").parse().ok()).flatten();
-        Self { node_id, downstream, directory, peers: DashMap::new(), token, metrics }
+        Self { node_id, downstream, directory, peers: peers::Peers::new(token), metrics }
+    }
+
+    /// Stops node-to-node delivery (the node's last step before its servers stop).
+    pub async fn shutdown(&self) {
+        self.peers.shutdown().await;
     }
 
     /// Hands `msg` to every connection of its receiver in the cluster, or stores it for them.
@@ -129,39 +129,9 @@ impl Router {
                 other => other.map_err(RouteError::from),
             };
         }
-        let result = self.call_peer(addr, msg).await;
+        let result = self.peers.deliver(addr, msg).await;
         self.metrics.cluster_event("peer", if result.is_ok() { "delivered" } else { "failed" });
         result
-    }
-
-    async fn call_peer(&self, addr: &str, msg: PushMessage) -> Result<usize, RouteError> {
-        let mut client = self.peer(addr)?;
-        let mut request = tonic::Request::new(DeliverRequest { msgs: vec![msg] });
-        request.set_timeout(PEER_TIMEOUT);
-        if let Some(token) = &self.token {
-            request.metadata_mut().insert("authorization", token.clone());
-        }
-        match client.deliver(request).await {
-            Ok(r) => Ok(r.into_inner().connections.first().copied().unwrap_or(0).max(0) as usize),
-            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
-                Err(PushError::Overloaded(0).into())
-            }
-            Err(s) => {
-                debug!(peer = addr, error = %s, "node-to-node delivery failed");
-                Err(RouteError::Unavailable(s.message().to_owned()))
-            }
-        }
-    }
-
-    fn peer(&self, addr: &str) -> Result<NodeServiceClient<Channel>, RouteError> {
-        if let Some(c) = self.peers.get(addr) {
-            return Ok(c.clone());
-        }
-        let uri = crate::upstream::endpoint_uri(addr).map_err(RouteError::Unavailable)?;
-        let channel = Channel::builder(uri).connect_timeout(Duration::from_secs(1)).connect_lazy();
-        let client = NodeServiceClient::new(channel);
-        self.peers.insert(addr.to_owned(), client.clone());
-        Ok(client)
     }
 
     /// Delivers pushes on this node only (the node-to-node entry point).
