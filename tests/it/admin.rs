@@ -146,9 +146,17 @@ async fn stats_and_the_stats_feed_report_the_node() {
     }
 }
 
-#[tokio::test]
-async fn redirect_moves_the_asked_share_of_clients_to_a_live_peer() {
-    let scope = Scope::new("admin-redirect");
+/// Two registered cluster nodes `a` and `b`, with four clients on `a`.
+struct Pair {
+    a: TestNode,
+    b: TestNode,
+    clients: Vec<crate::support::Client>,
+    etcd: Vec<String>,
+    prefix: String,
+}
+
+async fn pair(test: &str) -> Pair {
+    let scope = Scope::new(test);
     let a = scope.node("a").spawn().await;
     let b = scope.node("b").spawn().await;
     let prefix = format!("/{}", scope.name);
@@ -162,6 +170,12 @@ async fn redirect_moves_the_asked_share_of_clients_to_a_live_peer() {
     for user in 1..=4 {
         clients.push(a.connect(user, 9).await);
     }
+    Pair { a, b, clients, etcd, prefix }
+}
+
+#[tokio::test]
+async fn redirect_moves_the_asked_share_of_clients_to_a_live_peer() {
+    let Pair { a, b, mut clients, .. } = pair("admin-redirect").await;
     let n = client::node("a", &a.grpc_addr.to_string(), "").expect("client");
     let r = n
         .client
@@ -228,20 +242,7 @@ async fn post(url: &str, auth: Option<&str>, body: &serde_json::Value) -> (u16, 
 
 #[tokio::test]
 async fn the_webhook_rebalances_the_alerting_node_once_and_ignores_resolved_alerts() {
-    let scope = Scope::new("webhook");
-    let a = scope.node("a").spawn().await;
-    let _b = scope.node("b").spawn().await;
-    let prefix = format!("/{}", scope.name);
-    let etcd = vec![crate::support::cluster::ETCD.to_owned()];
-    crate::assert_within!(
-        10,
-        client::registered(&etcd, &prefix).await.map(|n| n.len()).unwrap_or(0) == 2,
-        "registered"
-    );
-    let mut clients = Vec::new();
-    for user in 1..=4 {
-        clients.push(a.connect(user, 9).await);
-    }
+    let Pair { a, b: _b, mut clients, etcd, prefix } = pair("webhook").await;
     let url = webhook_on(Target::Etcd(etcd, prefix)).await;
     // Prometheus' instance label is the scraped governor address.
     let firing = alert("firing", &a.governor_addr.to_string());
