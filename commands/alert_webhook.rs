@@ -6,10 +6,9 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use tracing::info;
-use wsgw::admin::{
-    client::Target,
-    webhook::{self, WebhookConfig},
-};
+use wsgw::admin::webhook::{self, WebhookConfig};
+
+use crate::nodes::TargetArgs;
 
 /// Grafana contact point: POST /webhook/v1 redirects a share of an alerting node's clients.
 #[derive(clap::Args)]
@@ -17,15 +16,9 @@ pub struct Args {
     /// Where to listen.
     #[arg(long, default_value = "0.0.0.0:8001")]
     listen: SocketAddr,
-    /// One node's gRPC address (every alert acts on it).
-    #[arg(long, default_value = "127.0.0.1:9004", conflicts_with = "etcd")]
-    addr: String,
-    /// Find the alerting node among those registered in etcd (host:port[,host:port]).
-    #[arg(long, value_delimiter = ',')]
-    etcd: Vec<String>,
-    /// Key prefix of the registry in etcd (cluster.etcd.prefix).
-    #[arg(long, default_value = "")]
-    etcd_prefix: String,
+    /// The node every alert acts on (--addr), or the registry the alerting node is found in.
+    #[command(flatten)]
+    to: TargetArgs,
     /// Token webhook requests must carry (Authorization: Bearer TOKEN; Grafana's
     /// "Authorization header - Credentials").
     #[arg(long, default_value = "")]
@@ -55,10 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("--percent must be in (0, 1]");
     }
     tracing_subscriber::fmt().with_env_filter("info").with_writer(std::io::stderr).init();
-    let target = match args.etcd.is_empty() {
-        true => Target::Addr(args.addr.clone()),
-        false => Target::Etcd(args.etcd.clone(), args.etcd_prefix.clone()),
-    };
+    let target = args.to.target();
     let config = WebhookConfig {
         target,
         admin_token: args.admin_token,

@@ -7,23 +7,21 @@ use wsgw::admin::client::{self, NodeClient, Target};
 /// Exit code when a node could not be reached or refused the call.
 pub const FAILED: u8 = 2;
 
+/// Which node(s): one address, or every node registered in etcd.
 #[derive(clap::Args, Clone)]
-pub struct NodeArgs {
+pub struct TargetArgs {
     /// One node's gRPC address (server.grpc.listen).
     #[arg(long, default_value = "127.0.0.1:9004", conflicts_with = "etcd")]
     pub addr: String,
-    /// Every node registered in etcd instead (host:port[,host:port]).
+    /// The nodes registered in etcd instead (host:port[,host:port]).
     #[arg(long, value_delimiter = ',')]
     pub etcd: Vec<String>,
     /// Key prefix of the registry in etcd (cluster.etcd.prefix).
     #[arg(long, default_value = "")]
     pub etcd_prefix: String,
-    /// Bearer token (server.grpc.token).
-    #[arg(long, default_value = "")]
-    pub token: String,
 }
 
-impl NodeArgs {
+impl TargetArgs {
     pub fn target(&self) -> Target {
         match self.etcd.is_empty() {
             true => Target::Addr(self.addr.clone()),
@@ -31,9 +29,29 @@ impl NodeArgs {
         }
     }
 
-    /// Whether the nodes came from the registry (so each answers for itself).
+    /// Whether the nodes come from the registry (so each answers for itself).
     pub fn whole_cluster(&self) -> bool {
         !self.etcd.is_empty()
+    }
+}
+
+/// The node(s) and the token of the operator subcommands.
+#[derive(clap::Args, Clone)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub to: TargetArgs,
+    /// Bearer token (server.grpc.token).
+    #[arg(long, default_value = "")]
+    pub token: String,
+}
+
+impl NodeArgs {
+    pub fn target(&self) -> Target {
+        self.to.target()
+    }
+
+    pub fn whole_cluster(&self) -> bool {
+        self.to.whole_cluster()
     }
 
     /// Clients for the addressed nodes, or the exit code after printing why there are none.

@@ -10,6 +10,7 @@
 
 use std::{io::Read as _, path::PathBuf, process::ExitCode, time::Duration};
 
+use crate::nodes::TargetArgs;
 use anyhow::{Context as _, bail};
 use tonic::{Code, Request};
 use wsgw::protocol::pb::{
@@ -32,16 +33,10 @@ pub struct Args {
     /// Message key (the client acknowledges it); a random one by default.
     #[arg(long)]
     key: Option<String>,
-    /// The node's gRPC address (server.grpc.listen).
-    #[arg(long, default_value = "127.0.0.1:9004", conflicts_with = "etcd")]
-    addr: String,
-    /// Push through the least-loaded node registered in etcd instead (host:port[,…]); it
-    /// reaches the user on whichever nodes hold them. With --all, broadcasts on every node.
-    #[arg(long, value_delimiter = ',')]
-    etcd: Vec<String>,
-    /// Key prefix of the registry in etcd (cluster.etcd.prefix).
-    #[arg(long, default_value = "")]
-    etcd_prefix: String,
+    /// The node (--addr), or the registry (--etcd): the push then goes through the
+    /// least-loaded node and reaches the user wherever they are; --all broadcasts on every node.
+    #[command(flatten)]
+    to: TargetArgs,
     /// Bearer token (server.grpc.token).
     #[arg(long, env = "WSGW_SERVER__GRPC__TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -131,10 +126,11 @@ enum PushFailure {
 
 /// The node(s) to call: `--addr`, or from etcd the least-loaded node (every node for --all).
 async fn addresses(args: &Args) -> Result<Vec<String>, PushFailure> {
-    if args.etcd.is_empty() {
-        return Ok(vec![args.addr.clone()]);
+    let to = &args.to;
+    if !to.whole_cluster() {
+        return Ok(vec![to.addr.clone()]);
     }
-    let nodes = wsgw::admin::client::registered(&args.etcd, &args.etcd_prefix)
+    let nodes = wsgw::admin::client::registered(&to.etcd, &to.etcd_prefix)
         .await
         .map_err(|e| PushFailure::Registry(e.to_string()))?;
     let mut addrs: Vec<String> =

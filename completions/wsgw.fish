@@ -46,8 +46,8 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand serve" -s V -l version -d 'Pri
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l user -d 'Receiver\'s user id' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l biz -d 'Receiver\'s business id' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l key -d 'Message key (the client acknowledges it); a random one by default' -r
-complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l addr -d 'The node\'s gRPC address (server.grpc.listen)' -r
-complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l etcd -d 'Push through the least-loaded node registered in etcd instead (host:port[,…]); it reaches the user on whichever nodes hold them. With --all, broadcasts on every node' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l token -d 'Bearer token (server.grpc.token)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l file -d 'Read the body from this file' -r -F
@@ -58,7 +58,7 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l all -d 'Broadcast to 
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -s h -l help -d 'Print help'
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -s V -l version -d 'Print version'
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
-complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l etcd -d 'Every node registered in etcd instead (host:port[,host:port])' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l token -d 'Bearer token (server.grpc.token)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l biz -d 'Only this business' -r
@@ -70,7 +70,7 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l json -d 'JSON for
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -s h -l help -d 'Print help'
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -s V -l version -d 'Print version'
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
-complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l etcd -d 'Every node registered in etcd instead (host:port[,host:port])' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l token -d 'Bearer token (server.grpc.token)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l user -r
@@ -83,7 +83,7 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l json -d 'JSON for scr
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -s h -l help -d 'Print help'
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -s V -l version -d 'Print version'
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
-complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l etcd -d 'Every node registered in etcd instead (host:port[,host:port])' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l token -d 'Bearer token (server.grpc.token)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l interval -d 'Refresh interval' -r
@@ -92,8 +92,8 @@ json\t''"
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -s h -l help -d 'Print help'
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -s V -l version -d 'Print version'
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l listen -d 'Where to listen' -r
-complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l addr -d 'One node\'s gRPC address (every alert acts on it)' -r
-complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l etcd -d 'Find the alerting node among those registered in etcd (host:port[,host:port])' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l token -d 'Token webhook requests must carry (Authorization: Bearer TOKEN; Grafana\'s "Authorization header - Credentials")' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l basic-auth -d 'Or basic auth credentials requests must carry, as user:password' -r
