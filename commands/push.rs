@@ -13,6 +13,7 @@ use std::{io::Read as _, path::PathBuf, process::ExitCode, time::Duration};
 use crate::nodes::TargetArgs;
 use anyhow::{Context as _, bail};
 use tonic::{Code, Request};
+use wsgw::grpc::{Bearer, GrpcAddr, GrpcError};
 use wsgw::protocol::pb::{
     BroadcastRequest, PushMessage, PushRequest, push_service_client::PushServiceClient,
 };
@@ -115,6 +116,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("error: node registry (etcd): {e}");
             Ok(ExitCode::from(FAILED))
         }
+        Ok(Err(PushFailure::Grpc(e))) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(FAILED))
+        }
     }
 }
 
@@ -122,6 +127,7 @@ enum PushFailure {
     Connect(tonic::transport::Error),
     Status(tonic::Status),
     Registry(String),
+    Grpc(GrpcError),
 }
 
 /// The node(s) to call: `--addr`, or from etcd the least-loaded node (every node for --all).
@@ -146,8 +152,7 @@ async fn addresses(args: &Args) -> Result<Vec<String>, PushFailure> {
 
 /// (connections reached, kept in the offline inbox).
 async fn push(args: &Args, addr: &str, msg: PushMessage) -> Result<(i64, bool), PushFailure> {
-    let url = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
-    let endpoint = tonic::transport::Endpoint::from_shared(url).map_err(PushFailure::Connect)?;
+    let endpoint = GrpcAddr::parse(addr).map_err(PushFailure::Grpc)?.endpoint();
     let channel = endpoint.connect().await.map_err(PushFailure::Connect)?;
     let mut client = PushServiceClient::new(channel);
     if args.all {
@@ -161,18 +166,10 @@ async fn push(args: &Args, addr: &str, msg: PushMessage) -> Result<(i64, bool), 
     Ok((response.connections.into(), response.stored))
 }
 
-/// Adds the bearer token, when one is given.
+/// `msg` with the bearer token, when one is given.
 fn authorized<T>(msg: T, args: &Args) -> Result<Request<T>, PushFailure> {
-    let mut request = Request::new(msg);
-    if let Some(token) = args.token.as_deref().filter(|t| !t.is_empty()) {
-        let value = format!("Bearer {token}").parse().map_err(|_| {
-            PushFailure::Status(tonic::Status::invalid_argument(
-                "the token must be printable ASCII",
-            ))
-        })?;
-        request.metadata_mut().insert("authorization", value);
-    }
-    Ok(request)
+    let bearer = Bearer::new(args.token.as_deref().unwrap_or_default());
+    Ok(bearer.map_err(PushFailure::Grpc)?.request(msg))
 }
 
 fn body(args: &Args) -> anyhow::Result<Vec<u8>> {

@@ -20,9 +20,9 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     auth::Identity,
-    cluster::SessionQuery,
-    gateway::Shared,
-    links::Link,
+    cluster::{Registry, SessionDirectory, SessionQuery},
+    downstream::Downstream,
+    links::{Link, LinkRegistry},
     protocol::{
         CommandType, Message,
         admin_pb::{
@@ -30,37 +30,70 @@ use crate::{
             ListSessionsRequest, ListSessionsResponse, NodeStats, RedirectRequest,
             RedirectResponse, Session, WatchStatsRequest, admin_service_server::AdminService,
         },
-        pb::NodeList,
+        pb::{self, NodeList},
     },
-    shutdown::Phase,
-    telemetry::Totals,
+    shutdown::{Lifecycle, Phase},
+    telemetry::{Metrics, Totals},
+    upstream::Upstream,
+    wire::Wire,
 };
+
+/// The admin API's view of the node (built by the node).
+pub struct NodeView {
+    pub node_id: String,
+    /// host:port clients connect to (advertised).
+    pub advertised_ws: String,
+    /// Connections the node accepts at most.
+    pub capacity: usize,
+    pub links: Arc<LinkRegistry>,
+    pub wire: Arc<Wire>,
+    pub upstream: Arc<Upstream>,
+    pub downstream: Arc<Downstream>,
+    pub directory: Arc<dyn SessionDirectory>,
+    pub registry: Option<Arc<Registry>>,
+    pub metrics: Arc<Metrics>,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+impl NodeView {
+    /// The live peers in the registry, least loaded first (none without etcd).
+    async fn peers(&self) -> Result<Vec<pb::Node>, Status> {
+        let Some(registry) = &self.registry else { return Ok(Vec::new()) };
+        let peers = registry.peers().await;
+        let peers = peers.map_err(|e| Status::unavailable(format!("node registry (etcd): {e}")))?;
+        Ok(peers.into_iter().map(|p| p.into_node()).collect())
+    }
+}
 
 /// Samples the node's stats once a second.
 pub struct Sampler {
-    shared: Arc<Shared>,
+    node: Arc<NodeView>,
     started: Instant,
     latest: watch::Sender<NodeStats>,
 }
 
 impl Sampler {
-    pub fn new(shared: Arc<Shared>) -> Arc<Self> {
+    /// The sampler and its task, which samples until `stop`.
+    pub fn new(
+        node: Arc<NodeView>,
+        stop: CancellationToken,
+    ) -> (Arc<Self>, impl Future<Output = ()> + Send + 'static) {
         let started = Instant::now();
-        let first = snapshot(&shared, started, &shared.metrics.totals(), &Totals::default(), 1.0);
-        Arc::new(Self { shared, started, latest: watch::Sender::new(first) })
+        let first = snapshot(&node, started, &node.metrics.totals(), &Totals::default(), 1.0);
+        let sampler = Arc::new(Self { node, started, latest: watch::Sender::new(first) });
+        (sampler.clone(), sampler.run(stop))
     }
 
-    /// Samples until `stop`.
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+    async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut before = (Instant::now(), self.shared.metrics.totals());
+        let mut before = (Instant::now(), self.node.metrics.totals());
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {
-                    let now = (Instant::now(), self.shared.metrics.totals());
+                    let now = (Instant::now(), self.node.metrics.totals());
                     let secs = now.0.duration_since(before.0).as_secs_f64().max(0.001);
-                    self.latest.send_replace(snapshot(&self.shared, self.started, &now.1, &before.1, secs));
+                    self.latest.send_replace(snapshot(&self.node, self.started, &now.1, &before.1, secs));
                     before = now;
                 }
             }
@@ -72,7 +105,7 @@ impl Sampler {
     }
 }
 
-fn snapshot(s: &Shared, started: Instant, now: &Totals, before: &Totals, secs: f64) -> NodeStats {
+fn snapshot(s: &NodeView, started: Instant, now: &Totals, before: &Totals, secs: f64) -> NodeStats {
     let backends = s
         .upstream
         .backends
@@ -86,15 +119,15 @@ fn snapshot(s: &Shared, started: Instant, now: &Totals, before: &Totals, secs: f
             })
         })
         .collect();
-    let phase = s.phase.get();
+    let phase = s.lifecycle.phase();
     NodeStats {
         node_id: s.node_id.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         phase: phase.as_str().into(),
-        ready: phase == Phase::Running && s.cluster.not_ready().is_none(),
+        ready: phase == Phase::Running && s.directory.healthy(),
         connections: s.links.len() as i64,
         users: s.links.users() as i64,
-        capacity: s.config.server.websocket.max_connections as i64,
+        capacity: s.capacity as i64,
         messages_in_per_s: now.messages_in.saturating_sub(before.messages_in) as f64 / secs,
         messages_out_per_s: now.messages_out.saturating_sub(before.messages_out) as f64 / secs,
         upstream_p50_ms: now.upstream_quantile(before, 0.5) * 1000.0,
@@ -112,18 +145,18 @@ fn snapshot(s: &Shared, started: Instant, now: &Totals, before: &Totals, secs: f
 
 /// The `AdminService` implementation.
 pub struct AdminApi {
-    shared: Arc<Shared>,
+    node: Arc<NodeView>,
     sampler: Arc<Sampler>,
 }
 
 impl AdminApi {
-    pub fn new(shared: Arc<Shared>, sampler: Arc<Sampler>) -> Self {
-        Self { shared, sampler }
+    pub fn new(node: Arc<NodeView>, sampler: Arc<Sampler>) -> Self {
+        Self { node, sampler }
     }
 
     fn local_sessions(&self, req: &ListSessionsRequest) -> Vec<Session> {
         let mut links: Vec<Arc<Link>> = self
-            .shared
+            .node
             .links
             .all()
             .into_iter()
@@ -137,7 +170,7 @@ impl AdminApi {
     fn session(&self, l: &Link) -> Session {
         let (messages_in, messages_out) = l.message_counts();
         Session {
-            node_id: self.shared.node_id.clone(),
+            node_id: self.node.node_id.clone(),
             conn_id: l.id,
             biz_id: l.identity.biz_id,
             user_id: l.identity.user_id,
@@ -149,17 +182,19 @@ impl AdminApi {
     }
 
     async fn cluster_sessions(&self, req: &ListSessionsRequest) -> Result<Vec<Session>, Status> {
-        let Some(dir) = &self.shared.cluster.directory else {
-            return Ok(self.local_sessions(req));
-        };
         let query = match (req.biz_id, req.user_id) {
             (b, u) if b > 0 && u > 0 => SessionQuery::User(Identity { biz_id: b, user_id: u }),
             (b, _) if b > 0 => SessionQuery::Biz(b),
             _ => SessionQuery::All,
         };
-        let entries = dir.sessions(query).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let entries = self
+            .node
+            .directory
+            .sessions(query)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let local = |node: &str, conn| {
-            (node == self.shared.node_id).then(|| self.shared.links.get(conn)).flatten()
+            (node == self.node.node_id).then(|| self.node.links.get(conn)).flatten()
         };
         Ok(entries
             .into_iter()
@@ -230,13 +265,13 @@ impl AdminService for AdminApi {
         let who = Identity { biz_id: req.biz_id, user_id: req.user_id };
         let reason = if req.reason.is_empty() { "kicked".to_owned() } else { req.reason };
         let mut closed = 0;
-        for link in self.shared.links.user_links(&who) {
+        for link in self.node.links.user_links(&who) {
             if req.conn_id == 0 || link.id == req.conn_id {
                 link.kick(reason.clone());
                 closed += 1;
             }
         }
-        self.shared.metrics.cluster_events("admin", "kicked", u64::from(closed));
+        self.node.metrics.cluster_events("admin", "kicked", u64::from(closed));
         Ok(Response::new(KickResponse { closed }))
     }
 
@@ -245,7 +280,7 @@ impl AdminService for AdminApi {
         request: Request<RedirectRequest>,
     ) -> Result<Response<RedirectResponse>, Status> {
         let req = request.into_inner();
-        let all = self.shared.links.all();
+        let all = self.node.links.all();
         let n = match (req.fraction, req.count) {
             (f, _) if f > 0.0 && f <= 1.0 => (all.len() as f64 * f).ceil() as usize,
             (f, _) if f != 0.0 => {
@@ -253,20 +288,20 @@ impl AdminService for AdminApi {
             }
             (_, c) => c as usize,
         };
-        let targets = self.shared.cluster.peers().await.map_err(Status::unavailable)?;
+        let targets = self.node.peers().await?;
         if targets.is_empty() && n > 0 {
             return Err(Status::failed_precondition("no live peer to redirect to"));
         }
         let cmd = CommandType::Redirect.into();
-        let body = self.shared.wire.serializer.encode(&NodeList { nodes: targets.clone() });
-        let frame = self.shared.wire.frame(&Message { cmd, key: String::new(), body });
+        let body = self.node.wire.serializer.encode(&NodeList { nodes: targets.clone() });
+        let frame = self.node.wire.frame(&Message { cmd, key: String::new(), body });
         let redirected = all.iter().filter(|l| l.redirect(frame.clone())).take(n).count() as u32;
-        self.shared.metrics.cluster_events("admin", "redirected", u64::from(redirected));
+        self.node.metrics.cluster_events("admin", "redirected", u64::from(redirected));
         Ok(Response::new(RedirectResponse { redirected, targets }))
     }
 
     async fn drain(&self, _: Request<DrainRequest>) -> Result<Response<DrainResponse>, Status> {
-        self.shared.drain_requested.cancel();
+        self.node.lifecycle.request_drain();
         Ok(Response::new(DrainResponse {}))
     }
 

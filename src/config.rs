@@ -14,7 +14,12 @@ use std::{net::SocketAddr, time::Duration};
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::Serializer;
+use crate::grpc::GrpcAddr;
+pub use crate::protocol::EncryptionAlgorithm;
+
+/// Business → backend addresses, as discovery finds them.
+pub type BackendMap = std::collections::HashMap<i64, Vec<GrpcAddr>>;
+use crate::protocol::{BodyCipher, CipherError, Serializer};
 
 pub use cluster::{ClusterConfig, EtcdConfig, KafkaConfig, RedisConfig};
 pub use load::{ConfigError, Problem, load, load_from_env};
@@ -170,14 +175,11 @@ pub struct EncryptionConfig {
     pub key: String,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EncryptionAlgorithm {
-    #[default]
-    None,
-    AesGcm,
-    #[serde(rename = "chacha20-poly1305")]
-    ChaCha20Poly1305,
+impl EncryptionConfig {
+    /// The configured cipher, or `None` when encryption is off.
+    pub fn cipher(&self) -> Result<Option<BodyCipher>, CipherError> {
+        BodyCipher::new(self.algorithm, self.key.as_bytes())
+    }
 }
 
 /// How client messages are forwarded to backends.
@@ -234,7 +236,7 @@ impl Default for UpstreamConfig {
 pub struct BackendConfig {
     pub biz_id: i64,
     /// gRPC endpoints (`host:port` or `http://host:port`), used round-robin.
-    pub endpoints: Vec<String>,
+    pub endpoints: Vec<GrpcAddr>,
     pub batch: BatchConfig,
 }
 

@@ -7,8 +7,9 @@
 //! is never acknowledged is given up after `downstream.max_retries`, logged and counted. Must
 //! never block: delivery is a non-blocking enqueue on each link.
 //!
-//! Delivers on this node only; [`crate::routing`] decides which node(s) a push goes to and
-//! calls [`Downstream::push`] here.
+//! Delivers on this node only; the router decides which node(s) a push goes to and calls
+//! [`Downstream::push`] here. The retransmission schedule is [`Pending::on_due`], a pure step
+//! driven by the instants it is given.
 
 use std::{
     sync::{
@@ -29,25 +30,46 @@ use crate::{
     config::DownstreamConfig,
     links::LinkRegistry,
     protocol::{CommandType, Message, pb::PushMessage},
+    push::PushError,
     telemetry::Metrics,
     wire::Wire,
 };
 
-/// Why a push was not delivered.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PushError {
-    #[error("biz_id and receiver_id must be positive")]
-    Invalid,
-    #[error("user {user} of biz {biz} has no connection on this node")]
-    NotConnected { biz: i64, user: i64 },
-    #[error("too many pushes await acknowledgement ({0}); try again later")]
-    Overloaded(usize),
-}
-
+/// A push awaiting acknowledgement: its plaintext and its retransmission schedule.
 struct Pending {
     body: Bytes,
     retries: u32,
     due: Instant,
+}
+
+/// What to do with a pending push whose time has come.
+#[derive(Debug, PartialEq, Eq)]
+enum Due {
+    /// Not yet: nothing to do.
+    Wait,
+    /// Send it again; the next attempt is scheduled.
+    Resend,
+    /// `max_retries` retransmissions went unacknowledged: stop.
+    GiveUp,
+}
+
+impl Pending {
+    fn new(body: Bytes, now: Instant, interval: Duration) -> Self {
+        Self { body, retries: 0, due: now + interval }
+    }
+
+    /// The step of the schedule at `now`: every `interval`, at most `max_retries` times.
+    fn on_due(&mut self, now: Instant, interval: Duration, max_retries: u32) -> Due {
+        if self.due > now {
+            return Due::Wait;
+        }
+        if self.retries >= max_retries {
+            return Due::GiveUp;
+        }
+        self.retries += 1;
+        self.due = now + interval;
+        Due::Resend
+    }
 }
 
 /// The downstream service of one node.
@@ -62,14 +84,17 @@ pub struct Downstream {
 }
 
 impl Downstream {
+    /// The service and its retransmission task, which runs until `stop` (the caller spawns and
+    /// awaits it).
     pub fn new(
         config: DownstreamConfig,
         links: Arc<LinkRegistry>,
         wire: Arc<Wire>,
         metrics: Arc<Metrics>,
         node_id: String,
-    ) -> Self {
-        Self {
+        stop: CancellationToken,
+    ) -> (Arc<Self>, impl Future<Output = ()> + Send + 'static) {
+        let downstream = Arc::new(Self {
             links,
             wire,
             metrics,
@@ -77,7 +102,8 @@ impl Downstream {
             pending: DashMap::new(),
             node_id,
             next_key: AtomicU64::new(1),
-        }
+        });
+        (downstream.clone(), downstream.run_retries(stop))
     }
 
     /// Delivers `msg` to every connection of its receiver on this node and tracks it until
@@ -103,8 +129,9 @@ impl Downstream {
         // Tracked before it is sent: the client's ACK may arrive before `deliver` returns.
         let tracked = self.config.max_retries > 0 && !already;
         if tracked {
-            let due = Instant::now() + self.config.retry_interval;
-            self.pending.insert(track.clone(), Pending { body: msg.body.clone(), retries: 0, due });
+            let pending =
+                Pending::new(msg.body.clone(), Instant::now(), self.config.retry_interval);
+            self.pending.insert(track.clone(), pending);
         }
         let delivered = self.deliver(&track, &msg.body);
         if delivered == 0 && tracked {
@@ -164,7 +191,7 @@ impl Downstream {
     }
 
     /// Retransmits due pushes until `stop` is cancelled.
-    pub async fn run_retries(self: Arc<Self>, stop: CancellationToken) {
+    async fn run_retries(self: Arc<Self>, stop: CancellationToken) {
         let tick = (self.config.retry_interval / 4)
             .clamp(Duration::from_millis(10), Duration::from_secs(1));
         let mut ticker = tokio::time::interval(tick);
@@ -180,17 +207,17 @@ impl Downstream {
     fn retry_due(&self, now: Instant) {
         let due: Vec<(Identity, String)> =
             self.pending.iter().filter(|p| p.due <= now).map(|p| p.key().clone()).collect();
+        let (interval, max_retries) = (self.config.retry_interval, self.config.max_retries);
         for track in due {
-            let body = match self.pending.get_mut(&track) {
+            let step = match self.pending.get_mut(&track) {
                 None => continue, // acknowledged meanwhile
-                Some(p) if p.retries >= self.config.max_retries => None,
-                Some(mut p) => {
-                    p.retries += 1;
-                    p.due = now + self.config.retry_interval;
-                    Some(p.body.clone())
-                }
+                Some(mut p) => match p.on_due(now, interval, max_retries) {
+                    Due::Resend => Some(p.body.clone()),
+                    Due::GiveUp => None,
+                    Due::Wait => continue,
+                },
             };
-            match body {
+            match step {
                 Some(body) => {
                     self.metrics.push_event("retried");
                     self.deliver(&track, &body);
@@ -200,10 +227,52 @@ impl Downstream {
                     self.metrics.push_event("given_up");
                     let (identity, key) = &track;
                     warn!(biz = identity.biz_id, user = identity.user_id, key = %key,
-                        retries = self.config.max_retries, "push never acknowledged; giving up");
+                        retries = max_retries, "push never acknowledged; giving up");
                 }
             }
         }
         self.metrics.pushes_pending.set(self.pending.len() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// Steps a push accepted at `t0` through the instants `at` (seconds after `t0`).
+    fn schedule(max_retries: u32, at: &[u64]) -> Vec<Due> {
+        let t0 = Instant::now();
+        let mut p = Pending::new(Bytes::new(), t0, 5 * SECOND);
+        at.iter().map(|s| p.on_due(t0 + Duration::from_secs(*s), 5 * SECOND, max_retries)).collect()
+    }
+
+    #[test]
+    fn pushes_are_resent_every_interval_until_the_retries_are_spent() {
+        use Due::*;
+        let cases: &[(u32, &[u64], &[Due])] = &[
+            (3, &[1, 4], &[Wait, Wait]),
+            (3, &[5], &[Resend]),
+            (3, &[5, 6, 9, 10], &[Resend, Wait, Wait, Resend]),
+            (3, &[5, 10, 15, 20], &[Resend, Resend, Resend, GiveUp]),
+            // A late sweep resends once and schedules from when it ran, never in a burst.
+            (3, &[12, 13, 17], &[Resend, Wait, Resend]),
+            (1, &[5, 10], &[Resend, GiveUp]),
+            (0, &[5], &[GiveUp]),
+        ];
+        for (max, at, want) in cases {
+            assert_eq!(&schedule(*max, at), want, "max_retries {max}, at {at:?}");
+        }
+    }
+
+    #[test]
+    fn giving_up_is_final_and_waits_for_the_last_interval() {
+        let t0 = Instant::now();
+        let mut p = Pending::new(Bytes::new(), t0, SECOND);
+        assert_eq!(p.on_due(t0 + SECOND, SECOND, 1), Due::Resend);
+        assert_eq!(p.on_due(t0 + SECOND, SECOND, 1), Due::Wait, "the retry gets its interval");
+        assert_eq!(p.on_due(t0 + 2 * SECOND, SECOND, 1), Due::GiveUp);
+        assert_eq!(p.retries, 1);
     }
 }

@@ -35,10 +35,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::TokenVerifier,
-    cluster::Cluster,
+    cluster::SessionDirectory,
     config::{Config, IdleClose},
     downstream::Downstream,
-    shutdown::PhaseCell,
     telemetry::Metrics,
     upstream::Upstream,
     wire::Wire,
@@ -47,9 +46,9 @@ use crate::{
 pub use crate::links::{CloseReason, ConnId, Link, LinkRegistry, SendError};
 pub use listener::run as run_listener;
 
-/// What every connection task shares: immutable settings and the node's services.
-pub struct Shared {
-    pub node_id: String,
+/// The connection layer's view of the node (built by the node): immutable settings and the
+/// services a connection task talks to.
+pub struct Gateway {
     pub config: Config,
     pub ws_config: WsConfig,
     pub verifier: TokenVerifier,
@@ -57,20 +56,15 @@ pub struct Shared {
     pub wire: Arc<Wire>,
     pub upstream: Arc<Upstream>,
     pub downstream: Arc<Downstream>,
-    pub cluster: Arc<Cluster>,
+    pub directory: Arc<dyn SessionDirectory>,
     pub metrics: Arc<Metrics>,
-    pub phase: Arc<PhaseCell>,
-    /// host:port clients connect to (advertised).
-    pub advertised_ws: String,
-    /// Cancelled when an operator asks the node to drain (admin API).
-    pub drain_requested: CancellationToken,
     /// Cancelled when the node drains: every connection says goodbye and ends.
     pub drain: CancellationToken,
     /// Cancelled when the drain deadline passes: every connection ends at once.
     pub abort: CancellationToken,
 }
 
-impl Shared {
+impl Gateway {
     /// The WebSocket settings of `config`: small buffers, the message size limit.
     pub fn ws_config(config: &Config) -> WsConfig {
         let max = config.limits.max_message_size.as_u64() as usize;

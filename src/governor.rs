@@ -20,38 +20,39 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cluster::Cluster,
-    shutdown::{Phase, PhaseCell},
+    cluster::SessionDirectory,
+    shutdown::{Lifecycle, Phase},
     telemetry::Metrics,
 };
 
+/// The governor's view of the node (built by the node).
 #[derive(Clone)]
-struct GovernorState {
-    metrics: Arc<Metrics>,
-    phase: Arc<PhaseCell>,
-    cluster: Arc<Cluster>,
+pub struct GovernorView {
+    pub metrics: Arc<Metrics>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub directory: Arc<dyn SessionDirectory>,
 }
 
 /// The governor's routes.
-pub fn router(metrics: Arc<Metrics>, phase: Arc<PhaseCell>, cluster: Arc<Cluster>) -> Router {
+pub fn router(view: GovernorView) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
-        .with_state(GovernorState { metrics, phase, cluster })
+        .with_state(view)
 }
 
-async fn ready(State(s): State<GovernorState>) -> impl IntoResponse {
-    match s.phase.get() {
-        Phase::Running => match s.cluster.not_ready() {
-            None => (StatusCode::OK, "ready\n".to_owned()),
-            Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
-        },
+async fn ready(State(s): State<GovernorView>) -> impl IntoResponse {
+    match s.lifecycle.phase() {
+        Phase::Running if s.directory.healthy() => (StatusCode::OK, "ready\n".to_owned()),
+        Phase::Running => {
+            (StatusCode::SERVICE_UNAVAILABLE, "session directory unreachable\n".to_owned())
+        }
         other => (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", other.as_str())),
     }
 }
 
-async fn metrics_text(State(s): State<GovernorState>) -> impl IntoResponse {
+async fn metrics_text(State(s): State<GovernorView>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
 }
 

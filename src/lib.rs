@@ -22,6 +22,7 @@
 //! - [`links`] — the registry of live connections and their bounded outbound queues.
 //! - [`auth`] — JWT verification (and minting, for `wsgw token`).
 //! - [`protocol`] — the `gatewayapi.v1` messages and the JSON / protobuf serializers. Pure.
+//! - [`grpc`] — gRPC client plumbing: validated addresses, channels, the bearer token.
 //! - [`config`] — the config file, environment overrides and validation.
 //! - [`telemetry`] — metrics and logging set-up.
 //! - [`shutdown`] — the node's phase (starting, running, draining, stopped).
@@ -33,10 +34,12 @@ pub mod config;
 pub mod downstream;
 pub mod gateway;
 pub mod governor;
+pub mod grpc;
 pub mod links;
 pub mod loadtest;
 pub mod node;
 pub mod protocol;
+pub mod push;
 pub mod routing;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,44 +1,49 @@
-//! One gateway node: binds its listeners, wires the services, runs the gateway, the gRPC API
-//! and the governor, and drains on shutdown.
+//! One gateway node: binds its listeners, builds and wires the services, runs the gateway, the
+//! gRPC API and the governor, and drains on shutdown.
 //!
-//! Lifecycle, read top to bottom in [`Node::run`]: phase → running; wait for the shutdown
-//! future; phase → draining (`/ready` turns 503); stop accepting; tell every client (close
-//! 1001); wait until the last client has left and in-flight backend calls have finished, or
-//! `shutdown.drain_timeout` passes (then drop the rest); stop background work (retransmission,
-//! batchers); phase → stopped; stop the gRPC API and the governor. Every task is owned here
-//! and awaited.
+//! [`Node::bind`] builds every service and gives each of its consumers the narrow view it needs
+//! (`Gateway` for the connection layer, `NodeView` for the admin API, `GovernorView` for the
+//! governor); `node/cluster.rs` wires the cluster adapters to the domain. [`Node::run`] is the
+//! lifecycle, read top to bottom. Owns: every long-lived task — each is spawned here, on one of
+//! the node's task trackers, and awaited before `run` returns.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+mod cluster;
 
-use tokio::net::TcpListener;
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};
+
+use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::{
-    admin::{AdminApi, Sampler},
+    admin::{AdminApi, NodeView, Sampler},
     auth::{BearerAuth, EmptySecret, TokenVerifier},
-    cluster::{Advertised, Cluster},
+    cluster::{Advertised, DirectoryError, SessionDirectory},
     config::Config,
     downstream::Downstream,
-    gateway::{self, Shared},
-    governor,
+    gateway::{self, Gateway},
+    governor::{self, GovernorView},
+    grpc::{Bearer, GrpcError},
     links::LinkRegistry,
     protocol::{
-        BodyCipher, CipherError, CommandType, Message,
+        CipherError, CommandType, Message,
         admin_pb::admin_service_server::AdminServiceServer,
         cluster_pb::node_service_server::NodeServiceServer,
         pb::{NodeList, push_service_server::PushServiceServer},
     },
     routing::{
-        Router,
+        Peers, Router,
         api::{NodeApi, PushApi},
     },
-    shutdown::{Phase, PhaseCell},
+    shutdown::{Lifecycle, Phase, Stage},
     telemetry::Metrics,
     upstream::Upstream,
     wire::Wire,
 };
+
+/// A long-lived task, built with its service and spawned by [`Node::run`].
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,20 +59,52 @@ pub enum NodeError {
     Secret(#[from] EmptySecret),
     #[error("protocol.encryption: {0}")]
     Cipher(#[from] CipherError),
-    #[error("backends: {0}")]
-    Backend(String),
+    #[error("server.grpc.token: {0}")]
+    Token(#[from] GrpcError),
     #[error("cluster: {0}")]
-    Cluster(String),
+    Cluster(#[from] DirectoryError),
 }
 
-/// A node with its sockets bound, ready to [`run`](Node::run).
+/// A node with its sockets bound and its services built, ready to [`run`](Node::run).
 pub struct Node {
-    shared: Arc<Shared>,
-    router: Arc<Router>,
     listeners: Listeners,
-    /// Connection tasks and the backend calls they start; drained on shutdown.
-    tasks: TaskTracker,
+    addrs: Addrs,
+    services: Services,
+    tasks: Tasks,
     ephemeral_secret: Option<String>,
+}
+
+/// The long-lived tasks built with the services, by the stage that ends them.
+struct Tasks {
+    /// Spawned on the background tracker; end at `StopBackground`.
+    background: Vec<Task>,
+    /// Spawned on the routing tracker; end at `StopRouting`.
+    routing: Vec<Task>,
+}
+
+/// Where the listeners are bound.
+#[derive(Clone, Copy)]
+struct Addrs {
+    ws: SocketAddr,
+    grpc: SocketAddr,
+    governor: SocketAddr,
+}
+
+/// The built services and their tasks; the stages of [`Node::run`] are its methods.
+struct Services {
+    node_id: String,
+    lifecycle: Arc<Lifecycle>,
+    gateway: Arc<Gateway>,
+    admin: Arc<NodeView>,
+    governor: GovernorView,
+    router: Arc<Router>,
+    grpc_token: String,
+    drain_timeout: std::time::Duration,
+    /// Connection tasks and the backend calls they start.
+    connections: TaskTracker,
+    /// Node-to-node delivery (one task per peer, started on first use) and routing tasks.
+    routing: TaskTracker,
+    sampler: Arc<Sampler>,
 }
 
 struct Listeners {
@@ -79,36 +116,36 @@ struct Listeners {
 /// A view of a running node, for the binary and for tests.
 #[derive(Clone)]
 pub struct NodeHandle {
-    shared: Arc<Shared>,
+    view: Arc<NodeView>,
 }
 
 impl NodeHandle {
     pub fn metrics(&self) -> &Metrics {
-        &self.shared.metrics
+        &self.view.metrics
     }
 
     pub fn phase(&self) -> Phase {
-        self.shared.phase.get()
+        self.view.lifecycle.phase()
     }
 
     /// Live connections.
     pub fn connections(&self) -> usize {
-        self.shared.links.len()
+        self.view.links.len()
     }
 
     /// Users with at least one live connection.
     pub fn users(&self) -> usize {
-        self.shared.links.users()
+        self.view.links.users()
     }
 
-    /// The node's cluster services (session directory, registry).
-    pub fn cluster(&self) -> &Arc<Cluster> {
-        &self.shared.cluster
+    /// The node's session directory (Redis in cluster mode, else the in-memory one).
+    pub fn directory(&self) -> &Arc<dyn SessionDirectory> {
+        &self.view.directory
     }
 
     /// Pushes awaiting acknowledgement.
     pub fn pending_pushes(&self) -> usize {
-        self.shared.downstream.pending()
+        self.view.downstream.pending()
     }
 }
 
@@ -118,9 +155,7 @@ impl Node {
     pub async fn bind(config: Config) -> Result<Self, NodeError> {
         let (secret, ephemeral_secret) = match config.auth.jwt.secret.as_str() {
             "" => {
-                let mut bytes = [0u8; 32];
-                rand::fill(&mut bytes);
-                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                let hex = random_hex();
                 (hex.clone(), Some(hex))
             }
             configured => (configured.to_owned(), None),
@@ -130,38 +165,30 @@ impl Node {
             governor: bind("governor", config.server.governor.listen).await?,
             grpc: bind("grpc", config.server.grpc.listen).await?,
         };
-        let tasks = TaskTracker::new();
-        let at = Advertised::new(
-            &config.cluster,
-            local_addr(&listeners.ws),
-            local_addr(&listeners.grpc),
-            local_addr(&listeners.governor),
-        );
-        let shared = Arc::new(build(config, secret.as_bytes(), tasks.clone(), &at)?);
-        let router = Arc::new(Router::new(
-            shared.node_id.clone(),
-            shared.downstream.clone(),
-            shared.cluster.directory.clone(),
-            &shared.config.server.grpc.token,
-            shared.metrics.clone(),
-        ));
-        Ok(Self { shared, router, listeners, tasks, ephemeral_secret })
+        let addrs = Addrs {
+            ws: local_addr(&listeners.ws),
+            grpc: local_addr(&listeners.grpc),
+            governor: local_addr(&listeners.governor),
+        };
+        let at = Advertised::new(&config.cluster, addrs.ws, addrs.grpc, addrs.governor);
+        let (services, tasks) = build(config, secret.as_bytes(), &at)?;
+        Ok(Self { listeners, addrs, services, tasks, ephemeral_secret })
     }
 
     pub fn ws_addr(&self) -> SocketAddr {
-        local_addr(&self.listeners.ws)
+        self.addrs.ws
     }
 
     pub fn governor_addr(&self) -> SocketAddr {
-        local_addr(&self.listeners.governor)
+        self.addrs.governor
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
-        local_addr(&self.listeners.grpc)
+        self.addrs.grpc
     }
 
     pub fn node_id(&self) -> &str {
-        &self.shared.node_id
+        &self.services.node_id
     }
 
     /// The generated development secret, when none was configured.
@@ -170,176 +197,271 @@ impl Node {
     }
 
     pub fn handle(&self) -> NodeHandle {
-        NodeHandle { shared: self.shared.clone() }
+        NodeHandle { view: self.services.admin.clone() }
     }
 
-    /// Serves until `shutdown` completes, then drains and returns.
+    /// Serves until `shutdown` completes (or an operator asks for a drain), then drains and
+    /// returns when every task has ended.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let addrs = (self.ws_addr(), self.grpc_addr(), self.governor_addr());
-        let Self { shared, router, listeners, tasks, .. } = self;
-        let background = TaskTracker::new();
-        let stop_background = CancellationToken::new();
-        let stop_accept = CancellationToken::new();
-        let stop_servers = CancellationToken::new();
+        let Self { listeners, addrs, services, tasks, .. } = self;
+        let servers = services.start_servers(listeners.governor, listeners.grpc);
+        let background = services.start_background(tasks);
+        let acceptor = services.start_accepting(listeners.ws);
+        services.lifecycle.set_phase(Phase::Running);
+        services.log_running(addrs);
 
-        let routes =
-            governor::router(shared.metrics.clone(), shared.phase.clone(), shared.cluster.clone());
-        let governor =
-            tokio::spawn(governor::serve(listeners.governor, routes, stop_servers.clone()));
-        let sampler = Sampler::new(shared.clone());
-        background.spawn(sampler.clone().run(stop_background.clone()));
-        let grpc = tokio::spawn(serve_grpc(
-            listeners.grpc,
-            shared.clone(),
-            router.clone(),
-            sampler,
-            stop_servers.clone(),
-        ));
-        shared.upstream.start(&background, &stop_background);
-        shared.cluster.start(
-            &shared.links,
-            &router,
-            &shared.upstream,
-            &background,
-            &stop_background,
-        );
-        background.spawn(shared.downstream.clone().run_retries(stop_background.clone()));
-        let acceptor = tokio::spawn(gateway::run_listener(
-            listeners.ws,
-            shared.clone(),
-            stop_accept.clone(),
-            tasks.clone(),
-        ));
-        shared.phase.set(Phase::Running);
-        info!(node = %shared.node_id, websocket = %addrs.0, grpc = %addrs.1, governor = %addrs.2, "node running");
-
-        tokio::select! {
-            _ = shutdown => {}
-            _ = shared.drain_requested.cancelled() => info!("drain requested through the admin API"),
-        }
-
-        shared.phase.set(Phase::Draining);
-        info!(connections = shared.links.len(), "draining");
-        stop_accept.cancel();
-        let _ = acceptor.await;
-        redirect_to_peers(&shared).await;
-        shared.drain.cancel();
-        tasks.close();
-        let drain_timeout = shared.config.shutdown.drain_timeout;
-        if tokio::time::timeout(drain_timeout, tasks.wait()).await.is_err() {
-            warn!(
-                left = shared.links.len(),
-                "drain timeout passed; dropping the remaining clients"
-            );
-            shared.abort.cancel();
-            tasks.wait().await;
-        }
-        stop_background.cancel();
-        background.close();
-        background.wait().await;
-        router.shutdown().await;
-        shared.phase.set(Phase::Stopped);
-        stop_servers.cancel();
-        report("governor", governor.await);
-        report("grpc", grpc.await.map(|r| r.map_err(std::io::Error::other)));
+        services.wait_for(shutdown).await;
+        services.lifecycle.set_phase(Phase::Draining);
+        services.stop_accepting(acceptor).await;
+        services.redirect_to_peers().await;
+        services.drain_clients().await;
+        services.stop_background(background).await;
+        services.stop_routing().await;
+        services.lifecycle.set_phase(Phase::Stopped);
+        services.stop_servers(servers).await;
         info!("stopped");
     }
 }
 
-/// Leaves the registry and sends every client a REDIRECT to the live peers (least loaded
-/// first), which goes out just before the 1001 close.
-async fn redirect_to_peers(shared: &Shared) {
-    let nodes = shared.cluster.leave().await;
-    if nodes.is_empty() {
-        return;
+impl Services {
+    /// The governor and the gRPC API (push, node-to-node, admin), until `StopServers`.
+    fn start_servers(
+        &self,
+        governor: TcpListener,
+        grpc: TcpListener,
+    ) -> [JoinHandle<std::io::Result<()>>; 2] {
+        let stop = self.lifecycle.token(Stage::StopServers);
+        let routes = governor::router(self.governor.clone());
+        let governor = tokio::spawn(governor::serve(governor, routes, stop.clone()));
+        let grpc = tokio::spawn(serve_grpc(
+            grpc,
+            self.admin.clone(),
+            self.sampler.clone(),
+            self.router.clone(),
+            self.grpc_token.clone(),
+            stop,
+        ));
+        [governor, grpc]
     }
-    let cmd = CommandType::Redirect.into();
-    let body = shared.wire.serializer.encode(&NodeList { nodes });
-    let mut batch =
-        shared.wire.batch(shared.wire.frame(&Message { cmd, key: String::new(), body }), cmd);
-    shared.links.for_each(|link| {
-        batch.send(link);
-    });
-    info!(clients = batch.finish(), "redirected clients to peers");
+
+    /// Every service task built with the node (until `StopBackground`), and the routing tasks
+    /// (until `StopRouting`).
+    fn start_background(&self, tasks: Tasks) -> TaskTracker {
+        let background = TaskTracker::new();
+        for task in tasks.background {
+            background.spawn(task);
+        }
+        for task in tasks.routing {
+            self.routing.spawn(task);
+        }
+        background.close();
+        background
+    }
+
+    /// The WebSocket accept loop, until `StopAccepting`.
+    fn start_accepting(&self, listener: TcpListener) -> JoinHandle<()> {
+        let stop = self.lifecycle.token(Stage::StopAccepting);
+        tokio::spawn(gateway::run_listener(
+            listener,
+            self.gateway.clone(),
+            stop,
+            self.connections.clone(),
+        ))
+    }
+
+    fn log_running(&self, at: Addrs) {
+        let (ws, grpc, governor) = (at.ws, at.grpc, at.governor);
+        info!(node = %self.node_id, websocket = %ws, grpc = %grpc, governor = %governor, "node running");
+    }
+
+    async fn wait_for(&self, shutdown: impl Future<Output = ()>) {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = self.lifecycle.drain_requested() => info!("drain requested through the admin API"),
+        }
+        info!(connections = self.admin.links.len(), "draining");
+    }
+
+    async fn stop_accepting(&self, acceptor: JoinHandle<()>) {
+        self.lifecycle.enter(Stage::StopAccepting);
+        let _ = acceptor.await;
+    }
+
+    /// Leaves the registry and sends every client a REDIRECT to the live peers (least loaded
+    /// first), which goes out just before the 1001 close.
+    async fn redirect_to_peers(&self) {
+        let Some(registry) = &self.admin.registry else { return };
+        registry.leave().await;
+        let nodes: Vec<_> = match registry.peers().await {
+            Ok(peers) => peers.into_iter().map(|p| p.into_node()).collect(),
+            Err(e) => return warn!(error = %e, "cannot list peers for the redirect"),
+        };
+        if nodes.is_empty() {
+            return;
+        }
+        let wire = &self.admin.wire;
+        let cmd = CommandType::Redirect.into();
+        let body = wire.serializer.encode(&NodeList { nodes });
+        let mut batch = wire.batch(wire.frame(&Message { cmd, key: String::new(), body }), cmd);
+        self.admin.links.for_each(|link| {
+            batch.send(link);
+        });
+        info!(clients = batch.finish(), "redirected clients to peers");
+    }
+
+    /// Tells every client to go and waits until they have left and in-flight backend calls
+    /// have finished, or `shutdown.drain_timeout` passes (then drops the rest).
+    async fn drain_clients(&self) {
+        self.lifecycle.enter(Stage::TellClients);
+        self.connections.close();
+        let waited = tokio::time::timeout(self.drain_timeout, self.connections.wait()).await;
+        if waited.is_err() {
+            let left = self.admin.links.len();
+            warn!(left, "drain timeout passed; dropping the remaining clients");
+            self.lifecycle.enter(Stage::DropClients);
+            self.connections.wait().await;
+        }
+    }
+
+    async fn stop_background(&self, background: TaskTracker) {
+        self.lifecycle.enter(Stage::StopBackground);
+        background.wait().await;
+    }
+
+    async fn stop_routing(&self) {
+        self.lifecycle.enter(Stage::StopRouting);
+        self.routing.close();
+        self.routing.wait().await;
+    }
+
+    async fn stop_servers(&self, servers: [JoinHandle<std::io::Result<()>>; 2]) {
+        self.lifecycle.enter(Stage::StopServers);
+        for (what, server) in ["governor", "grpc"].into_iter().zip(servers) {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(server = what, error = %e, "server ended with an error"),
+                Err(e) => warn!(server = what, error = %e, "server task failed"),
+            }
+        }
+    }
 }
 
-/// Builds the node's services from its config.
-fn build(
-    config: Config,
-    secret: &[u8],
-    tasks: TaskTracker,
-    at: &Advertised,
-) -> Result<Shared, NodeError> {
+/// Builds the node's services from its config and gives each consumer its view.
+fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Tasks), NodeError> {
     let node_id = config.node_id();
+    let lifecycle = Arc::new(Lifecycle::default());
+    let background = lifecycle.token(Stage::StopBackground);
     let metrics = Arc::new(Metrics::new());
-    let cipher = BodyCipher::from_config(&config.protocol.encryption)?;
-    let wire = Arc::new(Wire::new(config.protocol.serializer, cipher, metrics.clone()));
+    let wire = Arc::new(Wire::new(
+        config.protocol.serializer,
+        config.protocol.encryption.cipher()?,
+        metrics.clone(),
+    ));
     let links = Arc::new(LinkRegistry::new(config.server.websocket.max_connections));
-    let upstream = Upstream::new(
+    let connections = TaskTracker::new();
+    let (upstream, batchers) = Upstream::new(
         config.upstream.clone(),
         &config.backends,
         wire.clone(),
         metrics.clone(),
-        tasks,
-    )
-    .map_err(NodeError::Backend)?;
-    let downstream = Downstream::new(
+        connections.clone(),
+        background.clone(),
+    );
+    let (downstream, retries) = Downstream::new(
         config.downstream.clone(),
         links.clone(),
         wire.clone(),
         metrics.clone(),
         node_id.clone(),
+        background.clone(),
     );
-    let cluster =
-        Cluster::new(&config, &node_id, at, metrics.clone()).map_err(NodeError::Cluster)?;
-    Ok(Shared {
-        advertised_ws: at.ws(),
-        drain_requested: CancellationToken::new(),
-        cluster: Arc::new(cluster),
-        node_id,
-        ws_config: Shared::ws_config(&config),
+    let adapters = cluster::build(&config, &node_id, at, &links, &metrics, &lifecycle)?;
+    let routing = TaskTracker::new();
+    let peers = Peers::new(
+        Bearer::new(&config.server.grpc.token)?,
+        routing.clone(),
+        lifecycle.token(Stage::StopRouting),
+    );
+    let router = Arc::new(Router::new(
+        node_id.clone(),
+        downstream.clone(),
+        adapters.directory.clone(),
+        peers,
+        metrics.clone(),
+    ));
+    let (directory, registry) = (adapters.directory.clone(), adapters.registry.clone());
+    let wired = adapters.wire(&config, &router, &upstream, &links, &metrics, &lifecycle);
+    let mut tasks: Vec<Task> = vec![Box::pin(batchers), Box::pin(retries)];
+    tasks.extend(wired.background);
+
+    let gateway = Arc::new(Gateway {
+        ws_config: Gateway::ws_config(&config),
         verifier: TokenVerifier::new(&config.auth.jwt, secret)?,
+        links: links.clone(),
+        wire: wire.clone(),
+        upstream: upstream.clone(),
+        downstream: downstream.clone(),
+        directory: directory.clone(),
+        metrics: metrics.clone(),
+        drain: lifecycle.token(Stage::TellClients),
+        abort: lifecycle.token(Stage::DropClients),
+        config: config.clone(),
+    });
+    let admin = Arc::new(NodeView {
+        node_id: node_id.clone(),
+        advertised_ws: at.ws(),
+        capacity: config.server.websocket.max_connections,
         links,
         wire,
-        upstream: Arc::new(upstream),
-        downstream: Arc::new(downstream),
-        metrics,
-        phase: Arc::new(PhaseCell::default()),
-        drain: CancellationToken::new(),
-        abort: CancellationToken::new(),
-        config,
-    })
+        upstream,
+        downstream,
+        directory: directory.clone(),
+        registry,
+        metrics: metrics.clone(),
+        lifecycle: lifecycle.clone(),
+    });
+    let (sampler, sampling) = Sampler::new(admin.clone(), background);
+    tasks.push(Box::pin(sampling));
+    let governor = GovernorView { metrics, lifecycle: lifecycle.clone(), directory };
+    let services = Services {
+        node_id,
+        lifecycle,
+        gateway,
+        admin,
+        governor,
+        router,
+        grpc_token: config.server.grpc.token.clone(),
+        drain_timeout: config.shutdown.drain_timeout,
+        connections,
+        routing,
+        sampler,
+    };
+    Ok((services, Tasks { background: tasks, routing: wired.routing }))
 }
 
-/// Serves the gRPC APIs (`PushService`, `NodeService`) until `stop` is cancelled.
+/// Serves the gRPC APIs (`PushService`, `NodeService`, `AdminService`) until `stop`.
 async fn serve_grpc(
     listener: TcpListener,
-    shared: Arc<Shared>,
-    router: Arc<Router>,
+    view: Arc<NodeView>,
     sampler: Arc<Sampler>,
-    stop: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
-    let auth = BearerAuth::new(&shared.config.server.grpc.token);
+    router: Arc<Router>,
+    token: String,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let auth = BearerAuth::new(&token);
     let push = PushServiceServer::with_interceptor(
-        PushApi::new(router.clone(), shared.downstream.clone()),
+        PushApi::new(router.clone(), view.downstream.clone()),
         auth.clone(),
     );
     let node = NodeServiceServer::with_interceptor(NodeApi::new(router), auth.clone());
-    let admin = AdminServiceServer::with_interceptor(AdminApi::new(shared, sampler), auth);
+    let admin = AdminServiceServer::with_interceptor(AdminApi::new(view, sampler), auth);
     tonic::transport::Server::builder()
         .add_service(push)
         .add_service(node)
         .add_service(admin)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
         .await
-}
-
-fn report(what: &str, result: Result<std::io::Result<()>, tokio::task::JoinError>) {
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(server = what, error = %e, "server ended with an error"),
-        Err(e) => warn!(server = what, error = %e, "server task failed"),
-    }
+        .map_err(std::io::Error::other)
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
@@ -348,4 +470,10 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeE
 
 fn local_addr(listener: &TcpListener) -> SocketAddr {
     listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -29,7 +29,7 @@ pub mod cluster_pb {
 }
 
 pub use codec::{DecodeError, Serializer};
-pub use encryption::{BodyCipher, CipherError};
+pub use encryption::{BodyCipher, CipherError, EncryptionAlgorithm};
 pub use pb::message::CommandType;
 pub use pb::{ErrorInfo, Message};
 

@@ -1,14 +1,14 @@
 //! Routing a push to the node(s) that hold its receiver, wherever it entered the cluster (gRPC
 //! `PushService`, `wsgw push`, Kafka, an offline inbox).
 //!
-//! Owns: the decision where a push goes and the node-to-node calls. Without a session directory
-//! (single node) every push is local. With one, the directory names the live nodes holding the
-//! receiver; this node delivers its own share directly and calls `NodeService.Deliver` on the
+//! Owns: the decision where a push goes and the node-to-node calls. The session directory names
+//! the live nodes holding the receiver (a single node's in-memory directory names only itself); this node delivers its own share directly and calls `NodeService.Deliver` on the
 //! others (batched per peer, see `peers`), so one push costs one lookup plus at most one call
 //! per node that holds the user, never a call per node of the cluster. A receiver nobody holds
 //! gets the push in their offline inbox (atomically with the lookup); so does one whose node
-//! could not be reached. Must never retry on its own: callers (Kafka, the gRPC API) decide,
-//! because only they know whether to wait.
+//! could not be reached. The rules are pure functions ([`settle`], [`local_only`]), table-tested.
+//! Must never retry on its own: callers (Kafka, the gRPC API) decide, because only they know
+//! whether to wait. The router is the node's [`PushSink`].
 
 pub mod api;
 mod peers;
@@ -18,60 +18,73 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 
 use crate::{
-    cluster::{Directory, Route},
-    downstream::{Downstream, PushError},
+    cluster::{Route, SessionDirectory},
+    downstream::Downstream,
     protocol::pb::PushMessage,
+    push::{PushError, PushSink, RouteError, Routed},
     telemetry::Metrics,
 };
 
 pub use crate::protocol::cluster_pb::{
     DeliverRequest, DeliverResponse, node_service_client::NodeServiceClient,
 };
-
-/// What became of a routed push.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Routed {
-    /// Connections it was handed to, on every node.
-    pub connections: usize,
-    /// Kept in the receiver's offline inbox (nobody held them, or a node could not be reached).
-    pub stored: bool,
-}
-
-/// Why a push could not be routed.
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum RouteError {
-    #[error(transparent)]
-    Push(#[from] PushError),
-    /// The directory is unreachable and the receiver is not on this node, or the push could
-    /// neither be delivered nor stored. Retry later.
-    #[error("cannot route the push now: {0}")]
-    Unavailable(String),
-}
+pub use peers::Peers;
 
 /// Routes pushes for one node.
 pub struct Router {
     node_id: String,
     downstream: Arc<Downstream>,
-    directory: Option<Arc<Directory>>,
-    peers: peers::Peers,
+    directory: Arc<dyn SessionDirectory>,
+    peers: Peers,
     metrics: Arc<Metrics>,
+}
+
+/// What the deliveries to the nodes a lookup named add up to.
+#[derive(Debug, PartialEq, Eq)]
+enum Settled {
+    /// Every node took its share.
+    Delivered(usize),
+    /// Nobody took it and a node was overloaded: the caller should retry later.
+    Overloaded(usize),
+    /// The entry was stale or a node failed: keep the push for the user's next connection.
+    Store { connections: usize },
+}
+
+/// Adds up the per-node delivery results of one push. Order-independent.
+fn settle(results: impl IntoIterator<Item = Result<usize, RouteError>>) -> Settled {
+    let (mut connections, mut failed, mut overloaded) = (0, false, None);
+    for r in results {
+        match r {
+            Ok(n) => connections += n,
+            Err(RouteError::Push(PushError::Overloaded(n))) => overloaded = Some(n),
+            Err(_) => failed = true,
+        }
+    }
+    match overloaded {
+        Some(n) if connections == 0 => Settled::Overloaded(n),
+        _ if connections > 0 && !failed && overloaded.is_none() => Settled::Delivered(connections),
+        _ => Settled::Store { connections },
+    }
+}
+
+/// The directory is down: what a delivery on this node alone means.
+fn local_only(here: Result<usize, PushError>, why: String) -> Result<Routed, RouteError> {
+    match here {
+        Ok(connections) => Ok(Routed { connections, stored: false }),
+        Err(PushError::NotConnected { .. }) => Err(RouteError::Unavailable(why)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl Router {
     pub fn new(
         node_id: String,
         downstream: Arc<Downstream>,
-        directory: Option<Arc<Directory>>,
-        token: &str,
+        directory: Arc<dyn SessionDirectory>,
+        peers: Peers,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let token = (!token.is_empty()).then(|| format!("Bearer {token}").parse().ok()).flatten();
-        Self { node_id, downstream, directory, peers: peers::Peers::new(token), metrics }
-    }
-
-    /// Stops node-to-node delivery (the node's last step before its servers stop).
-    pub async fn shutdown(&self) {
-        self.peers.shutdown().await;
+        Self { node_id, downstream, directory, peers, metrics }
     }
 
     /// Hands `msg` to every connection of its receiver in the cluster, or stores it for them.
@@ -79,41 +92,26 @@ impl Router {
         if msg.biz_id <= 0 || msg.receiver_id <= 0 {
             return Err(PushError::Invalid.into());
         }
-        let Some(directory) = &self.directory else {
-            return Ok(Routed { connections: self.downstream.push(msg)?, stored: false });
-        };
-        let nodes = match directory.route(&msg).await {
+        let nodes = match self.directory.route(&msg).await {
             Ok(Route::Stored) => return Ok(Routed { connections: 0, stored: true }),
             Ok(Route::Nodes(nodes)) => nodes,
-            Err(e) => return self.local_only(msg, e.to_string()),
+            Err(e) => return local_only(self.downstream.push(msg), e.to_string()),
         };
         let calls = nodes.iter().map(|(node, addr)| self.deliver_to(node, addr, msg.clone()));
-        let results = join_all(calls).await;
-        let mut connections = 0;
-        let mut failed = false;
-        for r in results {
-            match r {
-                Ok(n) => connections += n,
-                Err(RouteError::Push(PushError::Overloaded(n))) if connections == 0 => {
-                    return Err(PushError::Overloaded(n).into());
-                }
-                Err(_) => failed = true,
+        let connections = match settle(join_all(calls).await) {
+            Settled::Delivered(connections) => return Ok(Routed { connections, stored: false }),
+            Settled::Overloaded(n) => return Err(PushError::Overloaded(n).into()),
+            Settled::Store { connections } => connections,
+        };
+        let stored =
+            self.directory.store(&msg).await.map_err(|e| RouteError::Unavailable(e.to_string()))?;
+        match stored {
+            true => Ok(Routed { connections, stored: true }),
+            // No inbox (single node): the user simply is not here.
+            false if connections == 0 => {
+                Err(PushError::NotConnected { biz: msg.biz_id, user: msg.receiver_id }.into())
             }
-        }
-        if connections > 0 && !failed {
-            return Ok(Routed { connections, stored: false });
-        }
-        // The directory was stale or a node failed: keep the push for the user's next connect.
-        directory.store(&msg).await.map_err(|e| RouteError::Unavailable(e.to_string()))?;
-        Ok(Routed { connections, stored: true })
-    }
-
-    /// The directory is down: deliver locally when the receiver is here, else fail.
-    fn local_only(&self, msg: PushMessage, why: String) -> Result<Routed, RouteError> {
-        match self.downstream.push(msg) {
-            Ok(connections) => Ok(Routed { connections, stored: false }),
-            Err(PushError::NotConnected { .. }) => Err(RouteError::Unavailable(why)),
-            Err(e) => Err(e.into()),
+            false => Ok(Routed { connections, stored: false }),
         }
     }
 
@@ -143,5 +141,59 @@ impl Router {
                 Err(e) => Err(e),
             })
             .collect()
+    }
+}
+
+impl PushSink for Router {
+    fn push(&self, msg: PushMessage) -> impl Future<Output = Result<Routed, RouteError>> + Send {
+        Router::push(self, msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unavailable() -> Result<usize, RouteError> {
+        Err(RouteError::Unavailable("peer down".into()))
+    }
+
+    fn overloaded() -> Result<usize, RouteError> {
+        Err(PushError::Overloaded(7).into())
+    }
+
+    #[test]
+    fn per_node_results_settle_into_delivered_store_or_retry() {
+        use Settled::*;
+        type Results = Vec<Result<usize, RouteError>>;
+        let cases: Vec<(&str, Results, Settled)> = vec![
+            ("every node delivered", vec![Ok(2), Ok(1)], Delivered(3)),
+            (
+                "stale entry: the node no longer holds the user",
+                vec![Ok(0)],
+                Store { connections: 0 },
+            ),
+            ("stale entry on one of two nodes", vec![Ok(0), Ok(2)], Delivered(2)),
+            ("a peer failed", vec![Ok(1), unavailable()], Store { connections: 1 }),
+            ("only peer failed", vec![unavailable()], Store { connections: 0 }),
+            ("peer overloaded, nobody took it", vec![overloaded()], Overloaded(7)),
+            ("overloaded and failed", vec![unavailable(), overloaded()], Overloaded(7)),
+            ("overloaded after a delivery", vec![Ok(1), overloaded()], Store { connections: 1 }),
+            ("overloaded before a delivery", vec![overloaded(), Ok(1)], Store { connections: 1 }),
+            ("no node at all", vec![], Store { connections: 0 }),
+        ];
+        for (what, results, want) in cases {
+            assert_eq!(settle(results), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn with_the_directory_down_only_local_receivers_get_the_push() {
+        let why = || "redis down".to_owned();
+        assert_eq!(local_only(Ok(2), why()), Ok(Routed { connections: 2, stored: false }));
+        let absent = PushError::NotConnected { biz: 1, user: 2 };
+        assert_eq!(local_only(Err(absent), why()), Err(RouteError::Unavailable(why())));
+        let full = PushError::Overloaded(3);
+        assert_eq!(local_only(Err(full.clone()), why()), Err(full.into()));
     }
 }

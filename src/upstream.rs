@@ -21,19 +21,21 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures_util::future::join_all;
 use tokio::{sync::oneshot, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Code, Status};
 use tracing::{debug, warn};
 
-pub use backends::{BackendRegistry, BizBackends, Endpoint, Pick, endpoint_uri};
+pub use backends::{BackendRegistry, BizBackends, Endpoint, Pick};
 
 use self::{
     batch::BatchItem,
     dedup::{Begin, Dedup},
 };
 use crate::{
-    config::{BackendConfig, UpstreamConfig},
+    config::{BackendConfig, BackendMap, UpstreamConfig},
+    grpc::GrpcAddr,
     links::Link,
     protocol::{CommandType, ErrorCode, Message, pb::OnReceiveRequest, pb::OnReceiveResponse},
     telemetry::Metrics,
@@ -90,33 +92,31 @@ pub struct Upstream {
     metrics: Arc<Metrics>,
     tasks: TaskTracker,
     /// Endpoints of the config file, per business; discovery adds to them, never removes them.
-    static_endpoints: HashMap<i64, Vec<String>>,
+    static_endpoints: HashMap<i64, Vec<GrpcAddr>>,
     /// Businesses whose backends came (partly) from discovery.
     discovered: std::sync::Mutex<HashSet<i64>>,
-    /// Batchers configured but not started yet (see [`Upstream::start`]).
-    batchers: std::sync::Mutex<Vec<batch::Batcher>>,
 }
 
 impl Upstream {
-    /// Builds the service with the static backends of the config. `tasks` is the tracker
-    /// backend calls are spawned on (the node drains it).
+    /// Builds the service with the static backends of the config, and the task that runs its
+    /// batchers until `stop` (the caller spawns and awaits it). `tasks` is the tracker backend
+    /// calls are spawned on (the node drains it).
     pub fn new(
         config: UpstreamConfig,
         static_backends: &[BackendConfig],
         wire: Arc<Wire>,
         metrics: Arc<Metrics>,
         tasks: TaskTracker,
-    ) -> Result<Self, String> {
+        stop: CancellationToken,
+    ) -> (Arc<Self>, impl Future<Output = ()> + Send + 'static) {
         let backends = BackendRegistry::default();
         let mut batchers = Vec::new();
         for b in static_backends {
             let endpoints = b
                 .endpoints
                 .iter()
-                .map(|a| {
-                    Endpoint::new(a, config.timeout, config.max_calls_per_endpoint).map(Arc::new)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|a| Arc::new(Endpoint::new(a, config.timeout, config.max_calls_per_endpoint)))
+                .collect();
             let sender = b.batch.enabled.then(|| {
                 let (batcher, sender) = batch::Batcher::new(b.biz_id, b.batch.clone());
                 batchers.push(batcher);
@@ -126,7 +126,7 @@ impl Upstream {
         }
         let static_endpoints =
             static_backends.iter().map(|b| (b.biz_id, b.endpoints.clone())).collect();
-        Ok(Self {
+        let upstream = Arc::new(Self {
             static_endpoints,
             discovered: std::sync::Mutex::default(),
             dedup: Dedup::new(config.dedup_window, config.dedup_capacity),
@@ -135,14 +135,18 @@ impl Upstream {
             wire,
             metrics,
             tasks,
-            batchers: std::sync::Mutex::new(batchers),
+        });
+        let runs: Vec<_> =
+            batchers.into_iter().map(|b| b.run(upstream.clone(), stop.clone())).collect();
+        (upstream, async move {
+            join_all(runs).await;
         })
     }
 
     /// Applies discovered backends (business → addresses), merged with the static ones.
     /// Endpoints whose address is unchanged are kept (with their connection and circuit); a
     /// business that disappears from discovery falls back to its static endpoints, if any.
-    pub fn set_discovered(&self, found: &HashMap<i64, Vec<String>>) {
+    pub fn set_discovered(&self, found: &BackendMap) {
         let mut discovered = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
         let gone: Vec<i64> =
             discovered.iter().filter(|b| !found.contains_key(b)).copied().collect();
@@ -161,32 +165,19 @@ impl Upstream {
         }
     }
 
-    fn replace_endpoints(&self, biz: i64, addrs: &[String]) {
+    fn replace_endpoints(&self, biz: i64, addrs: &[GrpcAddr]) {
         let current = self.backends.get(biz);
-        let existing = |addr: &str| {
-            current.as_ref().and_then(|c| c.endpoints.iter().find(|e| e.addr == addr).cloned())
+        let existing = |addr: &GrpcAddr| {
+            let endpoints = current.as_ref().map(|c| c.endpoints.as_slice()).unwrap_or_default();
+            endpoints.iter().find(|e| e.addr == addr.as_str()).cloned()
         };
+        let (timeout, max_calls) = (self.config.timeout, self.config.max_calls_per_endpoint);
         let endpoints: Vec<Arc<Endpoint>> = addrs
             .iter()
-            .filter_map(|a| match existing(a) {
-                Some(e) => Some(e),
-                None => Endpoint::new(a, self.config.timeout, self.config.max_calls_per_endpoint)
-                    .map(Arc::new)
-                    .map_err(|e| warn!(addr = %a, error = %e, "ignoring a backend address"))
-                    .ok(),
-            })
+            .map(|a| existing(a).unwrap_or_else(|| Arc::new(Endpoint::new(a, timeout, max_calls))))
             .collect();
         let batcher = current.as_ref().and_then(|c| c.batch_sender());
         self.backends.set(BizBackends::new(biz, endpoints, batcher));
-    }
-
-    /// Starts the batchers on `background`; they end when `stop` is cancelled.
-    pub fn start(self: &Arc<Self>, background: &TaskTracker, stop: &CancellationToken) {
-        let batchers =
-            std::mem::take(&mut *self.batchers.lock().unwrap_or_else(|e| e.into_inner()));
-        for b in batchers {
-            background.spawn(b.run(self.clone(), stop.clone()));
-        }
     }
 
     /// Handles an UPSTREAM_MESSAGE from `link` without waiting.

@@ -3,30 +3,25 @@
 
 use std::time::Duration;
 
-use tonic::{
-    Request,
-    metadata::{Ascii, MetadataValue},
-    transport::{Channel, Endpoint},
-};
+use tonic::{Request, transport::Channel};
 
 use crate::{
     cluster::{NodeEntry, registry},
+    grpc::{Bearer, GrpcAddr, GrpcError},
     protocol::admin_pb::admin_service_client::AdminServiceClient,
 };
 
 /// Why nodes could not be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum ReachError {
-    #[error("bad address {0}: {1}")]
-    Address(String, String),
+    #[error(transparent)]
+    Grpc(#[from] GrpcError),
     #[error("cannot reach {0}: {1}")]
     Connect(String, tonic::transport::Error),
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
     #[error("no node is registered in etcd under {0}")]
     NoNodes(String),
-    #[error("the token must be printable ASCII")]
-    Token,
 }
 
 /// Where the operator points a subcommand.
@@ -45,39 +40,27 @@ pub struct NodeClient {
     pub name: String,
     pub addr: String,
     pub client: AdminServiceClient<Channel>,
-    token: Option<MetadataValue<Ascii>>,
+    token: Bearer,
 }
 
 impl NodeClient {
     /// Wraps `msg` with the bearer token.
     pub fn request<T>(&self, msg: T) -> Request<T> {
-        let mut r = Request::new(msg);
-        if let Some(t) = &self.token {
-            r.metadata_mut().insert("authorization", t.clone());
-        }
-        r
-    }
-}
-
-fn token_value(token: &str) -> Result<Option<MetadataValue<Ascii>>, ReachError> {
-    match token {
-        "" => Ok(None),
-        t => format!("Bearer {t}").parse().map(Some).map_err(|_| ReachError::Token),
+        self.token.request(msg)
     }
 }
 
 /// A lazily connected client for the node at `addr` (`host:port` or a URL).
 pub fn node(name: &str, addr: &str, token: &str) -> Result<NodeClient, ReachError> {
-    let url = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
-    let endpoint = Endpoint::from_shared(url)
-        .map_err(|e| ReachError::Address(addr.to_owned(), e.to_string()))?
+    let endpoint = GrpcAddr::parse(addr)?
+        .endpoint()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(10));
     Ok(NodeClient {
         name: name.to_owned(),
         addr: addr.to_owned(),
         client: AdminServiceClient::new(endpoint.connect_lazy()),
-        token: token_value(token)?,
+        token: Bearer::new(token)?,
     })
 }
 

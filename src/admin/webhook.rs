@@ -213,22 +213,9 @@ impl Webhook {
         alert: &Alert,
         nodes: &'a [(NodeEntry, NodeClient)],
     ) -> Option<&'a (NodeEntry, NodeClient)> {
-        if let [only] = nodes
-            && matches!(self.config.target, Target::Addr(_))
-        {
-            return Some(only);
-        }
-        let by = |value: &str| {
-            nodes.iter().find(|(e, _)| {
-                e.id == value
-                    || e.labels.iter().any(|l| l.strip_prefix("governor=") == Some(value))
-                    || format!("{}:{}", e.ip, e.port) == value
-            })
-        };
-        ["node_id", self.config.label.as_str(), "instance"]
-            .iter()
-            .filter(|l| !l.is_empty())
-            .find_map(|l| alert.labels.get(*l).and_then(|v| by(v)))
+        let single = matches!(self.config.target, Target::Addr(_));
+        let entries: Vec<&NodeEntry> = nodes.iter().map(|(e, _)| e).collect();
+        named_node(alert, &self.config.label, &entries, single).map(|i| &nodes[i])
     }
 
     fn recently(&self, key: &str) -> bool {
@@ -243,10 +230,74 @@ impl Webhook {
     }
 }
 
+/// Which of `nodes` the alert names: by the label `node_id`, then `label`, then `instance`, each
+/// matched against a node's id, its `governor=` address or its WebSocket `ip:port`. A `single`
+/// node reached by address is always the one.
+fn named_node(alert: &Alert, label: &str, nodes: &[&NodeEntry], single: bool) -> Option<usize> {
+    if single && nodes.len() == 1 {
+        return Some(0);
+    }
+    let by = |value: &str| {
+        nodes.iter().position(|e| {
+            e.id == value
+                || e.labels.iter().any(|l| l.strip_prefix("governor=") == Some(value))
+                || format!("{}:{}", e.ip, e.port) == value
+        })
+    };
+    ["node_id", label, "instance"]
+        .iter()
+        .filter(|l| !l.is_empty())
+        .find_map(|l| alert.labels.get(*l).and_then(|v| by(v)))
+}
+
 /// The alert's fingerprint, or its labels when Grafana sent none.
 fn alert_id(alert: &Alert) -> String {
     match alert.fingerprint.as_str() {
         "" => alert.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
         f => f.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, ip: &str, port: i32, governor: &str) -> NodeEntry {
+        let labels = vec!["zone=a".into(), format!("governor={governor}")];
+        NodeEntry { id: id.into(), ip: ip.into(), port, labels, ..NodeEntry::default() }
+    }
+
+    fn alert(labels: &[(&str, &str)]) -> Alert {
+        let labels = labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        Alert { status: "firing".into(), labels, fingerprint: String::new() }
+    }
+
+    #[test]
+    fn alerts_name_nodes_by_id_label_governor_or_websocket_address() {
+        let a = node("gw-a", "10.0.0.1", 9002, "10.0.0.1:9003");
+        let b = node("gw-b", "10.0.0.2", 9002, "10.0.0.2:9003");
+        let nodes = [&a, &b];
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, Option<usize>);
+        let cases: &[Case] = &[
+            ("node_id", &[("node_id", "gw-b")], "", Some(1)),
+            ("configured label", &[("pod", "gw-a")], "pod", Some(0)),
+            ("instance = governor address", &[("instance", "10.0.0.2:9003")], "", Some(1)),
+            ("instance = websocket address", &[("instance", "10.0.0.1:9002")], "", Some(0)),
+            ("node_id wins", &[("node_id", "gw-a"), ("instance", "10.0.0.2:9003")], "", Some(0)),
+            ("unknown instance", &[("instance", "10.9.9.9:9003")], "", None),
+            ("label not configured", &[("pod", "gw-a")], "", None),
+            ("no labels", &[], "", None),
+        ];
+        for (what, labels, label, want) in cases {
+            assert_eq!(named_node(&alert(labels), label, &nodes, false), *want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_single_addressed_node_is_always_the_one() {
+        let only = node("127.0.0.1:9004", "", 0, "");
+        let anything = alert(&[("instance", "elsewhere:1")]);
+        assert_eq!(named_node(&anything, "", &[&only], true), Some(0));
+        assert_eq!(named_node(&anything, "", &[&only], false), None, "from etcd it must match");
     }
 }

@@ -1,21 +1,26 @@
 //! Backend discovery from etcd, compatible with the original gateway: `gateway.backend.services`
 //! holds `[{"bizId":9999,"name":"mockServer"}]`, and each backend registers itself under
 //! `/ego/{name}/providers/grpc://{host:port}`. Both are watched; every change re-reads the whole
-//! map and hands it to [`Upstream::set_discovered`], which merges it with the static backends of
-//! the config (a static endpoint is never removed by discovery).
+//! map and publishes it on a watch channel; the node hands it to the upstream, which merges it
+//! with the static backends of the config (a static endpoint is never removed by discovery).
 //!
 //! Owns: reading and watching those keys. Must never remove a business's backends because etcd is
 //! unreachable: on errors the last known map stays until etcd answers again.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use etcd_client::{Client, GetOptions, WatchOptions};
 use serde::Deserialize;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::registry::connect;
-use crate::{config::EtcdConfig, telemetry::Metrics, upstream::Upstream};
+use crate::{
+    config::{BackendMap, EtcdConfig},
+    grpc::GrpcAddr,
+    telemetry::Metrics,
+};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -24,22 +29,24 @@ struct Service {
     name: String,
 }
 
-/// Watches the backend map and applies it to the upstream.
+/// Watches the backend map and publishes every version of it.
 pub struct Discovery {
     endpoints: Vec<String>,
     prefix: String,
-    upstream: Arc<Upstream>,
+    maps: watch::Sender<Option<BackendMap>>,
     metrics: Arc<Metrics>,
 }
 
 impl Discovery {
-    pub fn new(config: &EtcdConfig, upstream: Arc<Upstream>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            endpoints: config.endpoints.clone(),
-            prefix: config.prefix.clone(),
-            upstream,
-            metrics,
-        }
+    /// The discovery task's state and the receiving end of its maps (`None` until the first
+    /// read succeeds).
+    pub fn new(
+        config: &EtcdConfig,
+        metrics: Arc<Metrics>,
+    ) -> (Self, watch::Receiver<Option<BackendMap>>) {
+        let (maps, rx) = watch::channel(None);
+        let endpoints = config.endpoints.clone();
+        (Self { endpoints, prefix: config.prefix.clone(), maps, metrics }, rx)
     }
 
     fn services_key(&self) -> String {
@@ -95,7 +102,7 @@ impl Discovery {
                 Vec::new()
             }),
         };
-        let mut map: HashMap<i64, Vec<String>> = HashMap::new();
+        let mut map = BackendMap::new();
         for s in services {
             let prefix = self.providers_prefix(&s.name);
             let resp = client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
@@ -103,16 +110,21 @@ impl Discovery {
             for kv in resp.kvs() {
                 let Ok(key) = kv.key_str() else { continue };
                 let provider = key.strip_prefix(prefix.as_str()).unwrap_or_default();
-                if let Some(addr) = provider.strip_prefix("grpc://").filter(|a| !a.is_empty()) {
-                    addrs.push(addr.to_owned());
+                let Some(addr) = provider.strip_prefix("grpc://") else { continue };
+                match GrpcAddr::parse(addr) {
+                    Ok(addr) => addrs.push(addr),
+                    Err(e) => warn!(key, error = %e, "ignoring a backend registration"),
                 }
             }
         }
-        let summary: Vec<String> =
-            map.iter().map(|(b, a)| format!("{b}={}", a.join("|"))).collect();
+        let summary: Vec<String> = map.iter().map(|(b, a)| format!("{b}={}", join(a))).collect();
         info!(backends = %summary.join(" "), "discovered backends");
-        self.upstream.set_discovered(&map);
+        self.maps.send_replace(Some(map));
         self.metrics.cluster_event("etcd", "discovery_applied");
         Ok(())
     }
+}
+
+fn join(addrs: &[GrpcAddr]) -> String {
+    addrs.iter().map(GrpcAddr::as_str).collect::<Vec<_>>().join("|")
 }

@@ -28,11 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    auth::Identity,
-    config::KafkaConfig,
-    downstream::PushError,
-    protocol::pb::PushMessage,
-    routing::{RouteError, Router},
+    auth::Identity, config::KafkaConfig, protocol::pb::PushMessage, push::PushSink,
     telemetry::Metrics,
 };
 
@@ -85,16 +81,16 @@ fn client_config(config: &KafkaConfig) -> ClientConfig {
     c
 }
 
-/// Consumes the push topic and routes every push.
-pub struct PushConsumer {
+/// Consumes the push topic and hands every push to a sink.
+pub struct PushConsumer<S> {
     config: KafkaConfig,
-    router: Arc<Router>,
+    sink: Arc<S>,
     metrics: Arc<Metrics>,
 }
 
-impl PushConsumer {
-    pub fn new(config: &KafkaConfig, router: Arc<Router>, metrics: Arc<Metrics>) -> Self {
-        Self { config: config.clone(), router, metrics }
+impl<S: PushSink> PushConsumer<S> {
+    pub fn new(config: &KafkaConfig, sink: Arc<S>, metrics: Arc<Metrics>) -> Self {
+        Self { config: config.clone(), sink, metrics }
     }
 
     pub async fn run(self, stop: CancellationToken) {
@@ -156,7 +152,7 @@ impl PushConsumer {
         payload: Vec<u8>,
         stop: CancellationToken,
     ) -> impl Future<Output = bool> + Send + 'static {
-        let router = self.router.clone();
+        let sink = self.sink.clone();
         let metrics = self.metrics.clone();
         async move {
             let Some(msg) =
@@ -168,7 +164,7 @@ impl PushConsumer {
             };
             let mut backoff = Duration::from_millis(100);
             loop {
-                match router.push(msg.clone()).await {
+                match sink.push(msg.clone()).await {
                     Ok(r) => {
                         metrics.cluster_event(
                             "kafka",
@@ -176,7 +172,7 @@ impl PushConsumer {
                         );
                         return true;
                     }
-                    Err(RouteError::Push(PushError::Invalid | PushError::NotConnected { .. })) => {
+                    Err(e) if !e.is_retriable() => {
                         metrics.cluster_event("kafka", "push_undeliverable");
                         return true;
                     }
@@ -195,8 +191,19 @@ impl PushConsumer {
     }
 }
 
-/// Produces presence events until `stop`, then flushes what is buffered (briefly).
-pub async fn run_presence(
+/// The presence producer: the queue events go into (bounded by `presence_buffer`; a full queue
+/// is the caller's to count) and the task that produces them until `stop`, then flushes what is
+/// buffered (briefly).
+pub fn presence_producer(
+    config: &KafkaConfig,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> (mpsc::Sender<(Identity, PresenceAction)>, impl Future<Output = ()> + Send + 'static) {
+    let (tx, rx) = mpsc::channel(config.presence_buffer);
+    (tx, produce_presence(config.clone(), rx, metrics, stop))
+}
+
+async fn produce_presence(
     config: KafkaConfig,
     mut events: mpsc::Receiver<(Identity, PresenceAction)>,
     metrics: Arc<Metrics>,

@@ -5,6 +5,7 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 use super::{Config, EncryptionAlgorithm, Problem};
+use crate::grpc::Bearer;
 
 const MIN_MESSAGE_SIZE: u64 = 128;
 
@@ -22,6 +23,11 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
         ws.listen != c.server.governor.listen || ws.listen.port() == 0,
         "server.governor.listen",
         "must differ from server.websocket.listen",
+    );
+    check(
+        Bearer::new(&c.server.grpc.token).is_ok(),
+        "server.grpc.token",
+        "must be printable ASCII without spaces (it is sent as a gRPC header)",
     );
     check(
         ws.handshake_timeout > Duration::ZERO,
@@ -128,11 +134,6 @@ fn validate_backends(c: &Config) -> Vec<Problem> {
         }
         if b.endpoints.is_empty() {
             p.push(Problem::new(key("endpoints"), "must list at least one endpoint"));
-        }
-        for (j, e) in b.endpoints.iter().enumerate() {
-            if crate::upstream::endpoint_uri(e).is_err() {
-                p.push(Problem::new(key(&format!("endpoints[{j}]")), "is not host:port or a URL"));
-            }
         }
         if b.batch.max_size == 0 {
             p.push(Problem::new(key("batch.max_size"), "must be at least 1"));

@@ -18,7 +18,7 @@ use tokio_tungstenite::{
 use tracing::debug;
 
 use super::{
-    CloseReason, Link, Shared,
+    CloseReason, Gateway, Link,
     dispatch::{Reply, dispatch},
     handshake,
 };
@@ -30,42 +30,42 @@ use crate::{
 };
 
 /// Serves one accepted TCP connection from handshake to close.
-pub(super) async fn serve(stream: TcpStream, remote: SocketAddr, shared: Arc<Shared>) {
+pub(super) async fn serve(stream: TcpStream, remote: SocketAddr, gw: Arc<Gateway>) {
     let _ = stream.set_nodelay(true);
     // Boxed: the handshake's state is large and only needed until the upgrade; keeping it out of
     // this task's future keeps every idle connection small.
-    let (ws, accepted) = match Box::pin(handshake::accept(stream, &shared)).await {
+    let (ws, accepted) = match Box::pin(handshake::accept(stream, &gw)).await {
         Ok(ok) => ok,
         Err(outcome) => {
-            shared.metrics.handshake(outcome);
+            gw.metrics.handshake(outcome);
             debug!(%remote, outcome, "handshake refused");
             return;
         }
     };
-    shared.metrics.handshake("ok");
+    gw.metrics.handshake("ok");
     let identity = accepted.identity;
-    let limit = shared.config.limits.outbound_queue_bytes.as_u64() as usize;
-    let (link, first) = shared.links.insert(identity, remote, limit);
-    let biz = shared.metrics.biz(identity.biz_id);
+    let limit = gw.config.limits.outbound_queue_bytes.as_u64() as usize;
+    let (link, first) = gw.links.insert(identity, remote, limit);
+    let biz = gw.metrics.biz(identity.biz_id);
     if first {
         biz.online_users.inc();
     }
-    shared.cluster.connected(&link, first);
-    shared.metrics.connections_open.inc();
+    gw.directory.connected(&link, first);
+    gw.metrics.connections_open.inc();
     debug!(conn = link.id, biz = identity.biz_id, user = identity.user_id, %remote, "connected");
 
-    let idle = shared.idle_applies(accepted.auto_close);
-    let mut conn = Connection { ws, link: link.clone(), shared: &shared, biz: biz.clone() };
+    let idle = gw.idle_applies(accepted.auto_close);
+    let mut conn = Connection { ws, link: link.clone(), gw: &gw, biz: biz.clone() };
     let reason = conn.serve(idle).await;
     Box::pin(conn.goodbye(reason)).await;
 
-    shared.metrics.connections_open.dec();
-    let last = shared.links.remove(&link);
+    gw.metrics.connections_open.dec();
+    let last = gw.links.remove(&link);
     if last {
         biz.online_users.dec();
     }
-    shared.cluster.disconnected(&link, last);
-    shared.metrics.closed(reason.code().unwrap_or(1006), reason.as_str());
+    gw.directory.disconnected(&link, last);
+    gw.metrics.closed(reason.code().unwrap_or(1006), reason.as_str());
     debug!(conn = link.id, reason = reason.as_str(), "closed");
     drop(accepted.slot);
 }
@@ -73,20 +73,20 @@ pub(super) async fn serve(stream: TcpStream, remote: SocketAddr, shared: Arc<Sha
 struct Connection<'a> {
     ws: WebSocketStream<TcpStream>,
     link: Arc<Link>,
-    shared: &'a Shared,
+    gw: &'a Gateway,
     biz: Arc<BizMetrics>,
 }
 
 impl Connection<'_> {
     /// Runs until the connection must end, and says why.
     async fn serve(&mut self, idle: bool) -> CloseReason {
-        let shared = self.shared;
+        let gw = self.gw;
         let link = self.link.clone();
-        let mut clock = Liveness::new(Instant::now(), &shared.config.limits, idle);
+        let mut clock = Liveness::new(Instant::now(), &gw.config.limits, idle);
         let timer = sleep_until(clock.deadline());
         // The waits live across iterations: re-registering them on every wake-up costs locks
-        // (the drain token is shared by every connection) on the fan-out path.
-        let drain = shared.drain.cancelled();
+        // (the drain token is gw by every connection) on the fan-out path.
+        let drain = gw.drain.cancelled();
         let woken = link.woken();
         tokio::pin!(timer, drain, woken);
         loop {
@@ -137,7 +137,7 @@ impl Connection<'_> {
 
     /// Handles one data message from the client; replies go to the outbound queue.
     fn on_data(&mut self, data: Bytes, text: bool) -> Result<(), CloseReason> {
-        if self.shared.config.server.websocket.conformance_echo {
+        if self.gw.config.server.websocket.conformance_echo {
             let echo = if text {
                 WsMessage::Text(data.try_into().map_err(|_| CloseReason::InvalidMessage)?)
             } else {
@@ -147,23 +147,23 @@ impl Connection<'_> {
         }
         self.biz.message(Direction::In, data.len());
         self.link.received();
-        let shared = self.shared;
-        let msg: Message = shared.wire.serializer.decode(&data).map_err(|e| {
-            shared.metrics.decode_errors.inc();
+        let gw = self.gw;
+        let msg: Message = gw.wire.serializer.decode(&data).map_err(|e| {
+            gw.metrics.decode_errors.inc();
             debug!(conn = self.link.id, error = %e, "undecodable message");
             CloseReason::InvalidMessage
         })?;
-        shared.metrics.command(Direction::In, command(msg.cmd));
-        match dispatch(msg, &shared.wire) {
+        gw.metrics.command(Direction::In, command(msg.cmd));
+        match dispatch(msg, &gw.wire) {
             Reply::Send(reply) => {
-                shared.wire.send(&self.link, &reply).map_err(|_| CloseReason::SlowConsumer)
+                gw.wire.send(&self.link, &reply).map_err(|_| CloseReason::SlowConsumer)
             }
             Reply::Upstream { key, body } => {
-                shared.upstream.submit(&self.link, key, body);
+                gw.upstream.submit(&self.link, key, body);
                 Ok(())
             }
             Reply::Acked(key) => {
-                shared.downstream.acked(self.link.identity, key);
+                gw.downstream.acked(self.link.identity, key);
                 Ok(())
             }
         }
@@ -171,7 +171,7 @@ impl Connection<'_> {
 
     fn queue(&self, msg: WsMessage) -> Result<(), CloseReason> {
         self.link.send(msg).map_err(|_| {
-            self.shared.metrics.outbound_dropped.inc();
+            self.gw.metrics.outbound_dropped.inc();
             CloseReason::SlowConsumer
         })
     }
@@ -190,20 +190,20 @@ impl Connection<'_> {
             }
             ws.flush().await
         };
-        within(self.shared.config.limits.write_timeout, write).await?;
+        within(self.gw.config.limits.write_timeout, write).await?;
         self.link.written(bytes);
         Ok(())
     }
 
     async fn write(&mut self, msg: WsMessage) -> Result<(), CloseReason> {
-        within(self.shared.config.limits.write_timeout, self.ws.send(msg)).await
+        within(self.gw.config.limits.write_timeout, self.ws.send(msg)).await
     }
 
     /// Sends the close frame for `reason` (if any) and waits briefly for the client's answer.
     async fn goodbye(&mut self, reason: CloseReason) {
         let Some(mut frame) = reason.frame() else { return };
         match reason {
-            CloseReason::SlowConsumer => self.shared.metrics.outbound_dropped.inc(),
+            CloseReason::SlowConsumer => self.gw.metrics.outbound_dropped.inc(),
             CloseReason::Kicked => {
                 // Close reasons are at most 123 bytes; cut on a character boundary.
                 let mut text = self.link.close_text().unwrap_or_else(|| "kicked".into());
@@ -222,12 +222,12 @@ impl Connection<'_> {
                     }
                     ws.flush().await
                 };
-                let _ = within(self.shared.config.limits.write_timeout, write).await;
+                let _ = within(self.gw.config.limits.write_timeout, write).await;
             }
             _ => {}
         }
-        let limits = &self.shared.config.limits;
-        let abort = &self.shared.abort;
+        let limits = &self.gw.config.limits;
+        let abort = &self.gw.abort;
         let ws = &mut self.ws;
         let close = async {
             if timeout(limits.write_timeout, ws.close(Some(frame))).await.is_err() {

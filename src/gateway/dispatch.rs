@@ -72,7 +72,7 @@ mod tests {
             algorithm: EncryptionAlgorithm::AesGcm,
             key: "0123456789abcdef".into(),
         };
-        let cipher = || BodyCipher::from_config(&config).expect("key").expect("on");
+        let cipher = || config.cipher().expect("key").expect("on");
         (Wire::new(Serializer::Json, Some(cipher()), Arc::new(Metrics::new())), cipher())
     }
 

@@ -9,7 +9,7 @@ use tokio_tungstenite::{
     tungstenite::http::{HeaderValue, StatusCode, header},
 };
 
-use super::Shared;
+use super::Gateway;
 use crate::auth::{AuthError, Identity};
 use crate::links::Slot;
 
@@ -25,12 +25,12 @@ pub(super) struct Accepted<'a> {
 /// handshake-outcome label (the client has already been answered when it could be).
 pub(super) async fn accept<'a>(
     stream: TcpStream,
-    shared: &'a Shared,
+    gw: &'a Gateway,
 ) -> Result<(WebSocketStream<TcpStream>, Accepted<'a>), &'static str> {
     let mut decision: Option<Result<Accepted<'a>, &'static str>> = None;
     // The callback's error type is tungstenite's (a full HTTP response).
     #[allow(clippy::result_large_err)]
-    let callback = |req: &Request, resp: Response| match check(req, shared) {
+    let callback = |req: &Request, resp: Response| match check(req, gw) {
         Ok(accepted) => {
             decision = Some(Ok(accepted));
             Ok(resp)
@@ -41,9 +41,9 @@ pub(super) async fn accept<'a>(
         }
     };
     let handshake =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(shared.ws_config));
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(gw.ws_config));
     let result =
-        tokio::time::timeout(shared.config.server.websocket.handshake_timeout, handshake).await;
+        tokio::time::timeout(gw.config.server.websocket.handshake_timeout, handshake).await;
     match (result, decision) {
         (Ok(Ok(ws)), Some(Ok(accepted))) => Ok((ws, accepted)),
         (Err(_elapsed), _) => Err("timeout"),
@@ -87,8 +87,8 @@ impl Refusal {
     }
 }
 
-fn check<'a>(req: &Request, shared: &'a Shared) -> Result<Accepted<'a>, Refusal> {
-    let ws = &shared.config.server.websocket;
+fn check<'a>(req: &Request, gw: &'a Gateway) -> Result<Accepted<'a>, Refusal> {
+    let ws = &gw.config.server.websocket;
     if !ws.allowed_origins.is_empty() {
         let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
         if !origin.is_some_and(|o| ws.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o))) {
@@ -97,11 +97,11 @@ fn check<'a>(req: &Request, shared: &'a Shared) -> Result<Accepted<'a>, Refusal>
         }
     }
     let unavailable = StatusCode::SERVICE_UNAVAILABLE;
-    if shared.drain.is_cancelled() {
+    if gw.drain.is_cancelled() {
         let refusal = Refusal::new("draining", unavailable, "node is draining");
         return Err(refusal.retry_after(ws.retry_after));
     }
-    let Some(slot) = shared.links.admit() else {
+    let Some(slot) = gw.links.admit() else {
         let refusal = Refusal::new("capacity", unavailable, "node at capacity");
         return Err(refusal.retry_after(ws.retry_after));
     };
@@ -116,7 +116,7 @@ fn check<'a>(req: &Request, shared: &'a Shared) -> Result<Accepted<'a>, Refusal>
     }
     let identity = token(req)
         .ok_or(AuthError::Missing)
-        .and_then(|t| shared.verifier.verify(&t))
+        .and_then(|t| gw.verifier.verify(&t))
         .map_err(|e| Refusal::new(e.outcome(), StatusCode::UNAUTHORIZED, e.to_string()))?;
     Ok(Accepted { identity, auto_close, slot })
 }

@@ -6,7 +6,7 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::warn;
 
-use super::{Shared, connection};
+use super::{Gateway, connection};
 
 /// Pause after a failed accept (for example out of file descriptors) so the loop cannot spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -14,7 +14,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Accepts connections until `stop` is cancelled; the listener is closed on return.
 pub async fn run(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    gw: Arc<Gateway>,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -25,7 +25,7 @@ pub async fn run(
         };
         match accepted {
             Ok((stream, remote)) => {
-                tracker.spawn(connection::serve(stream, remote, shared.clone()));
+                tracker.spawn(connection::serve(stream, remote, gw.clone()));
             }
             Err(e) => {
                 warn!(error = %e, "accept failed; backing off");

@@ -10,7 +10,18 @@ use aes_gcm::{
 use bytes::{BufMut, Bytes, BytesMut};
 use chacha20poly1305::ChaCha20Poly1305;
 
-use crate::config::{EncryptionAlgorithm, EncryptionConfig};
+use serde::{Deserialize, Serialize};
+
+/// The body encryption algorithm (`protocol.encryption.algorithm`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EncryptionAlgorithm {
+    #[default]
+    None,
+    AesGcm,
+    #[serde(rename = "chacha20-poly1305")]
+    ChaCha20Poly1305,
+}
 
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
@@ -37,11 +48,10 @@ pub enum BodyCipher {
 }
 
 impl BodyCipher {
-    /// The cipher of `config`, or `None` when encryption is off.
-    pub fn from_config(config: &EncryptionConfig) -> Result<Option<Self>, CipherError> {
-        let key = config.key.as_bytes();
+    /// The cipher for `algorithm` with the raw `key`, or `None` when encryption is off.
+    pub fn new(algorithm: EncryptionAlgorithm, key: &[u8]) -> Result<Option<Self>, CipherError> {
         let bad = |_| CipherError::KeyLength(key.len());
-        Ok(Some(match (config.algorithm, key.len()) {
+        Ok(Some(match (algorithm, key.len()) {
             (EncryptionAlgorithm::None, _) => return Ok(None),
             (EncryptionAlgorithm::AesGcm, 16) => {
                 Self::Aes128(Box::new(Aes128Gcm::new_from_slice(key).map_err(bad)?))
@@ -127,8 +137,7 @@ mod tests {
             "chacha20-poly1305" => EncryptionAlgorithm::ChaCha20Poly1305,
             other => panic!("unknown algorithm {other}"),
         };
-        let config = EncryptionConfig { algorithm, key: key.into() };
-        BodyCipher::from_config(&config).expect("valid key").expect("enabled")
+        BodyCipher::new(algorithm, key.as_bytes()).expect("valid key").expect("enabled")
     }
 
     #[test]
@@ -167,10 +176,7 @@ mod tests {
 
     #[test]
     fn wrong_key_lengths_are_refused() {
-        let config = EncryptionConfig {
-            algorithm: EncryptionAlgorithm::ChaCha20Poly1305,
-            key: "short".into(),
-        };
-        assert_eq!(BodyCipher::from_config(&config).err(), Some(CipherError::KeyLength(5)));
+        let cipher = BodyCipher::new(EncryptionAlgorithm::ChaCha20Poly1305, b"short");
+        assert_eq!(cipher.err(), Some(CipherError::KeyLength(5)));
     }
 }

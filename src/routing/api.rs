@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{DeliverRequest, DeliverResponse, RouteError, Router};
+use super::{DeliverRequest, DeliverResponse, Router};
 use crate::{
-    downstream::{Downstream, PushError},
+    downstream::Downstream,
     protocol::{
         cluster_pb::node_service_server::NodeService,
         pb::{
@@ -15,6 +15,7 @@ use crate::{
             push_service_server::PushService,
         },
     },
+    push::{PushError, RouteError},
 };
 
 /// The `PushService` implementation: every push is routed through the cluster.

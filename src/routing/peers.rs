@@ -7,14 +7,15 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::{
-    metadata::{Ascii, MetadataValue},
-    transport::Channel,
-};
+use tonic::transport::Channel;
 use tracing::debug;
 
-use super::{DeliverRequest, NodeServiceClient, RouteError};
-use crate::{downstream::PushError, protocol::pb::PushMessage};
+use super::{DeliverRequest, NodeServiceClient};
+use crate::{
+    grpc::{Bearer, GrpcAddr},
+    protocol::pb::PushMessage,
+    push::{PushError, RouteError},
+};
 
 /// Pushes sent to one peer in one call, at most.
 pub const MAX_BATCH: usize = 256;
@@ -26,21 +27,18 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 type Job = (PushMessage, oneshot::Sender<Result<usize, RouteError>>);
 
 /// The queues and tasks of every peer this node delivered to.
-pub(super) struct Peers {
+pub struct Peers {
     queues: DashMap<String, mpsc::Sender<Job>>,
-    token: Option<MetadataValue<Ascii>>,
+    token: Bearer,
     tasks: TaskTracker,
     stop: CancellationToken,
 }
 
 impl Peers {
-    pub fn new(token: Option<MetadataValue<Ascii>>) -> Self {
-        Self {
-            queues: DashMap::new(),
-            token,
-            tasks: TaskTracker::new(),
-            stop: CancellationToken::new(),
-        }
+    /// Peer tasks are started on `tasks` when a peer is first called, and end when `stop` is
+    /// cancelled (pushes still queued then fail with `Unavailable`); the caller awaits `tasks`.
+    pub fn new(token: Bearer, tasks: TaskTracker, stop: CancellationToken) -> Self {
+        Self { queues: DashMap::new(), token, tasks, stop }
     }
 
     /// Delivers `msg` on the peer at `addr`: how many connections took it there.
@@ -56,9 +54,8 @@ impl Peers {
         if let Some(q) = self.queues.get(addr) {
             return Ok(q.clone());
         }
-        let uri = crate::upstream::endpoint_uri(addr).map_err(RouteError::Unavailable)?;
-        let channel = Channel::builder(uri).connect_timeout(Duration::from_secs(1)).connect_lazy();
-        let client = NodeServiceClient::new(channel);
+        let uri = GrpcAddr::parse(addr).map_err(|e| RouteError::Unavailable(e.to_string()))?;
+        let client = NodeServiceClient::new(uri.lazy_channel(Duration::from_secs(1)));
         let queue = self.queues.entry(addr.to_owned()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
             let peer = addr.to_owned();
@@ -67,19 +64,12 @@ impl Peers {
         });
         Ok(queue.clone())
     }
-
-    /// Stops every peer task; pushes still queued fail with `Unavailable`.
-    pub async fn shutdown(&self) {
-        self.stop.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
-    }
 }
 
 async fn run(
     peer: String,
     mut client: NodeServiceClient<Channel>,
-    token: Option<MetadataValue<Ascii>>,
+    token: Bearer,
     mut rx: mpsc::Receiver<Job>,
     stop: CancellationToken,
 ) {
@@ -93,11 +83,8 @@ async fn run(
             return;
         }
         let (msgs, waiters): (Vec<PushMessage>, Vec<_>) = jobs.drain(..).unzip();
-        let mut request = tonic::Request::new(DeliverRequest { msgs });
+        let mut request = token.request(DeliverRequest { msgs });
         request.set_timeout(PEER_TIMEOUT);
-        if let Some(token) = &token {
-            request.metadata_mut().insert("authorization", token.clone());
-        }
         let answer = tokio::select! {
             _ = stop.cancelled() => return,
             answer = client.deliver(request) => answer,

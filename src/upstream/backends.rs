@@ -1,7 +1,7 @@
 //! Which gRPC endpoints serve which business, and each endpoint's health (its circuit).
 //!
 //! The registry is a plain map that any source can update at run time ([`BackendRegistry::set`]):
-//! the config file today, etcd discovery later. The upstream path only ever asks
+//! the config file and etcd discovery (merged by `Upstream::set_discovered`). The upstream path only ever asks
 //! [`BackendRegistry::get`], so a new source never touches it.
 
 use std::{
@@ -17,23 +17,16 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc},
     time::Instant,
 };
-use tonic::transport::{Channel, Uri};
+use tonic::transport::Channel;
 
 use super::batch::BatchItem;
-use crate::protocol::pb::{
-    backend_service_client::BackendServiceClient,
-    batch_backend_service_client::BatchBackendServiceClient,
+use crate::{
+    grpc::GrpcAddr,
+    protocol::pb::{
+        backend_service_client::BackendServiceClient,
+        batch_backend_service_client::BatchBackendServiceClient,
+    },
 };
-
-/// Parses `host:port` or a URL into an endpoint URI (`http://` when no scheme is given).
-pub fn endpoint_uri(addr: &str) -> Result<Uri, String> {
-    let text = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
-    let uri: Uri = text.parse().map_err(|e| format!("{e}"))?;
-    match (uri.host(), uri.port_u16()) {
-        (Some(_), Some(_)) => Ok(uri),
-        _ => Err("needs a host and a port".into()),
-    }
-}
 
 /// One backend endpoint: a lazily connected channel and a circuit breaker.
 pub struct Endpoint {
@@ -47,19 +40,14 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// An endpoint whose channel connects on first use and reconnects by itself.
-    pub fn new(addr: &str, connect_timeout: Duration, max_calls: u32) -> Result<Self, String> {
-        let uri = endpoint_uri(addr)?;
-        let channel = tonic::transport::Endpoint::from(uri)
-            .connect_timeout(connect_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
-        Ok(Self {
-            addr: addr.to_owned(),
-            channel,
+    pub fn new(addr: &GrpcAddr, connect_timeout: Duration, max_calls: u32) -> Self {
+        Self {
+            addr: addr.to_string(),
+            channel: addr.lazy_channel(connect_timeout),
             permits: Arc::new(Semaphore::new(max_calls as usize)),
             failures: AtomicU32::new(0),
             open_until: Mutex::new(None),
-        })
+        }
     }
 
     pub fn client(&self) -> BackendServiceClient<Channel> {
@@ -211,18 +199,15 @@ impl BackendRegistry {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn addresses_are_parsed() {
-        assert!(endpoint_uri("127.0.0.1:9100").is_ok());
-        assert!(endpoint_uri("http://backend.local:80").is_ok());
-        assert!(endpoint_uri("nohost").is_err());
-        assert!(endpoint_uri("bad uri:x").is_err());
+    fn endpoint(addr: &str, max_calls: u32) -> Arc<Endpoint> {
+        let addr = GrpcAddr::parse(addr).expect("addr");
+        Arc::new(Endpoint::new(&addr, Duration::from_secs(1), max_calls))
     }
 
     #[tokio::test]
     async fn circuits_open_after_failures_and_round_robin_skips_them() {
-        let a = Arc::new(Endpoint::new("127.0.0.1:1", Duration::from_secs(1), 10).expect("a"));
-        let b = Arc::new(Endpoint::new("127.0.0.1:2", Duration::from_secs(1), 10).expect("b"));
+        let a = endpoint("127.0.0.1:1", 10);
+        let b = endpoint("127.0.0.1:2", 10);
         let biz = BizBackends::new(1, vec![a.clone(), b.clone()], None);
         let picks: Vec<String> = (0..4).map(|_| addr(biz.pick())).collect();
         assert_eq!(picks, ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:1", "127.0.0.1:2"]);
@@ -245,7 +230,7 @@ mod tests {
 
     #[tokio::test]
     async fn endpoints_at_their_call_limit_are_busy() {
-        let a = Arc::new(Endpoint::new("127.0.0.1:1", Duration::from_secs(1), 1).expect("a"));
+        let a = endpoint("127.0.0.1:1", 1);
         let biz = BizBackends::new(1, vec![a], None);
         let held = biz.pick();
         assert!(matches!(held, Pick::Ready(..)));

@@ -31,7 +31,7 @@ async fn registered(scope: &Scope) -> Vec<NodeEntry> {
 
 /// Waits until `node`'s directory lists `n` live connections of (user, biz).
 async fn await_sessions(node: &TestNode, user: i64, biz: i64, n: usize) {
-    let dir = node.handle.cluster().directory.clone().expect("directory");
+    let dir = node.handle.directory().clone();
     let who = Identity { biz_id: biz, user_id: user };
     crate::assert_within!(
         10,

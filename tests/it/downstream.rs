@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tonic::Code;
 use wsgw::{
     config::{EncryptionAlgorithm, EncryptionConfig},
-    protocol::{BodyCipher, CommandType, Message, Serializer},
+    protocol::{CommandType, Message, Serializer},
 };
 
 use crate::support::{Client, TestNode};
@@ -86,7 +86,7 @@ async fn an_unacknowledged_push_is_given_up_and_counted() {
 async fn encrypted_pushes_are_encrypted_afresh_on_every_retransmission() {
     let config =
         EncryptionConfig { algorithm: EncryptionAlgorithm::AesGcm, key: "0123456789abcdef".into() };
-    let cipher = BodyCipher::from_config(&config).expect("key").expect("on");
+    let cipher = config.cipher().expect("key").expect("on");
     let node = TestNode::builder()
         .config(retrying(100, 5))
         .config(|c| c.protocol.encryption = config.clone())

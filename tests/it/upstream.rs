@@ -6,9 +6,7 @@ use bytes::Bytes;
 use tonic::Code;
 use wsgw::{
     config::{EncryptionAlgorithm, EncryptionConfig},
-    protocol::{
-        BodyCipher, CommandType, ErrorCode, ErrorInfo, Message, Serializer, pb::OnReceiveResponse,
-    },
+    protocol::{CommandType, ErrorCode, ErrorInfo, Message, Serializer, pb::OnReceiveResponse},
 };
 
 use crate::support::{Behaviour, Client, TestBackend, TestNode, dead_addr};
@@ -311,7 +309,7 @@ async fn batching_falls_back_to_single_calls_when_the_backend_lacks_the_batch_se
 async fn encrypted_bodies_round_trip_and_bad_bodies_get_an_error() {
     let config =
         EncryptionConfig { algorithm: EncryptionAlgorithm::ChaCha20Poly1305, key: "k".repeat(32) };
-    let cipher = BodyCipher::from_config(&config).expect("key").expect("on");
+    let cipher = config.cipher().expect("key").expect("on");
     let backend = TestBackend::spawn(BIZ, Behaviour::default()).await;
     let node = TestNode::with_backend(BIZ, backend.addr)
         .config(|c| c.protocol.encryption = config.clone())

@@ -6,6 +6,7 @@ use tokio::{sync::oneshot, task::JoinHandle};
 use wsgw::{
     auth::{self, Identity, TokenSpec},
     config::{BackendConfig, Config, JwtAlgorithm},
+    grpc::GrpcAddr,
     node::{Node, NodeHandle},
     protocol::pb::{PushMessage, PushRequest, push_service_client::PushServiceClient},
 };
@@ -71,7 +72,7 @@ impl TestNode {
             c.upstream.max_backoff = Duration::from_millis(20);
             c.backends.push(BackendConfig {
                 biz_id,
-                endpoints: vec![backend.to_string()],
+                endpoints: vec![GrpcAddr::parse(&backend.to_string()).expect("backend address")],
                 ..BackendConfig::default()
             });
         })

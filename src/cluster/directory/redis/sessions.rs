@@ -1,40 +1,19 @@
-//! The read side for operators: which sessions the directory holds, by user, business or node,
+//! The read side for operators: which sessions the directory holds, by user or business,
 //! on live nodes only.
 
 use std::collections::{BTreeMap, HashSet};
 
 use redis::AsyncCommands;
 
-use super::{Directory, DirectoryError};
-use crate::auth::Identity;
+use super::{DirectoryError, RedisDirectory, SessionEntry, SessionQuery};
 
-/// One connection as the directory knows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SessionEntry {
-    pub node: String,
-    pub conn: u64,
-    pub biz_id: i64,
-    pub user_id: i64,
-    pub since_ms: u64,
-    pub remote: String,
-}
-
-/// Which sessions to list.
-#[derive(Clone, Copy, Debug)]
-pub enum SessionQuery<'a> {
-    User(Identity),
-    Biz(i64),
-    Node(&'a str),
-    All,
-}
-
-impl Directory {
+impl RedisDirectory {
     /// The ids of live nodes (those that refreshed their entry within the TTL).
     pub async fn live_nodes(&self) -> Result<Vec<String>, DirectoryError> {
         let mut redis = self.redis.clone();
         let ids: Vec<String> =
-            self.observe(redis.smembers(self.key(format_args!("nodes"))).await)?;
-        let keys: Vec<String> = ids.iter().map(|n| self.node_key(n)).collect();
+            self.observe(redis.smembers(self.keys.key(format_args!("nodes"))).await)?;
+        let keys: Vec<String> = ids.iter().map(|n| self.keys.node(n)).collect();
         if keys.is_empty() {
             return Ok(ids);
         }
@@ -43,16 +22,13 @@ impl Directory {
     }
 
     /// The sessions matching `query`, on live nodes only, ordered by node and connection.
-    pub async fn sessions(
-        &self,
-        query: SessionQuery<'_>,
-    ) -> Result<Vec<SessionEntry>, DirectoryError> {
+    pub async fn sessions(&self, query: SessionQuery) -> Result<Vec<SessionEntry>, DirectoryError> {
         let live: HashSet<String> = self.live_nodes().await?.into_iter().collect();
         let mut redis = self.redis.clone();
         let mut out = Vec::new();
         if let SessionQuery::User(id) = query {
             let fields: BTreeMap<String, u64> =
-                self.observe(redis.hgetall(self.user_key(id)).await)?;
+                self.observe(redis.hgetall(self.keys.user(id)).await)?;
             for (field, since_ms) in fields {
                 let Some((node, conn)) = field.rsplit_once('|') else { continue };
                 let Ok(conn) = conn.parse() else { continue };
@@ -74,11 +50,8 @@ impl Directory {
         let mut nodes: Vec<&String> = live.iter().collect();
         nodes.sort();
         for node in nodes {
-            if matches!(query, SessionQuery::Node(n) if n != node) {
-                continue;
-            }
             let conns: BTreeMap<u64, String> =
-                self.observe(redis.hgetall(self.conns_key(node)).await)?;
+                self.observe(redis.hgetall(self.keys.conns(node)).await)?;
             for (conn, value) in conns {
                 let Some(e) = parse_conn(node, conn, &value) else { continue };
                 if !matches!(query, SessionQuery::Biz(b) if b != e.biz_id) {
@@ -94,7 +67,7 @@ impl Directory {
         let mut redis = self.redis.clone();
         for e in &mut entries {
             let v: redis::RedisResult<Option<String>> =
-                redis.hget(self.conns_key(&e.node), e.conn).await;
+                redis.hget(self.keys.conns(&e.node), e.conn).await;
             if let Ok(Some(v)) = v
                 && let Some(full) = parse_conn(&e.node, e.conn, &v)
             {

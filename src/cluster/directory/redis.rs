@@ -1,0 +1,703 @@
+//! The session directory and offline inbox in Redis, shared by the nodes of a cluster: which node
+//! holds which connections of which user, and the pushes kept for users with no connection
+//! anywhere.
+//!
+//! Keys (all under `cluster.redis.prefix`, default `wsgw:`):
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `node:{node}` | string, TTL `session_ttl` | `{"grpc":"host:port","ws":"host:port"}`; exists while the node lives |
+//! | `nodes` | set | every node id that registered (the sweep's work list) |
+//! | `user:{biz}:{user}` | hash | `{node}\|{conn}` → connected-at (ms) |
+//! | `conns:{node}` | hash, TTL `session_ttl` | `{conn}` → `{biz}:{user}:{since_ms}:{remote}` |
+//! | `users:{node}` | set | `{biz}:{user}` with a connection on the node (the sweep's index) |
+//! | `inbox:{biz}:{user}` | list, TTL `inbox_ttl` | pushes (JSON) for an offline user, oldest first |
+//!
+//! A node refreshes `node:{node}` every `session_ttl / 3`. Readers only trust entries of live
+//! nodes, so a node that dies stops receiving pushes after one TTL; its entries are then removed by
+//! the surviving nodes (the sweep), so nothing stale stays forever. When the refresh finds its key
+//! gone (Redis restarted, or the node was cut off for longer than the TTL), the node writes its
+//! whole part of the directory again from its live connections.
+//!
+//! Owns: every read and write of these keys. Updates from the connection path are queued without
+//! waiting (bounded by `cluster.redis.queue`) and written in pipelines by one task; a lost update
+//! marks the directory for a rebuild. Routing and storing are single Lua scripts, so a push that
+//! finds a user offline and the user's arrival cannot miss each other. Must never be awaited on a
+//! connection's frame path.
+//!
+//! Building the writer's pipeline ([`build`]) and reading the scripts' replies ([`interpret`],
+//! [`parse_route`]) are pure functions, table-tested without Redis.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use redis::{AsyncCommands, aio::ConnectionManager};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{
+    DirectoryError, DirectoryEvent, DirectoryFuture, Route, SessionDirectory, SessionEntry,
+    SessionQuery,
+};
+use crate::{
+    auth::Identity,
+    links::{Link, LinkRegistry},
+    protocol::pb::PushMessage,
+    telemetry::Metrics,
+};
+
+mod scripts;
+mod sessions;
+
+/// A change of one link; the flag says whether it was the user's first (up) or last (down)
+/// connection on this node.
+enum Update {
+    Up(Arc<Link>, bool),
+    Down(Arc<Link>, bool),
+}
+
+/// The directory's key names (see the table above) as seen from one node.
+struct Keys {
+    prefix: String,
+    node: String,
+}
+
+impl Keys {
+    fn key(&self, parts: std::fmt::Arguments<'_>) -> String {
+        format!("{}{}", self.prefix, parts)
+    }
+
+    fn user(&self, id: Identity) -> String {
+        self.key(format_args!("user:{}:{}", id.biz_id, id.user_id))
+    }
+
+    fn inbox(&self, id: Identity) -> String {
+        self.key(format_args!("inbox:{}:{}", id.biz_id, id.user_id))
+    }
+
+    fn node(&self, node: &str) -> String {
+        self.key(format_args!("node:{node}"))
+    }
+
+    fn conns(&self, node: &str) -> String {
+        self.key(format_args!("conns:{node}"))
+    }
+
+    fn users(&self, node: &str) -> String {
+        self.key(format_args!("users:{node}"))
+    }
+
+    /// A connection's field in its user's hash.
+    fn field(&self, link: &Link) -> String {
+        format!("{}|{}", self.node, link.id)
+    }
+}
+
+/// The Redis session directory of one node.
+pub struct RedisDirectory {
+    redis: ConnectionManager,
+    keys: Keys,
+    node_id: String,
+    node_value: String,
+    ttl: Duration,
+    inbox_max: u32,
+    inbox_ttl: Duration,
+    updates: mpsc::Sender<Update>,
+    healthy: AtomicBool,
+    rebuild: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+/// Where the directory lives and how this node appears in it.
+pub struct DirectorySettings {
+    pub url: String,
+    pub prefix: String,
+    pub node_id: String,
+    pub grpc: String,
+    pub ws: String,
+    pub ttl: Duration,
+    pub inbox_max: u32,
+    pub inbox_ttl: Duration,
+    pub queue: usize,
+}
+
+/// The writer task of a [`RedisDirectory`] (see [`RedisDirectory::new`]).
+pub type DirectoryTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl RedisDirectory {
+    /// The directory (connecting nothing yet) and its writer task, which the caller spawns and
+    /// awaits: it writes queued updates, refreshes this node's entry, sweeps dead nodes and
+    /// reports [`DirectoryEvent`]s on `events` until `stop`, then removes this node's entries.
+    pub fn new(
+        s: DirectorySettings,
+        links: Arc<LinkRegistry>,
+        events: mpsc::Sender<DirectoryEvent>,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+    ) -> Result<(Arc<Self>, DirectoryTask), DirectoryError> {
+        let client = redis::Client::open(s.url.as_str())?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let redis = ConnectionManager::new_lazy_with_config(client, config)?;
+        let (updates, rx) = mpsc::channel(s.queue);
+        let node_value = serde_json::json!({ "grpc": s.grpc, "ws": s.ws }).to_string();
+        let dir = Arc::new(Self {
+            redis,
+            keys: Keys { prefix: s.prefix, node: s.node_id.clone() },
+            node_id: s.node_id,
+            node_value,
+            ttl: s.ttl,
+            inbox_max: s.inbox_max,
+            inbox_ttl: s.inbox_ttl,
+            updates,
+            healthy: AtomicBool::new(false),
+            rebuild: AtomicBool::new(true),
+            metrics,
+        });
+        let task = Box::pin(dir.clone().run(rx, links, events, stop));
+        Ok((dir, task))
+    }
+
+    fn observe<T>(&self, r: redis::RedisResult<T>) -> Result<T, DirectoryError> {
+        let ok = r.is_ok();
+        if self.healthy.swap(ok, Ordering::Relaxed) != ok {
+            self.metrics.dependency("redis", ok);
+            match &r {
+                Ok(_) => info!("session directory (redis) reachable"),
+                Err(e) => warn!(error = %e, "session directory (redis) unreachable"),
+            }
+        }
+        if !ok {
+            self.metrics.cluster_event("redis", "error");
+        }
+        r.map_err(DirectoryError::from)
+    }
+
+    fn enqueue(&self, update: Update) {
+        if self.updates.try_send(update).is_err() {
+            self.metrics.cluster_event("redis", "update_dropped");
+            self.rebuild.store(true, Ordering::Relaxed);
+        }
+    }
+
+    async fn route(&self, msg: &PushMessage) -> Result<Route, DirectoryError> {
+        let id = Identity { biz_id: msg.biz_id, user_id: msg.receiver_id };
+        let json = serde_json::to_string(msg).unwrap_or_default();
+        let r: redis::RedisResult<Vec<String>> = redis::cmd("EVAL")
+            .arg(scripts::ROUTE)
+            .arg(2)
+            .arg(self.keys.user(id))
+            .arg(self.keys.inbox(id))
+            .arg(&self.keys.prefix)
+            .arg(json)
+            .arg(self.inbox_max)
+            .arg(self.inbox_ttl.as_millis() as u64)
+            .query_async(&mut self.redis.clone())
+            .await;
+        let route = parse_route(self.observe(r)?);
+        if route == Route::Stored {
+            self.metrics.cluster_event("redis", "inbox_stored");
+        }
+        Ok(route)
+    }
+
+    async fn store(&self, msg: &PushMessage) -> Result<(), DirectoryError> {
+        let id = Identity { biz_id: msg.biz_id, user_id: msg.receiver_id };
+        let key = self.keys.inbox(id);
+        let json = serde_json::to_string(msg).unwrap_or_default();
+        let r: redis::RedisResult<()> = redis::pipe()
+            .rpush(&key, json)
+            .ignore()
+            .ltrim(&key, -(self.inbox_max as isize), -1)
+            .ignore()
+            .pexpire(&key, self.inbox_ttl.as_millis() as i64)
+            .ignore()
+            .query_async(&mut self.redis.clone())
+            .await;
+        self.observe(r)?;
+        self.metrics.cluster_event("redis", "inbox_stored");
+        Ok(())
+    }
+
+    /// Writes queued updates, refreshes this node's entry and sweeps dead nodes until `stop`.
+    async fn run(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<Update>,
+        links: Arc<LinkRegistry>,
+        events: mpsc::Sender<DirectoryEvent>,
+        stop: CancellationToken,
+    ) {
+        let mut refresh = tokio::time::interval(self.ttl / 3);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut sweeps = 0u32;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                n = rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 { break }
+                    self.write(&mut batch, &events).await;
+                }
+                _ = refresh.tick() => {
+                    self.refresh(&links).await;
+                    sweeps += 1;
+                    if sweeps.is_multiple_of(3) {
+                        let _ = self.sweep_dead().await;
+                    }
+                }
+            }
+        }
+        // Leaving: write what is queued, then remove this node's entries.
+        rx.close();
+        while rx.recv_many(&mut batch, BATCH).await > 0 {
+            self.write(&mut batch, &events).await;
+        }
+        if let Err(e) = self.leave().await {
+            warn!(error = %e, "could not remove this node from the session directory");
+        }
+    }
+
+    async fn write(&self, batch: &mut Vec<Update>, events: &mpsc::Sender<DirectoryEvent>) {
+        let pipe = build(&self.keys, batch);
+        let r: redis::RedisResult<Vec<Vec<String>>> =
+            pipe.query_async(&mut self.redis.clone()).await;
+        let replies = self.observe(r).ok();
+        if replies.is_none() {
+            self.rebuild.store(true, Ordering::Relaxed);
+        }
+        for event in interpret(batch.drain(..), replies) {
+            match event {
+                DirectoryEvent::Inbox(msgs) => {
+                    self.metrics.cluster_events("redis", "inbox_delivered", msgs.len() as u64);
+                    let _ = events.send(DirectoryEvent::Inbox(msgs)).await;
+                }
+                presence => {
+                    let _ = events.try_send(presence);
+                }
+            }
+        }
+    }
+
+    /// Refreshes this node's entry; rebuilds its part of the directory when the entry was gone
+    /// or updates were lost.
+    async fn refresh(&self, links: &LinkRegistry) {
+        let ttl = self.ttl.as_millis() as u64;
+        let r: redis::RedisResult<(Option<String>,)> = redis::pipe()
+            .cmd("SET")
+            .arg(self.keys.node(&self.node_id))
+            .arg(&self.node_value)
+            .arg("XX")
+            .arg("PX")
+            .arg(ttl)
+            .pexpire(self.keys.conns(&self.node_id), ttl as i64)
+            .ignore()
+            .query_async(&mut self.redis.clone())
+            .await;
+        let Ok((set,)) = self.observe(r) else { return };
+        if (set.is_none() || self.rebuild.swap(false, Ordering::Relaxed))
+            && let Err(e) = self.rebuild(links).await
+        {
+            self.rebuild.store(true, Ordering::Relaxed);
+            warn!(error = %e, "could not rebuild this node's directory entries");
+        }
+    }
+
+    /// Writes this node's entry and every live connection, then removes entries of connections
+    /// that are gone.
+    async fn rebuild(&self, links: &LinkRegistry) -> Result<(), DirectoryError> {
+        let ttl = self.ttl.as_millis() as u64;
+        let mut redis = self.redis.clone();
+        let r: redis::RedisResult<()> = redis::pipe()
+            .cmd("SET")
+            .arg(self.keys.node(&self.node_id))
+            .arg(&self.node_value)
+            .arg("PX")
+            .arg(ttl)
+            .ignore()
+            .sadd(self.keys.key(format_args!("nodes")), &self.node_id)
+            .ignore()
+            .query_async(&mut redis)
+            .await;
+        self.observe(r)?;
+        let all = links.all();
+        let mut keep = HashSet::with_capacity(all.len());
+        for chunk in all.chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            for link in chunk {
+                let id = link.identity;
+                let since = millis(link.connected_at);
+                keep.insert(self.keys.field(link));
+                pipe.hset(self.keys.user(id), self.keys.field(link), since).ignore();
+                pipe.hset(self.keys.conns(&self.node_id), link.id, conn_value(link, since))
+                    .ignore();
+                pipe.sadd(self.keys.users(&self.node_id), format!("{}:{}", id.biz_id, id.user_id))
+                    .ignore();
+            }
+            pipe.pexpire(self.keys.conns(&self.node_id), ttl as i64).ignore();
+            let r: redis::RedisResult<()> = pipe.query_async(&mut redis).await;
+            self.observe(r)?;
+        }
+        let removed = self.sweep(&self.node_id, Some(&keep)).await?;
+        info!(
+            connections = all.len(),
+            stale_removed = removed,
+            "session directory rebuilt for this node"
+        );
+        self.metrics.cluster_event("redis", "rebuilt");
+        Ok(())
+    }
+
+    /// Removes the entries of nodes whose entry expired (one sweeper per dead node at a time).
+    async fn sweep_dead(&self) -> Result<(), DirectoryError> {
+        let mut redis = self.redis.clone();
+        let nodes_key = self.keys.key(format_args!("nodes"));
+        let ids: Vec<String> = self.observe(redis.smembers(&nodes_key).await)?;
+        for id in ids.into_iter().filter(|id| *id != self.node_id) {
+            let alive: bool = self.observe(redis.exists(self.keys.node(&id)).await)?;
+            if alive {
+                continue;
+            }
+            let lock = self.keys.key(format_args!("sweep:{id}"));
+            let got: Option<String> = self.observe(
+                redis::cmd("SET")
+                    .arg(&lock)
+                    .arg(&self.node_id)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(60_000)
+                    .query_async(&mut redis)
+                    .await,
+            )?;
+            if got.is_none() {
+                continue;
+            }
+            let removed = self.sweep(&id, None).await?;
+            let r: redis::RedisResult<()> = redis::pipe()
+                .del(self.keys.users(&id))
+                .ignore()
+                .del(self.keys.conns(&id))
+                .ignore()
+                .srem(&nodes_key, &id)
+                .ignore()
+                .query_async(&mut redis)
+                .await;
+            self.observe(r)?;
+            info!(node = %id, sessions = removed, "removed a dead node from the session directory");
+            self.metrics.cluster_event("redis", "node_swept");
+        }
+        Ok(())
+    }
+
+    /// Removes `node`'s fields from its users' hashes, except those in `keep`. Returns how many.
+    async fn sweep(
+        &self,
+        node: &str,
+        keep: Option<&HashSet<String>>,
+    ) -> Result<usize, DirectoryError> {
+        let mut redis = self.redis.clone();
+        let users: Vec<String> = self.observe(redis.smembers(self.keys.users(node)).await)?;
+        let prefix = format!("{node}|");
+        let mut removed = 0;
+        for chunk in users.chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            for u in chunk {
+                pipe.hkeys(self.keys.key(format_args!("user:{u}")));
+            }
+            let fields: Vec<Vec<String>> = self.observe(pipe.query_async(&mut redis).await)?;
+            let mut del = redis::pipe();
+            for (u, fields) in chunk.iter().zip(fields) {
+                let (kept, stale): (Vec<String>, Vec<String>) = fields
+                    .into_iter()
+                    .filter(|f| f.starts_with(&prefix))
+                    .partition(|f| keep.is_some_and(|k| k.contains(f)));
+                if !stale.is_empty() {
+                    removed += stale.len();
+                    del.hdel(self.keys.key(format_args!("user:{u}")), stale).ignore();
+                }
+                if keep.is_some() && kept.is_empty() {
+                    del.srem(self.keys.users(node), u).ignore();
+                }
+            }
+            let r: redis::RedisResult<()> = del.query_async(&mut redis).await;
+            self.observe(r)?;
+        }
+        Ok(removed)
+    }
+
+    /// Removes this node and every one of its entries (graceful shutdown).
+    async fn leave(&self) -> Result<(), DirectoryError> {
+        self.sweep(&self.node_id, Some(&HashSet::new())).await?;
+        let mut redis = self.redis.clone();
+        let r: redis::RedisResult<()> = redis::pipe()
+            .del(self.keys.node(&self.node_id))
+            .ignore()
+            .del(self.keys.users(&self.node_id))
+            .ignore()
+            .del(self.keys.conns(&self.node_id))
+            .ignore()
+            .srem(self.keys.key(format_args!("nodes")), &self.node_id)
+            .ignore()
+            .query_async(&mut redis)
+            .await;
+        self.observe(r).map(|_| ())
+    }
+}
+
+impl SessionDirectory for RedisDirectory {
+    fn connected(&self, link: &Arc<Link>, first: bool) {
+        self.enqueue(Update::Up(link.clone(), first));
+    }
+
+    fn disconnected(&self, link: &Arc<Link>, last: bool) {
+        self.enqueue(Update::Down(link.clone(), last));
+    }
+
+    fn route<'a>(&'a self, msg: &'a PushMessage) -> DirectoryFuture<'a, Route> {
+        Box::pin(RedisDirectory::route(self, msg))
+    }
+
+    fn store<'a>(&'a self, msg: &'a PushMessage) -> DirectoryFuture<'a, bool> {
+        Box::pin(async move { RedisDirectory::store(self, msg).await.map(|()| true) })
+    }
+
+    fn sessions(&self, query: SessionQuery) -> DirectoryFuture<'_, Vec<SessionEntry>> {
+        Box::pin(RedisDirectory::sessions(self, query))
+    }
+
+    fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// One pipeline of CONNECT / DISCONNECT scripts for `batch`, in order.
+fn build(keys: &Keys, batch: &[Update]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for u in batch {
+        match u {
+            Update::Up(link, _) => {
+                let id = link.identity;
+                let since = millis(link.connected_at);
+                pipe.cmd("EVAL")
+                    .arg(scripts::CONNECT)
+                    .arg(4)
+                    .arg(keys.user(id))
+                    .arg(keys.conns(&keys.node))
+                    .arg(keys.users(&keys.node))
+                    .arg(keys.inbox(id))
+                    .arg(keys.field(link))
+                    .arg(since)
+                    .arg(link.id)
+                    .arg(conn_value(link, since))
+                    .arg(format!("{}:{}", id.biz_id, id.user_id));
+            }
+            Update::Down(link, last) => {
+                let id = link.identity;
+                let user = match last {
+                    true => format!("{}:{}", id.biz_id, id.user_id),
+                    false => String::new(),
+                };
+                pipe.cmd("EVAL")
+                    .arg(scripts::DISCONNECT)
+                    .arg(3)
+                    .arg(keys.user(id))
+                    .arg(keys.conns(&keys.node))
+                    .arg(keys.users(&keys.node))
+                    .arg(keys.field(link))
+                    .arg(link.id)
+                    .arg(user);
+            }
+        }
+    }
+    pipe
+}
+
+/// What the scripts' replies to `batch` mean. Each reply starts with the user's connection count
+/// across the cluster after the update; a CONNECT reply then lists the inbox it drained (JSON
+/// pushes, oldest first). `None`: the pipeline failed, and presence follows this node's own view.
+fn interpret(
+    batch: impl IntoIterator<Item = Update>,
+    replies: Option<Vec<Vec<String>>>,
+) -> Vec<DirectoryEvent> {
+    let Some(replies) = replies else {
+        return batch
+            .into_iter()
+            .filter_map(|u| match u {
+                Update::Up(l, true) => Some(DirectoryEvent::Online(l.identity)),
+                Update::Down(l, true) => Some(DirectoryEvent::Offline(l.identity)),
+                _ => None,
+            })
+            .collect();
+    };
+    let mut events = Vec::new();
+    for (u, reply) in batch.into_iter().zip(replies) {
+        let count: u64 = reply.first().and_then(|c| c.parse().ok()).unwrap_or(0);
+        match u {
+            Update::Up(link, _) => {
+                if count == 1 {
+                    events.push(DirectoryEvent::Online(link.identity));
+                }
+                let msgs: Vec<PushMessage> =
+                    reply.iter().skip(1).filter_map(|j| serde_json::from_str(j).ok()).collect();
+                if !msgs.is_empty() {
+                    events.push(DirectoryEvent::Inbox(msgs));
+                }
+            }
+            Update::Down(link, _) if count == 0 => {
+                events.push(DirectoryEvent::Offline(link.identity));
+            }
+            Update::Down(..) => {}
+        }
+    }
+    events
+}
+
+/// The ROUTE script's reply: pairs of (live node id, its `node:` value), or nothing when the push
+/// was stored in the inbox.
+fn parse_route(flat: Vec<String>) -> Route {
+    if flat.is_empty() {
+        return Route::Stored;
+    }
+    let nodes = flat
+        .chunks_exact(2)
+        .map(|p| {
+            let grpc = serde_json::from_str::<serde_json::Value>(&p[1])
+                .ok()
+                .and_then(|v| v.get("grpc")?.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            (p[0].clone(), grpc)
+        })
+        .collect();
+    Route::Nodes(nodes)
+}
+
+const BATCH: usize = 512;
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn conn_value(link: &Link, since: u64) -> String {
+    format!("{}:{}:{}:{}", link.identity.biz_id, link.identity.user_id, since, link.remote)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(biz_id: i64, user_id: i64) -> Identity {
+        Identity { biz_id, user_id }
+    }
+
+    fn links() -> (Arc<LinkRegistry>, impl FnMut(Identity) -> Arc<Link>) {
+        let registry = Arc::new(LinkRegistry::new(100));
+        let reg = registry.clone();
+        let addr = "127.0.0.1:1".parse().expect("addr");
+        (registry, move |id| reg.insert(id, addr, 1024).0)
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn push_json(key: &str) -> String {
+        let msg = PushMessage { key: key.into(), biz_id: 9, receiver_id: 1, body: vec![1].into() };
+        serde_json::to_string(&msg).expect("json")
+    }
+
+    #[test]
+    fn connect_and_disconnect_replies_become_presence_and_inbox_events() {
+        let (_keep, mut link) = links();
+        let (a, b) = (link(who(9, 1)), link(who(9, 2)));
+        let batch = vec![
+            Update::Up(a.clone(), true),
+            Update::Up(b.clone(), true),
+            Update::Down(a.clone(), true),
+            Update::Down(b.clone(), true),
+        ];
+        let replies = vec![
+            // a: first connection cluster-wide, with two pushes in the inbox (and one bad one).
+            strings(&["1", &push_json("k1"), "not json", &push_json("k2")]),
+            // b: already connected elsewhere: no presence change.
+            strings(&["2"]),
+            // a leaves and nobody holds them any more; b leaves but another connection stays.
+            strings(&["0"]),
+            strings(&["1"]),
+        ];
+        let events = interpret(batch, Some(replies));
+        let keys = |e: &DirectoryEvent| match e {
+            DirectoryEvent::Inbox(m) => m.iter().map(|m| m.key.clone()).collect(),
+            _ => Vec::new(),
+        };
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert_eq!(events[0], DirectoryEvent::Online(who(9, 1)));
+        assert_eq!(keys(&events[1]), ["k1", "k2"], "oldest first, bad entries skipped");
+        assert_eq!(events[2], DirectoryEvent::Offline(who(9, 1)));
+    }
+
+    #[test]
+    fn short_or_garbled_replies_never_panic() {
+        let (_keep, mut link) = links();
+        let a = link(who(9, 1));
+        let batch = vec![Update::Up(a.clone(), false), Update::Down(a.clone(), false)];
+        let events = interpret(batch, Some(vec![Vec::new()]));
+        assert!(events.is_empty(), "an empty reply counts as 0 for an Up: {events:?}");
+        let batch = vec![Update::Down(a.clone(), false)];
+        assert_eq!(
+            interpret(batch, Some(vec![strings(&["x"])])),
+            [DirectoryEvent::Offline(who(9, 1))]
+        );
+    }
+
+    #[test]
+    fn without_replies_presence_follows_this_nodes_view() {
+        let (_keep, mut link) = links();
+        let (a, b) = (link(who(9, 1)), link(who(9, 2)));
+        let batch = vec![
+            Update::Up(a.clone(), true),
+            Update::Up(b.clone(), false),
+            Update::Down(b.clone(), true),
+        ];
+        let events = interpret(batch, None);
+        assert_eq!(events, [DirectoryEvent::Online(who(9, 1)), DirectoryEvent::Offline(who(9, 2))]);
+    }
+
+    #[test]
+    fn route_replies_name_live_nodes_or_mean_stored() {
+        assert_eq!(parse_route(Vec::new()), Route::Stored);
+        let flat = strings(&[
+            "n1",
+            r#"{"grpc":"10.0.0.1:9004","ws":"10.0.0.1:9002"}"#,
+            "n2",
+            "garbled",
+            "odd one out",
+        ]);
+        let want = vec![("n1".into(), "10.0.0.1:9004".into()), ("n2".into(), String::new())];
+        assert_eq!(parse_route(flat), Route::Nodes(want));
+    }
+
+    #[test]
+    fn the_pipeline_has_one_script_per_update_in_order() {
+        let (_keep, mut link) = links();
+        let a = link(who(9, 1));
+        let keys = Keys { prefix: "p:".into(), node: "n1".into() };
+        let pipe = build(&keys, &[Update::Up(a.clone(), true), Update::Down(a.clone(), true)]);
+        let cmds: Vec<Vec<u8>> = pipe.cmd_iter().map(|c| c.get_packed_command()).collect();
+        assert_eq!(cmds.len(), 2);
+        let text = |c: &[u8]| String::from_utf8_lossy(c).into_owned();
+        assert!(
+            text(&cmds[0]).contains(scripts::CONNECT) && text(&cmds[0]).contains("p:inbox:9:1")
+        );
+        assert!(text(&cmds[1]).contains(scripts::DISCONNECT));
+        assert!(text(&cmds[1]).contains(&format!("n1|{}", a.id)), "the link's field");
+    }
+}
