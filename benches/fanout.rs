@@ -25,7 +25,6 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage, protocol::WebSocketConfig};
 use wsgw::{
     auth::{self, Identity, TokenSpec},
-    config::JwtAlgorithm,
     loadtest::rss_of,
     protocol::{
         Message, Serializer, pb::BroadcastRequest, pb::push_service_client::PushServiceClient,
@@ -202,13 +201,7 @@ fn sequence(frame: &WsMessage) -> Option<usize> {
 }
 
 fn token(secret: &str, user_id: i64) -> String {
-    let spec = TokenSpec {
-        identity: Identity { biz_id: 9999, user_id },
-        ttl: Duration::from_secs(3600),
-        issuer: None,
-        audience: None,
-        algorithm: JwtAlgorithm::HS256,
-    };
+    let spec = TokenSpec::hs256(Identity { biz_id: 9999, user_id }, Duration::from_secs(3600));
     auth::mint(&spec, secret.as_bytes()).expect("mint")
 }
 

@@ -74,13 +74,8 @@ async fn measure(
 ) -> Result {
     let mut child = Guard(spawn(port).expect("start server"));
     let url = |user: usize| {
-        let spec = TokenSpec {
-            identity: Identity { biz_id: 9999, user_id: user as i64 + 1 },
-            ttl: Duration::from_secs(3600),
-            issuer: None,
-            audience: None,
-            algorithm: wsgw::config::JwtAlgorithm::HS256,
-        };
+        let who = Identity { biz_id: 9999, user_id: user as i64 + 1 };
+        let spec = TokenSpec::hs256(who, Duration::from_secs(3600));
         let token = auth::mint(&spec, SECRET.as_bytes()).expect("mint");
         format!("ws://127.0.0.1:{port}/?token={token}")
     };

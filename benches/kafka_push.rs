@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use wsgw::{
     auth::{self, Identity, TokenSpec},
-    config::{Config, JwtAlgorithm},
+    config::Config,
     node::Node,
     protocol::{CommandType, Message, Serializer},
 };
@@ -191,13 +191,7 @@ async fn node(o: &Opts, tag: &str, id: &str, topic: &str) -> std::net::SocketAdd
 }
 
 async fn connect(addr: std::net::SocketAddr, user: i64, sink: Arc<Sink>) {
-    let spec = TokenSpec {
-        identity: Identity { biz_id: BIZ, user_id: user },
-        ttl: Duration::from_secs(3600),
-        issuer: None,
-        audience: None,
-        algorithm: JwtAlgorithm::HS256,
-    };
+    let spec = TokenSpec::hs256(Identity { biz_id: BIZ, user_id: user }, Duration::from_secs(3600));
     let token = auth::mint(&spec, SECRET.as_bytes()).expect("token");
     let (ws, _) =
         tokio_tungstenite::connect_async(format!("ws://{addr}/?token={token}")).await.expect("ws");

@@ -4,6 +4,7 @@
 //! Exit codes: 0 closed at least one connection; 1 the user had none; 2 a node could not be
 //! reached or refused.
 
+use crate::exit;
 use std::process::ExitCode;
 
 use wsgw::protocol::admin_pb::KickRequest;
@@ -61,5 +62,5 @@ async fn kick(args: Args) -> Result<ExitCode, ExitCode> {
             per_node.len()
         );
     }
-    Ok(if closed > 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(exit::yes_or_no(closed > 0))
 }

@@ -4,6 +4,7 @@
 //! Exit codes: 0 all connections opened and no errors; 1 some connections failed or errors
 //! were answered; 2 bad arguments or no connection at all.
 
+use crate::exit;
 use std::{
     io::IsTerminal, net::IpAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration,
 };
@@ -158,11 +159,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn exit_code(report: &Report) -> ExitCode {
     let c = &report.connections;
     if c.opened == 0 {
-        return ExitCode::from(2);
+        return exit::failed();
     }
     let errors =
         report.upstream.errors.values().sum::<u64>() + report.push.errors.values().sum::<u64>();
-    if c.opened < c.target || errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    exit::yes_or_no(c.opened >= c.target && errors == 0)
 }
 
 fn plan(args: &Args) -> anyhow::Result<Plan> {

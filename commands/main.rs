@@ -2,6 +2,7 @@
 //! Every subcommand owns its options and a `run` that returns the process exit code.
 
 mod alert_webhook;
+mod exit;
 mod generate;
 mod kick;
 mod loadtest;
@@ -57,6 +58,6 @@ fn main() -> ExitCode {
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
-        ExitCode::FAILURE
+        exit::no()
     })
 }

@@ -1,11 +1,9 @@
 //! The flags every operator subcommand shares: which node(s) to talk to, and the token.
 
+use crate::exit;
 use std::process::ExitCode;
 
 use wsgw::admin::client::{self, NodeClient, Target};
-
-/// Exit code when a node could not be reached or refused the call.
-pub const FAILED: u8 = 2;
 
 /// Which node(s): one address, or every node registered in etcd.
 #[derive(clap::Args, Clone)]
@@ -58,7 +56,7 @@ impl NodeArgs {
     pub async fn clients(&self) -> Result<Vec<NodeClient>, ExitCode> {
         client::nodes(&self.target(), &self.token).await.map_err(|e| {
             eprintln!("error: {e}");
-            ExitCode::from(FAILED)
+            exit::failed()
         })
     }
 }
@@ -66,5 +64,5 @@ impl NodeArgs {
 /// Prints a failed call and returns the failure exit code.
 pub fn failed(node: &NodeClient, status: &tonic::Status) -> ExitCode {
     eprintln!("error: {} ({}): {:?}: {}", node.name, node.addr, status.code(), status.message());
-    ExitCode::from(FAILED)
+    exit::failed()
 }

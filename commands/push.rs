@@ -8,6 +8,7 @@
 //! connection, single node; or a broadcast reached nobody); 2 refused or failed (bad arguments,
 //! wrong token, node unreachable, overloaded).
 
+use crate::exit;
 use std::{io::Read as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use crate::nodes::TargetArgs;
@@ -51,9 +52,6 @@ pub struct Args {
     text: Option<String>,
 }
 
-const NOT_DELIVERED: u8 = 1;
-const FAILED: u8 = 2;
-
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let body = body(&args)?;
     let key = args.key.clone().unwrap_or_else(random_key);
@@ -83,7 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match result {
         Err(_) => {
             eprintln!("error: no answer within {:?}", args.timeout);
-            Ok(ExitCode::from(FAILED))
+            Ok(exit::failed())
         }
         Ok(Ok((0, true))) => {
             println!(
@@ -93,7 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Ok(Ok((0, false))) => {
             eprintln!("not delivered: no connection of {who}");
-            Ok(ExitCode::from(NOT_DELIVERED))
+            Ok(exit::no())
         }
         Ok(Ok((n, stored))) => {
             let also = if stored { " (and kept for a device on an unreachable node)" } else { "" };
@@ -102,23 +100,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Ok(Err(PushFailure::Status(s))) if s.code() == Code::NotFound => {
             eprintln!("not delivered: {}", s.message());
-            Ok(ExitCode::from(NOT_DELIVERED))
+            Ok(exit::no())
         }
         Ok(Err(PushFailure::Status(s))) => {
             eprintln!("error: push refused ({:?}): {}", s.code(), s.message());
-            Ok(ExitCode::from(FAILED))
+            Ok(exit::failed())
         }
         Ok(Err(PushFailure::Connect(e))) => {
             eprintln!("error: cannot reach the node: {e}");
-            Ok(ExitCode::from(FAILED))
+            Ok(exit::failed())
         }
         Ok(Err(PushFailure::Registry(e))) => {
             eprintln!("error: node registry (etcd): {e}");
-            Ok(ExitCode::from(FAILED))
+            Ok(exit::failed())
         }
         Ok(Err(PushFailure::Grpc(e))) => {
             eprintln!("error: {e}");
-            Ok(ExitCode::from(FAILED))
+            Ok(exit::failed())
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Signals: the first SIGTERM or SIGINT drains the node gracefully (exit 0 when done); a second
 //! one exits at once (exit 130).
 
+use crate::exit;
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
@@ -25,15 +26,12 @@ pub struct Args {
     check: bool,
 }
 
-/// Exit code for an invalid configuration.
-const EXIT_CONFIG: u8 = 2;
-
 pub fn run(args: Args, log_format: Option<LogFormat>) -> anyhow::Result<ExitCode> {
     let config = match config::load_from_env(args.config.as_deref()) {
         Ok(config) => config,
         Err(e @ ConfigError::Invalid(_)) => {
             eprintln!("{e}");
-            return Ok(ExitCode::from(EXIT_CONFIG));
+            return Ok(exit::failed());
         }
         Err(e) => return Err(e.into()),
     };

@@ -33,7 +33,7 @@ use crate::{
         pb::{self, NodeList},
     },
     shutdown::{Lifecycle, Phase},
-    telemetry::{Metrics, Totals},
+    telemetry::{ClusterEvent, Metrics, Totals},
     upstream::Upstream,
     wire::Wire,
 };
@@ -271,7 +271,7 @@ impl AdminService for AdminApi {
                 closed += 1;
             }
         }
-        self.node.metrics.cluster_events("admin", "kicked", u64::from(closed));
+        self.node.metrics.cluster_events(ClusterEvent::Kicked, u64::from(closed));
         Ok(Response::new(KickResponse { closed }))
     }
 
@@ -296,7 +296,7 @@ impl AdminService for AdminApi {
         let body = self.node.wire.serializer.encode(&NodeList { nodes: targets.clone() });
         let frame = self.node.wire.frame(&Message { cmd, key: String::new(), body });
         let redirected = all.iter().filter(|l| l.redirect(frame.clone())).take(n).count() as u32;
-        self.node.metrics.cluster_events("admin", "redirected", u64::from(redirected));
+        self.node.metrics.cluster_events(ClusterEvent::Redirected, u64::from(redirected));
         Ok(Response::new(RedirectResponse { redirected, targets }))
     }
 

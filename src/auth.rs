@@ -167,6 +167,13 @@ pub struct TokenSpec {
     pub algorithm: JwtAlgorithm,
 }
 
+impl TokenSpec {
+    /// An HS256 token for `identity`, valid for `ttl`, without issuer or audience.
+    pub fn hs256(identity: Identity, ttl: Duration) -> Self {
+        Self { identity, ttl, issuer: None, audience: None, algorithm: JwtAlgorithm::HS256 }
+    }
+}
+
 #[derive(Serialize)]
 struct MintClaims<'a> {
     user_id: i64,

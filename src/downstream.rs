@@ -31,7 +31,7 @@ use crate::{
     links::LinkRegistry,
     protocol::{CommandType, Message, pb::PushMessage},
     push::PushError,
-    telemetry::Metrics,
+    telemetry::{Metrics, PushEvent},
     wire::Wire,
 };
 
@@ -123,7 +123,7 @@ impl Downstream {
         let track = (identity, key);
         let already = self.pending.contains_key(&track);
         if !already && self.pending.len() >= self.config.max_pending {
-            self.metrics.push_event("refused");
+            self.metrics.push_event(PushEvent::Refused);
             return Err(PushError::Overloaded(self.config.max_pending));
         }
         // Tracked before it is sent: the client's ACK may arrive before `deliver` returns.
@@ -139,10 +139,10 @@ impl Downstream {
         }
         self.metrics.pushes_pending.set(self.pending.len() as i64);
         if delivered == 0 {
-            self.metrics.push_event("not_connected");
+            self.metrics.push_event(PushEvent::NotConnected);
             return Err(PushError::NotConnected { biz: identity.biz_id, user: identity.user_id });
         }
-        self.metrics.push_event("delivered");
+        self.metrics.push_event(PushEvent::Delivered);
         Ok(delivered)
     }
 
@@ -173,14 +173,14 @@ impl Downstream {
                 batch.send(link);
             }
         });
-        self.metrics.push_event("broadcast");
+        self.metrics.push_event(PushEvent::Broadcast);
         batch.finish() as usize
     }
 
     /// The user acknowledged `key` (from any of their connections).
     pub fn acked(&self, identity: Identity, key: String) {
         if self.pending.remove(&(identity, key)).is_some() {
-            self.metrics.push_event("acked");
+            self.metrics.push_event(PushEvent::Acked);
             self.metrics.pushes_pending.set(self.pending.len() as i64);
         }
     }
@@ -219,12 +219,12 @@ impl Downstream {
             };
             match step {
                 Some(body) => {
-                    self.metrics.push_event("retried");
+                    self.metrics.push_event(PushEvent::Retried);
                     self.deliver(&track, &body);
                 }
                 None => {
                     self.pending.remove(&track);
-                    self.metrics.push_event("given_up");
+                    self.metrics.push_event(PushEvent::GivenUp);
                     let (identity, key) = &track;
                     warn!(biz = identity.biz_id, user = identity.user_id, key = %key,
                         retries = max_retries, "push never acknowledged; giving up");

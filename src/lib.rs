@@ -1,31 +1,32 @@
 //! wsgw — a WebSocket gateway between many long-lived client connections and gRPC business
 //! backends.
 //!
-//! Map of the crate (dependencies point downwards):
+//! Map of the crate, top to bottom (dependencies point downwards; `tests/it/layers.rs` checks
+//! it, ARCHITECTURE.md explains it):
 //!
-//! - [`node`] — wiring and lifecycle of one gateway node: bind, serve, drain. The only place that
-//!   knows every other module.
-//! - [`gateway`] — the connection layer: listener, handshake, the per-connection task and the
-//!   registry of live links.
-//! - [`upstream`] — client messages to gRPC backends (dedup, batching, retries, circuits).
+//! - [`node`] — builds and wires one gateway node and owns its lifecycle: bind, serve, drain.
+//!   The only place that knows every other module.
+//! - [`gateway`] — the connection layer: listener, handshake, the per-connection task.
 //! - [`admin`] — the admin gRPC API (stats, sessions, kick, redirect, drain) and the client
-//!   helpers the operator subcommands use.
-//! - [`cluster`] — Redis session directory and offline inbox, etcd node registry and backend
-//!   discovery, Kafka push ingestion and presence events. All optional.
+//!   helpers the operator subcommands use. [`governor`] — `/health`, `/ready`, `/metrics`.
 //! - [`routing`] — where a push goes (this node, peers, the offline inbox), and the gRPC
 //!   `PushService` / node-to-node `NodeService` that take pushes in.
+//! - [`upstream`] — client messages to gRPC backends (dedup, batching, retries, circuits).
 //! - [`downstream`] — pushes to every connection of a user on this node, retransmitted until
 //!   acknowledged.
 //! - [`wire`] — encoding, body encryption and counting of every outgoing message.
-//! - [`loadtest`] — the load generator of `wsgw loadtest` (a client of the public contracts).
-//! - [`governor`] — the operator HTTP endpoint: `/health`, `/ready`, `/metrics`.
 //! - [`links`] — the registry of live connections and their bounded outbound queues.
-//! - [`auth`] — JWT verification (and minting, for `wsgw token`).
-//! - [`protocol`] — the `gatewayapi.v1` messages and the JSON / protobuf serializers. Pure.
-//! - [`grpc`] — gRPC client plumbing: validated addresses, channels, the bearer token.
+//! - [`cluster`] — adapters below the domain: the session directory (Redis, or in memory for a
+//!   single node) and offline inbox, the etcd registry and backend discovery, Kafka ingestion
+//!   and presence.
+//! - [`push`] — the narrow interface ingestion sources hand pushes to ([`push::PushSink`]).
+//! - [`auth`] — JWT verification (and minting, for `wsgw token`); the gRPC bearer check.
+//! - [`telemetry`] — metrics (names and typed event labels) and logging set-up.
 //! - [`config`] — the config file, environment overrides and validation.
-//! - [`telemetry`] — metrics and logging set-up.
-//! - [`shutdown`] — the node's phase (starting, running, draining, stopped).
+//! - [`grpc`] — gRPC client plumbing: validated addresses, channels, the bearer token.
+//! - [`protocol`] — the `gatewayapi.v1` messages and the JSON / protobuf serializers. Pure.
+//! - [`shutdown`] — the node's lifecycle: phase and drain stages.
+//! - [`loadtest`] — the load generator of `wsgw loadtest` (a client of the public contracts).
 
 pub mod admin;
 pub mod auth;

@@ -20,7 +20,6 @@ pub use stats::{Report, Stats, rss_of};
 
 use crate::{
     auth::{self, Identity, TokenSpec},
-    config::JwtAlgorithm,
     protocol::Serializer,
 };
 
@@ -165,13 +164,10 @@ pub(crate) fn token_for(plan: &Plan, user_id: i64) -> Result<String, LoadtestErr
     match &plan.tokens {
         Tokens::Fixed(t) => Ok(t.clone()),
         Tokens::Secret(secret) => {
-            let spec = TokenSpec {
-                identity: Identity { biz_id: plan.biz_id, user_id },
-                ttl: Duration::from_secs(24 * 3600),
-                issuer: None,
-                audience: None,
-                algorithm: JwtAlgorithm::HS256,
-            };
+            let spec = TokenSpec::hs256(
+                Identity { biz_id: plan.biz_id, user_id },
+                Duration::from_secs(24 * 3600),
+            );
             Ok(auth::mint(&spec, secret.as_bytes())?)
         }
     }

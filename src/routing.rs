@@ -22,7 +22,7 @@ use crate::{
     downstream::Downstream,
     protocol::pb::PushMessage,
     push::{PushError, PushSink, RouteError, Routed},
-    telemetry::Metrics,
+    telemetry::{ClusterEvent, Metrics},
 };
 
 pub use crate::protocol::cluster_pb::{
@@ -128,7 +128,10 @@ impl Router {
             };
         }
         let result = self.peers.deliver(addr, msg).await;
-        self.metrics.cluster_event("peer", if result.is_ok() { "delivered" } else { "failed" });
+        self.metrics.cluster_event(match result {
+            Ok(_) => ClusterEvent::PeerDelivered,
+            Err(_) => ClusterEvent::PeerFailed,
+        });
         result
     }
 

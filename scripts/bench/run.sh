@@ -3,6 +3,7 @@
 # nchan, Node.js ws and pushpin, under the same load on the same machine.
 #
 #   scripts/bench/run.sh                  # RUNS=3 SIZES="10000 18000" SERVERS="floor wsgw nchan ws pushpin"
+#   SERVERS="floor base wsgw" WSGW_BASE=/path/to/older/wsgw scripts/bench/run.sh   # before/after
 #
 # Each server is pinned to CPU 0, the load (benches/fanout.rs) to CPU 1. For each server, size
 # and run it measures: connection setup rate, server RSS per idle connection, the time to fan
@@ -23,8 +24,11 @@ mkdir -p "$out"
 ulimit -n 20000
 
 need_apt() { dpkg -s "$1" >/dev/null 2>&1 || { apt-get update -q >/dev/null; apt-get install -y -q "$@" >/dev/null; }; }
-need_apt nginx libnginx-mod-nchan pushpin
-(cd "$scratch" && npm install --silent --no-audit --no-fund ws@8 >/dev/null)
+case " $servers " in *" nchan "*) need_apt nginx libnginx-mod-nchan ;; esac
+case " $servers " in *" pushpin "*) need_apt pushpin ;; esac
+case " $servers " in *" ws "*|*" pushpin "*)
+  (cd "$scratch" && npm install --silent --no-audit --no-fund ws@8 >/dev/null) ;;
+esac
 cargo build --release --locked --bin wsgw
 cargo bench --locked --bench fanout --no-run 2>&1 | tail -1
 fanout=$(ls -t target/release/deps/fanout-* | grep -v '\.d$' | head -1)
@@ -36,10 +40,12 @@ start() {
     floor)
       taskset -c 0 "$fanout" floor --port 8083 & pids=($!)
       url=ws://127.0.0.1:8083/ publish=http:http://127.0.0.1:8084/pub port=8083 extra=() ;;
-    wsgw)
+    wsgw|base)
+      bin=target/release/wsgw
+      [ "$name" = base ] && bin=${WSGW_BASE:?WSGW_BASE names the wsgw binary to compare with}
       WSGW_SERVER__WEBSOCKET__LISTEN=127.0.0.1:9702 WSGW_SERVER__GOVERNOR__LISTEN=127.0.0.1:9703 \
       WSGW_SERVER__GRPC__LISTEN=127.0.0.1:9704 WSGW_AUTH__JWT__SECRET=bench WSGW_LOG__LEVEL=warn \
-        taskset -c 0 target/release/wsgw serve & pids=($!)
+        taskset -c 0 "$bin" serve & pids=($!)
       url=ws://127.0.0.1:9702/ publish=wsgw:127.0.0.1:9704 port=9702 extra=(--token-secret bench) ;;
     nchan)
       mkdir -p "$scratch/nchan/logs" "$scratch/nchan/tmp"
@@ -91,11 +97,14 @@ for size in $sizes; do
 done
 
 {
-  echo "wsgw: $(target/release/wsgw --version)"
+  echo "wsgw: $(target/release/wsgw --version) ($(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+  [ -n "${WSGW_BASE:-}" ] && echo "base: $WSGW_BASE"
   echo "rustc: $(rustc -V)"
-  echo "nginx: $(nginx -v 2>&1 | sed 's/.*\///'), nchan $(dpkg -s libnginx-mod-nchan | awk '/^Version/{print $2}')"
-  echo "node: $(node -v), ws $(node -p "require('$scratch/node_modules/ws/package.json').version")"
-  echo "pushpin: $(dpkg -s pushpin | awk '/^Version/{print $2}')"
+  case " $servers " in *" nchan "*)
+    echo "nginx: $(nginx -v 2>&1 | sed 's/.*\///'), nchan $(dpkg -s libnginx-mod-nchan | awk '/^Version/{print $2}')" ;; esac
+  case " $servers " in *" ws "*)
+    echo "node: $(node -v), ws $(node -p "require('$scratch/node_modules/ws/package.json').version")" ;; esac
+  case " $servers " in *" pushpin "*) echo "pushpin: $(dpkg -s pushpin | awk '/^Version/{print $2}')" ;; esac
   echo "kernel: $(uname -r), cpus: $(nproc)"
 } >"$out/versions.txt"
 python3 "$root/scripts/bench/summarize.py" "$out/raw.jsonl" "$out/versions.txt" "$out/results.json" >"$out/results.md"

@@ -21,7 +21,7 @@ use crate::{
     auth::Identity,
     links::{Link, LinkRegistry},
     protocol::pb::PushMessage,
-    telemetry::Metrics,
+    telemetry::{ClusterEvent, Metrics},
 };
 
 pub use redis::{DirectorySettings, RedisDirectory};
@@ -128,7 +128,7 @@ impl LocalDirectory {
 
     fn event(&self, event: DirectoryEvent) {
         if self.events.try_send(event).is_err() {
-            self.metrics.cluster_event("kafka", "presence_dropped");
+            self.metrics.cluster_event(ClusterEvent::PresenceDropped);
         }
     }
 }

@@ -19,7 +19,7 @@ use super::registry::connect;
 use crate::{
     config::{BackendMap, EtcdConfig},
     grpc::GrpcAddr,
-    telemetry::Metrics,
+    telemetry::{ClusterEvent, Metrics},
 };
 
 #[derive(Deserialize)]
@@ -61,7 +61,7 @@ impl Discovery {
         let mut backoff = Duration::from_millis(200);
         while !stop.is_cancelled() {
             if let Err(e) = self.session(&stop).await {
-                self.metrics.cluster_event("etcd", "discovery_error");
+                self.metrics.cluster_event(ClusterEvent::DiscoveryError);
                 warn!(error = %e, retry_in = ?backoff, "backend discovery (etcd) unavailable");
             }
             tokio::select! {
@@ -120,7 +120,7 @@ impl Discovery {
         let summary: Vec<String> = map.iter().map(|(b, a)| format!("{b}={}", join(a))).collect();
         info!(backends = %summary.join(" "), "discovered backends");
         self.maps.send_replace(Some(map));
-        self.metrics.cluster_event("etcd", "discovery_applied");
+        self.metrics.cluster_event(ClusterEvent::DiscoveryApplied);
         Ok(())
     }
 }

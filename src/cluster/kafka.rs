@@ -28,8 +28,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    auth::Identity, config::KafkaConfig, protocol::pb::PushMessage, push::PushSink,
-    telemetry::Metrics,
+    auth::Identity,
+    config::KafkaConfig,
+    protocol::pb::PushMessage,
+    push::PushSink,
+    telemetry::{ClusterEvent, Dependency, Metrics},
 };
 
 /// A record of the push topic.
@@ -124,15 +127,15 @@ impl<S: PushSink> PushConsumer<S> {
                 }
                 received = consumer.recv(), if inflight.len() < self.config.concurrency => match received {
                     Ok(m) => {
-                        self.metrics.dependency("kafka", true);
+                        self.metrics.dependency(Dependency::Kafka, true);
                         let payload = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
                         let (partition, offset) = (m.partition(), m.offset());
                         let route = self.handle(payload, stop.clone());
                         inflight.push_back(async move { (partition, offset, route.await) });
                     }
                     Err(e) => {
-                        self.metrics.dependency("kafka", false);
-                        self.metrics.cluster_event("kafka", "consume_error");
+                        self.metrics.dependency(Dependency::Kafka, false);
+                        self.metrics.cluster_event(ClusterEvent::ConsumeError);
                         warn!(error = %e, "Kafka consumer error");
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
@@ -158,7 +161,7 @@ impl<S: PushSink> PushConsumer<S> {
             let Some(msg) =
                 serde_json::from_slice::<KafkaPush>(&payload).ok().and_then(KafkaPush::into_push)
             else {
-                metrics.cluster_event("kafka", "push_invalid");
+                metrics.cluster_event(ClusterEvent::PushInvalid);
                 warn!(record = %String::from_utf8_lossy(&payload), "skipping a push record that is not valid JSON");
                 return true;
             };
@@ -166,18 +169,18 @@ impl<S: PushSink> PushConsumer<S> {
             loop {
                 match sink.push(msg.clone()).await {
                     Ok(r) => {
-                        metrics.cluster_event(
-                            "kafka",
-                            if r.stored { "push_stored" } else { "push_routed" },
-                        );
+                        metrics.cluster_event(match r.stored {
+                            true => ClusterEvent::PushStored,
+                            false => ClusterEvent::PushRouted,
+                        });
                         return true;
                     }
                     Err(e) if !e.is_retriable() => {
-                        metrics.cluster_event("kafka", "push_undeliverable");
+                        metrics.cluster_event(ClusterEvent::PushUndeliverable);
                         return true;
                     }
                     Err(e) => {
-                        metrics.cluster_event("kafka", "push_retried");
+                        metrics.cluster_event(ClusterEvent::PushRetried);
                         warn!(error = %e, retry_in = ?backoff, key = %msg.key, "push from Kafka not routed yet");
                     }
                 }
@@ -226,7 +229,10 @@ async fn produce_presence(
             _ = stop.cancelled() => break,
             Some(done) = deliveries.next(), if !deliveries.is_empty() => {
                 let ok = matches!(done, Ok(Ok(_)));
-                metrics.cluster_event("kafka", if ok { "presence_produced" } else { "presence_failed" });
+                metrics.cluster_event(match ok {
+                    true => ClusterEvent::PresenceProduced,
+                    false => ClusterEvent::PresenceFailed,
+                });
             }
             event = events.recv() => {
                 let Some((who, action)) = event else { break };
@@ -236,7 +242,7 @@ async fn produce_presence(
                 match producer.send_result(FutureRecord::to(&config.presence_topic).key(&key).payload(&payload)) {
                     Ok(delivery) => deliveries.push(delivery),
                     Err((e, _)) => {
-                        metrics.cluster_event("kafka", "presence_dropped");
+                        metrics.cluster_event(ClusterEvent::PresenceDropped);
                         warn!(error = %e, "presence event dropped");
                     }
                 }

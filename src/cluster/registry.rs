@@ -19,7 +19,11 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{config::EtcdConfig, protocol::pb::Node, telemetry::Metrics};
+use crate::{
+    config::EtcdConfig,
+    protocol::pb::Node,
+    telemetry::{ClusterEvent, Dependency, Metrics},
+};
 
 /// A registry entry, with the key names of the original gateway.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,8 +123,8 @@ impl Registry {
             match self.session(&load, &stop).await {
                 Ok(()) => break,
                 Err(e) => {
-                    self.metrics.dependency("etcd", false);
-                    self.metrics.cluster_event("etcd", "error");
+                    self.metrics.dependency(Dependency::Etcd, false);
+                    self.metrics.cluster_event(ClusterEvent::EtcdError);
                     warn!(error = %e, retry_in = ?backoff, "node registry (etcd) unavailable");
                 }
             }
@@ -145,7 +149,7 @@ impl Registry {
         self.lease.store(lease, Ordering::Relaxed);
         self.put(&mut client, lease, load()).await?;
         let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
-        self.metrics.dependency("etcd", true);
+        self.metrics.dependency(Dependency::Etcd, true);
         info!(key = %self.key(), lease, "registered in the node registry");
         let mut keep = tokio::time::interval(self.ttl / 3);
         let mut report = tokio::time::interval(self.report_interval);

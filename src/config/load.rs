@@ -308,6 +308,21 @@ mod tests {
     }
 
     #[test]
+    fn backend_addresses_and_the_grpc_token_are_validated_with_their_keys() {
+        let f = yaml(
+            "backends:\n  - biz_id: 1\n    endpoints: [\"127.0.0.1:50051\", \"no-port\"]\n\
+             server:\n  grpc:\n    token: \"schl\u{fc}ssel\"\n",
+        );
+        let p = problems(load(Some(f.path()), env(&[])).unwrap_err());
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"backends[0].endpoints[1]"), "{p:?}");
+        assert!(keys.contains(&"server.grpc.token"), "{p:?}");
+        let ok = yaml("backends:\n  - biz_id: 1\n    endpoints: [\"http://b.local:80\"]\n");
+        let c = load(Some(ok.path()), env(&[])).expect("valid");
+        assert_eq!(c.backends[0].endpoints[0].as_str(), "http://b.local:80");
+    }
+
+    #[test]
     fn broken_yaml_and_missing_file_are_clear_errors() {
         let f = yaml("server: [unclosed\n");
         let p = problems(load(Some(f.path()), env(&[])).unwrap_err());

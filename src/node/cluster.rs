@@ -28,7 +28,7 @@ use crate::{
     push::PushSink,
     routing::Router,
     shutdown::{Lifecycle, Stage},
-    telemetry::Metrics,
+    telemetry::{ClusterEvent, Metrics},
     upstream::Upstream,
 };
 
@@ -204,7 +204,7 @@ async fn hand_off_events(
         if let Some(tx) = &presence
             && tx.try_send((who, action)).is_err()
         {
-            metrics.cluster_event("kafka", "presence_dropped");
+            metrics.cluster_event(ClusterEvent::PresenceDropped);
         }
     }
 }

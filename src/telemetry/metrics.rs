@@ -14,6 +14,7 @@ use prometheus::{
     Registry, TextEncoder, core::Collector,
 };
 
+use super::events::{ClusterEvent, Dependency, PushEvent};
 use crate::protocol::CommandType;
 
 const PREFIX: &str = "websocket_gateway";
@@ -312,23 +313,24 @@ impl Metrics {
     }
 
     /// Counts one push event.
-    pub fn push_event(&self, event: &str) {
-        self.pushes.with_label_values(&[event]).inc();
+    pub fn push_event(&self, event: PushEvent) {
+        self.pushes.with_label_values(&[event.label()]).inc();
     }
 
-    /// Counts one cluster event of `service`.
-    pub fn cluster_event(&self, service: &str, event: &str) {
-        self.cluster_events.with_label_values(&[service, event]).inc();
+    /// Counts one cluster event.
+    pub fn cluster_event(&self, event: ClusterEvent) {
+        self.cluster_events(event, 1);
     }
 
-    /// Counts `n` cluster events of `service`.
-    pub fn cluster_events(&self, service: &str, event: &str, n: u64) {
+    /// Counts `n` cluster events.
+    pub fn cluster_events(&self, event: ClusterEvent, n: u64) {
+        let (service, event) = event.labels();
         self.cluster_events.with_label_values(&[service, event]).inc_by(n);
     }
 
     /// Records whether `service` answers.
-    pub fn dependency(&self, service: &str, up: bool) {
-        self.dependency_up.with_label_values(&[service]).set(i64::from(up));
+    pub fn dependency(&self, service: Dependency, up: bool) {
+        self.dependency_up.with_label_values(&[service.label()]).set(i64::from(up));
     }
 
     /// Totals for dashboards (the admin API): summed over every label.

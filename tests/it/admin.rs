@@ -16,20 +16,9 @@ use wsgw::{
     },
 };
 
-use crate::support::{TestNode, cluster::Scope, code};
+use crate::support::{TestNode, cluster::Scope, code, run_wsgw};
 
 const JSON: Serializer = Serializer::Json;
-
-/// Runs `wsgw ARGS…`: (exit code, stdout, stderr).
-async fn wsgw(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgw"))
-        .args(args)
-        .output()
-        .await
-        .expect("run wsgw");
-    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
-    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
-}
 
 fn users(json: &str) -> Vec<(String, String)> {
     let v: serde_json::Value = serde_json::from_str(json).expect("--json output parses");
@@ -54,15 +43,15 @@ async fn sessions_lists_exactly_the_connected_users() {
     let addr = node.grpc_addr.to_string();
     crate::assert_eventually!(node.handle.connections() == 3, "three connected");
 
-    let (rc, out, err) = wsgw(&["sessions", "--addr", &addr, "--json"]).await;
+    let (rc, out, err) = run_wsgw(&["sessions", "--addr", &addr, "--json"]).await;
     assert_eq!(rc, 0, "{err}");
     let expected = [("8", "3"), ("9", "1"), ("9", "2")].map(|(b, u)| (b.to_owned(), u.to_owned()));
     assert_eq!(users(&out), expected);
 
     let (_, out, _) =
-        wsgw(&["sessions", "--addr", &addr, "--json", "--biz", "9", "--user", "2"]).await;
+        run_wsgw(&["sessions", "--addr", &addr, "--json", "--biz", "9", "--user", "2"]).await;
     assert_eq!(users(&out), [("9".to_owned(), "2".to_owned())]);
-    let (rc, table, _) = wsgw(&["sessions", "--addr", &addr]).await;
+    let (rc, table, _) = run_wsgw(&["sessions", "--addr", &addr]).await;
     assert_eq!(rc, 0);
     assert!(table.starts_with("NODE") && table.contains("3 connection(s), 3 user(s)"), "{table}");
 }
@@ -87,14 +76,14 @@ async fn kick_closes_every_connection_of_the_user_on_every_node_with_the_reason(
     );
     let etcd = ["--etcd", crate::support::cluster::ETCD, "--etcd-prefix", &prefix];
 
-    let (rc, out, err) = wsgw(&[&["sessions", "--json"], &etcd[..]].concat()).await;
+    let (rc, out, err) = run_wsgw(&[&["sessions", "--json"], &etcd[..]].concat()).await;
     assert_eq!(rc, 0, "{err}");
     assert_eq!(users(&out).len(), 3, "every node answered: {out}");
 
     let args =
         [&["kick", "--user", "7", "--biz", "9", "--reason", "maintenance", "--json"], &etcd[..]]
             .concat();
-    let (rc, out, err) = wsgw(&args).await;
+    let (rc, out, err) = run_wsgw(&args).await;
     assert_eq!(rc, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["closed"], 2);
@@ -102,7 +91,8 @@ async fn kick_closes_every_connection_of_the_user_on_every_node_with_the_reason(
         assert_eq!(code(&client.closed().await), (1008, "maintenance".to_owned()));
     }
     other.listen_for(Duration::from_millis(200)).await;
-    let (rc, out, _) = wsgw(&[&["kick", "--user", "7", "--biz", "9"], &etcd[..]].concat()).await;
+    let (rc, out, _) =
+        run_wsgw(&[&["kick", "--user", "7", "--biz", "9"], &etcd[..]].concat()).await;
     assert_eq!(rc, 1, "nobody left to kick: {out}");
 }
 
@@ -111,14 +101,16 @@ async fn wrong_or_missing_tokens_are_refused() {
     let node = TestNode::builder().config(|c| c.server.grpc.token = "s3cret".into()).spawn().await;
     let addr = node.grpc_addr.to_string();
     for token in ["wrong", ""] {
-        let (rc, _, err) = wsgw(&["sessions", "--addr", &addr, "--token", token]).await;
+        let (rc, _, err) = run_wsgw(&["sessions", "--addr", &addr, "--token", token]).await;
         assert_eq!(rc, 2);
         assert!(err.contains("Unauthenticated"), "{err}");
         let (rc, _, _) =
-            wsgw(&["kick", "--addr", &addr, "--token", token, "--user", "1", "--biz", "1"]).await;
+            run_wsgw(&["kick", "--addr", &addr, "--token", token, "--user", "1", "--biz", "1"])
+                .await;
         assert_eq!(rc, 2);
     }
-    let (rc, out, err) = wsgw(&["sessions", "--addr", &addr, "--token", "s3cret", "--json"]).await;
+    let (rc, out, err) =
+        run_wsgw(&["sessions", "--addr", &addr, "--token", "s3cret", "--json"]).await;
     assert_eq!((rc, users(&out).len()), (0, 0), "{err}");
 }
 

@@ -1,24 +1,13 @@
 //! The `wsgw` binary itself: token minting, config checking, and serve with signals.
 
 use std::{
-    net::TcpListener,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use wsgw::{auth::TokenVerifier, config::JwtConfig};
 
-use crate::support::{Client, code};
-
-fn wsgw() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgw"));
-    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
-    cmd
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
+use crate::support::{Client, code, free_port, wsgw};
 
 #[test]
 fn token_prints_a_jwt_the_node_accepts() {
@@ -70,7 +59,7 @@ struct Served {
 impl Served {
     fn spawn(envs: &[(&str, &str)], stderr: Stdio) -> Served {
         let (ws, gov) = (free_port(), free_port());
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgw"))
+        let child = tokio::process::Command::from(wsgw())
             .arg("serve")
             .env("WSGW_SERVER__WEBSOCKET__LISTEN", format!("127.0.0.1:{ws}"))
             .env("WSGW_SERVER__GOVERNOR__LISTEN", format!("127.0.0.1:{gov}"))

@@ -124,7 +124,7 @@ async fn wsgw_push_delivers_and_exits_non_zero_when_not_delivered() {
     let mut c = node.connect(42, BIZ).await;
     let addr = node.grpc_addr.to_string();
     let wsgw = |args: &[&str]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgw"));
+        let mut cmd = Command::from(crate::support::wsgw());
         cmd.arg("push").args(["--addr", &addr, "--token", "push-token"]).args(args);
         async move { cmd.output().await.expect("run wsgw push") }
     };

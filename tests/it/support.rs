@@ -9,6 +9,27 @@ pub use backend::{Behaviour, TestBackend, dead_addr};
 pub use client::{Client, code};
 pub use node::{SECRET, TestNode};
 
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// The `wsgw` binary under test, with a clean environment (only `PATH`), so that no `WSGW_*`
+/// variable of the developer's shell changes what a test sees. For async tests:
+/// `tokio::process::Command::from(wsgw())`.
+pub fn wsgw() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wsgw"));
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd
+}
+
+/// Runs `wsgw ARGS…` to completion: (exit code, stdout, stderr).
+pub async fn run_wsgw(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::from(wsgw()).args(args).output().await.expect("run wsgw");
+    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
+    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
+}
+
 /// Asserts that `cond` becomes true within a few seconds (polling).
 #[macro_export]
 macro_rules! assert_eventually {

@@ -50,7 +50,7 @@ use crate::{
     auth::Identity,
     links::{Link, LinkRegistry},
     protocol::pb::PushMessage,
-    telemetry::Metrics,
+    telemetry::{ClusterEvent, Dependency, Metrics},
 };
 
 mod scripts;
@@ -171,21 +171,21 @@ impl RedisDirectory {
     fn observe<T>(&self, r: redis::RedisResult<T>) -> Result<T, DirectoryError> {
         let ok = r.is_ok();
         if self.healthy.swap(ok, Ordering::Relaxed) != ok {
-            self.metrics.dependency("redis", ok);
+            self.metrics.dependency(Dependency::Redis, ok);
             match &r {
                 Ok(_) => info!("session directory (redis) reachable"),
                 Err(e) => warn!(error = %e, "session directory (redis) unreachable"),
             }
         }
         if !ok {
-            self.metrics.cluster_event("redis", "error");
+            self.metrics.cluster_event(ClusterEvent::RedisError);
         }
         r.map_err(DirectoryError::from)
     }
 
     fn enqueue(&self, update: Update) {
         if self.updates.try_send(update).is_err() {
-            self.metrics.cluster_event("redis", "update_dropped");
+            self.metrics.cluster_event(ClusterEvent::UpdateDropped);
             self.rebuild.store(true, Ordering::Relaxed);
         }
     }
@@ -206,7 +206,7 @@ impl RedisDirectory {
             .await;
         let route = parse_route(self.observe(r)?);
         if route == Route::Stored {
-            self.metrics.cluster_event("redis", "inbox_stored");
+            self.metrics.cluster_event(ClusterEvent::InboxStored);
         }
         Ok(route)
     }
@@ -225,7 +225,7 @@ impl RedisDirectory {
             .query_async(&mut self.redis.clone())
             .await;
         self.observe(r)?;
-        self.metrics.cluster_event("redis", "inbox_stored");
+        self.metrics.cluster_event(ClusterEvent::InboxStored);
         Ok(())
     }
 
@@ -278,7 +278,7 @@ impl RedisDirectory {
         for event in interpret(batch.drain(..), replies) {
             match event {
                 DirectoryEvent::Inbox(msgs) => {
-                    self.metrics.cluster_events("redis", "inbox_delivered", msgs.len() as u64);
+                    self.metrics.cluster_events(ClusterEvent::InboxDelivered, msgs.len() as u64);
                     let _ = events.send(DirectoryEvent::Inbox(msgs)).await;
                 }
                 presence => {
@@ -353,7 +353,7 @@ impl RedisDirectory {
             stale_removed = removed,
             "session directory rebuilt for this node"
         );
-        self.metrics.cluster_event("redis", "rebuilt");
+        self.metrics.cluster_event(ClusterEvent::Rebuilt);
         Ok(())
     }
 
@@ -393,7 +393,7 @@ impl RedisDirectory {
                 .await;
             self.observe(r)?;
             info!(node = %id, sessions = removed, "removed a dead node from the session directory");
-            self.metrics.cluster_event("redis", "node_swept");
+            self.metrics.cluster_event(ClusterEvent::NodeSwept);
         }
         Ok(())
     }

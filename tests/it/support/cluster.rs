@@ -3,7 +3,7 @@
 //! Redis and tansu processes for the tests that restart them; Kafka producer and consumer helpers.
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -20,6 +20,7 @@ use rdkafka::{
 };
 use wsgw::config::Config;
 
+use super::free_port;
 use super::node::{Builder, TestNode};
 
 pub const REDIS: &str = "redis://127.0.0.1:6379";
@@ -154,11 +155,6 @@ pub fn consumer(brokers: &str, topic: &str) -> StreamConsumer {
 pub async fn next_json(c: &StreamConsumer, wait: Duration) -> Option<serde_json::Value> {
     let m = tokio::time::timeout(wait, c.recv()).await.ok()?.ok()?;
     serde_json::from_slice(m.payload()?).ok()
-}
-
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// A service process this test owns (a private Redis or broker it may stop and restart).

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use tokio::{sync::oneshot, task::JoinHandle};
 use wsgw::{
     auth::{self, Identity, TokenSpec},
-    config::{BackendConfig, Config, JwtAlgorithm},
+    config::{BackendConfig, Config},
     grpc::GrpcAddr,
     node::{Node, NodeHandle},
     protocol::pb::{PushMessage, PushRequest, push_service_client::PushServiceClient},
@@ -106,13 +106,8 @@ impl TestNode {
 
     /// A valid token for (user, biz).
     pub fn token(user: i64, biz: i64) -> String {
-        let spec = TokenSpec {
-            identity: Identity { biz_id: biz, user_id: user },
-            ttl: Duration::from_secs(3600),
-            issuer: None,
-            audience: None,
-            algorithm: JwtAlgorithm::HS256,
-        };
+        let spec =
+            TokenSpec::hs256(Identity { biz_id: biz, user_id: user }, Duration::from_secs(3600));
         auth::mint(&spec, SECRET.as_bytes()).expect("mint")
     }
 

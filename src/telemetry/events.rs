@@ -1,0 +1,113 @@
+//! Every counted event as a type, so a label cannot be misspelt at a call site: the label values
+//! of `websocket_gateway_pushes_total{event}`, `websocket_gateway_cluster_events_total{service,
+//! event}` and `websocket_gateway_dependency_up{service}` are defined here and only here.
+
+/// What happened to a push on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushEvent {
+    /// Handed to at least one connection.
+    Delivered,
+    /// The receiver has no connection here.
+    NotConnected,
+    /// Refused: too many pushes await acknowledgement.
+    Refused,
+    /// Retransmitted after `retry_interval` without an ACK.
+    Retried,
+    /// Dropped after `max_retries` retransmissions.
+    GivenUp,
+    /// Acknowledged by the client.
+    Acked,
+    /// A broadcast was queued.
+    Broadcast,
+}
+
+impl PushEvent {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::NotConnected => "not_connected",
+            Self::Refused => "refused",
+            Self::Retried => "retried",
+            Self::GivenUp => "given_up",
+            Self::Acked => "acked",
+            Self::Broadcast => "broadcast",
+        }
+    }
+}
+
+/// A service the node depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dependency {
+    Redis,
+    Etcd,
+    Kafka,
+}
+
+impl Dependency {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::Etcd => "etcd",
+            Self::Kafka => "kafka",
+        }
+    }
+}
+
+/// An event of the cluster services, node-to-node delivery or the admin API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterEvent {
+    RedisError,
+    /// A directory update could not be queued (a rebuild follows).
+    UpdateDropped,
+    InboxStored,
+    InboxDelivered,
+    Rebuilt,
+    NodeSwept,
+    EtcdError,
+    DiscoveryError,
+    DiscoveryApplied,
+    ConsumeError,
+    PushInvalid,
+    PushRetried,
+    PushUndeliverable,
+    PushStored,
+    PushRouted,
+    PresenceProduced,
+    PresenceFailed,
+    PresenceDropped,
+    PeerDelivered,
+    PeerFailed,
+    Kicked,
+    Redirected,
+}
+
+impl ClusterEvent {
+    /// (service, event) labels.
+    pub fn labels(self) -> (&'static str, &'static str) {
+        use ClusterEvent::*;
+        match self {
+            RedisError => ("redis", "error"),
+            UpdateDropped => ("redis", "update_dropped"),
+            InboxStored => ("redis", "inbox_stored"),
+            InboxDelivered => ("redis", "inbox_delivered"),
+            Rebuilt => ("redis", "rebuilt"),
+            NodeSwept => ("redis", "node_swept"),
+            EtcdError => ("etcd", "error"),
+            DiscoveryError => ("etcd", "discovery_error"),
+            DiscoveryApplied => ("etcd", "discovery_applied"),
+            ConsumeError => ("kafka", "consume_error"),
+            PushInvalid => ("kafka", "push_invalid"),
+            PushRetried => ("kafka", "push_retried"),
+            PushUndeliverable => ("kafka", "push_undeliverable"),
+            PushStored => ("kafka", "push_stored"),
+            PushRouted => ("kafka", "push_routed"),
+            PresenceProduced => ("kafka", "presence_produced"),
+            PresenceFailed => ("kafka", "presence_failed"),
+            PresenceDropped => ("kafka", "presence_dropped"),
+            PeerDelivered => ("peer", "delivered"),
+            PeerFailed => ("peer", "failed"),
+            Kicked => ("admin", "kicked"),
+            Redirected => ("admin", "redirected"),
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! etcd: the node registry (load, drain, a killed node), backend discovery, `wsgw push --etcd`,
+//! and an unreachable etcd.
+
+use super::*;
+
+#[tokio::test]
+async fn nodes_register_with_their_load_and_leave_on_shutdown() {
+    let scope = Scope::new("registry");
+    let mut a = scope.node("a").spawn().await;
+    let client = a.connect(1, 9).await;
+    crate::assert_within!(
+        10,
+        registered(&scope).await.iter().any(|n| n.id == "a" && n.load == 1),
+        "node a registered with load 1"
+    );
+    let entry = registered(&scope).await.remove(0);
+    assert_eq!((entry.ip.as_str(), entry.port), ("127.0.0.1", i32::from(a.ws_addr.port())));
+    assert_eq!(entry.grpc_addr(), Some(a.grpc_addr.to_string().as_str()));
+    drop(client);
+    a.begin_shutdown().await.expect("drained");
+    assert!(registered(&scope).await.is_empty(), "deregistered on shutdown");
+}
+
+#[tokio::test]
+async fn a_drained_node_redirects_its_clients_to_a_live_peer() {
+    let scope = Scope::new("redirect");
+    let mut a = scope.node("a").spawn().await;
+    let b = scope.node("b").spawn().await;
+    crate::assert_within!(10, registered(&scope).await.len() == 2, "both registered");
+    let mut client = a.connect(3, 9).await;
+    let stop = a.begin_shutdown();
+    let m = client.recv_msg(JSON).await;
+    assert_eq!(m.cmd, i32::from(CommandType::Redirect));
+    let nodes = JSON.decode::<NodeList>(&m.body).expect("a NodeList body").nodes;
+    assert_eq!(nodes.len(), 1, "only the live peer");
+    assert_eq!((nodes[0].id.as_str(), nodes[0].port), ("b", i32::from(b.ws_addr.port())));
+    assert_eq!(code(&client.closed().await).0, 1001);
+    stop.await.expect("drained");
+}
+
+#[tokio::test]
+async fn a_killed_node_leaves_the_registry_and_the_directory_after_its_ttl() {
+    let scope = Scope::new("killed");
+    let survivor = scope.node("survivor").spawn().await;
+    let mut victim = spawn_binary(&scope, "victim").await;
+    let mut client = Client::connect(&format!(
+        "ws://127.0.0.1:{}/?token={}",
+        victim.ws_port,
+        TestNode::token(5, 9)
+    ))
+    .await
+    .expect("connect to the child node");
+    await_sessions(&survivor, 5, 9, 1).await;
+    crate::assert_within!(
+        10,
+        registered(&scope).await.iter().any(|n| n.id == "victim"),
+        "the child node registered"
+    );
+
+    victim.child.kill().await.expect("SIGKILL");
+    drop(client.closed().await);
+    crate::assert_within!(
+        10,
+        !registered(&scope).await.iter().any(|n| n.id == "victim"),
+        "lease expired"
+    );
+    await_sessions(&survivor, 5, 9, 0).await;
+    // The push now goes to the inbox instead of a dead node.
+    let r = survivor.push(5, 9, "after-death", b"x").await.expect("stored");
+    assert_eq!(r, 0);
+    // The survivor's sweep removes the dead node's entries for good.
+    let mut redis = redis::Client::open(cluster::REDIS)
+        .expect("redis")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let user_key = format!("{}:user:9:5", scope.name);
+    crate::assert_within!(
+        15,
+        redis::AsyncCommands::hlen::<_, usize>(&mut redis, &user_key).await.expect("hlen") == 0,
+        "the dead node's session was swept"
+    );
+}
+
+struct ChildNode {
+    child: tokio::process::Child,
+    ws_port: u16,
+}
+
+async fn spawn_binary(scope: &Scope, id: &str) -> ChildNode {
+    let ws_port = free_port();
+    let mut c = wsgw::config::Config::default();
+    scope.apply(&mut c, id);
+    let envs = [
+        ("WSGW_NODE__ID", id.to_owned()),
+        ("WSGW_SERVER__WEBSOCKET__LISTEN", format!("127.0.0.1:{ws_port}")),
+        ("WSGW_SERVER__GOVERNOR__LISTEN", "127.0.0.1:0".into()),
+        ("WSGW_SERVER__GRPC__LISTEN", "127.0.0.1:0".into()),
+        ("WSGW_AUTH__JWT__SECRET", crate::support::SECRET.into()),
+        ("WSGW_CLUSTER__REDIS__URL", c.cluster.redis.url.clone()),
+        ("WSGW_CLUSTER__REDIS__PREFIX", c.cluster.redis.prefix.clone()),
+        ("WSGW_CLUSTER__REDIS__SESSION_TTL", "2s".into()),
+        ("WSGW_CLUSTER__ETCD__ENDPOINTS", cluster::ETCD.into()),
+        ("WSGW_CLUSTER__ETCD__PREFIX", c.cluster.etcd.prefix.clone()),
+        ("WSGW_CLUSTER__ETCD__LEASE_TTL", "2s".into()),
+        ("WSGW_LOG__LEVEL", "warn".into()),
+    ];
+    let child = tokio::process::Command::from(crate::support::wsgw())
+        .arg("serve")
+        .envs(envs)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn wsgw serve");
+    crate::assert_within!(
+        10,
+        tokio::net::TcpStream::connect(("127.0.0.1", ws_port)).await.is_ok(),
+        "child node listens"
+    );
+    ChildNode { child, ws_port }
+}
+
+#[tokio::test]
+async fn backends_are_discovered_from_etcd_and_follow_changes() {
+    let scope = Scope::new("discovery");
+    let backend = TestBackend::spawn(9, Behaviour::default()).await;
+    let node =
+        scope.node("a").config(|c| c.upstream.timeout = Duration::from_millis(500)).spawn().await;
+    let mut etcd = etcd().await;
+    let services = format!("/{}gateway.backend.services", scope.name);
+    etcd.put(services.as_str(), r#"[{"bizId":9,"name":"mockServer"}]"#, None).await.expect("put");
+    let provider = format!("/{}/ego/mockServer/providers/grpc://{}", scope.name, backend.addr);
+    etcd.put(provider.as_str(), "{}", None).await.expect("put");
+
+    let mut client = node.connect(2, 9).await;
+    crate::assert_within!(10, upstream_ok(&mut client, "u1").await, "discovered backend answers");
+    etcd.delete(provider.as_str(), None).await.expect("delete");
+    crate::assert_within!(10, !upstream_ok(&mut client, "u2").await, "removed backend is gone");
+}
+
+/// Sends an upstream message; true when it was acknowledged.
+async fn upstream_ok(client: &mut Client, prefix: &str) -> bool {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let key = format!("{prefix}-{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let cmd = CommandType::UpstreamMessage.into();
+    client.send(&wsgw::protocol::Message { cmd, key, body: b"hi".to_vec().into() }, JSON).await;
+    client.recv_msg(JSON).await.cmd == i32::from(CommandType::UpstreamAck)
+}
+
+#[tokio::test]
+async fn wsgw_push_with_etcd_reaches_the_user_wherever_they_are() {
+    let scope = Scope::new("push-etcd");
+    let _a = scope.node("a").spawn().await;
+    let b = scope.node("b").spawn().await;
+    crate::assert_within!(10, registered(&scope).await.len() == 2, "both registered");
+    let mut client = b.connect(12, 9).await;
+    await_sessions(&b, 12, 9, 1).await;
+    let prefix = format!("/{}", scope.name);
+    let out = tokio::process::Command::from(crate::support::wsgw())
+        .args(["push", "--etcd", cluster::ETCD, "--etcd-prefix", &prefix])
+        .args(["--user", "12", "--biz", "9", "--key", "via-etcd", "hello"])
+        .output()
+        .await
+        .expect("run wsgw push");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("delivered to 1 connection(s)"), "{stdout}");
+    assert!(is_push(&client.recv_msg(JSON).await, "via-etcd", b"hello"));
+}
+
+#[tokio::test]
+async fn unreachable_etcd_and_kafka_leave_the_node_serving() {
+    let mut scope = Scope::new("no-etcd-kafka");
+    scope.kafka = format!("127.0.0.1:{}", free_port());
+    let dead_etcd = format!("127.0.0.1:{}", free_port());
+    let node =
+        scope.node("a").config(move |c| c.cluster.etcd.endpoints = vec![dead_etcd]).spawn().await;
+    let mut client = node.connect(1, 9).await;
+    crate::assert_within!(10, node.get("/ready").await.0 == 200, "ready: Redis is up");
+    let etcd_down = "websocket_gateway_dependency_up{service=\"etcd\"}";
+    crate::assert_within!(
+        10,
+        node.metric("websocket_gateway_cluster_events_total{event=\"error\",service=\"etcd\"}")
+            .await
+            >= 1.0,
+        "etcd errors are counted"
+    );
+    assert_eq!(node.metric(etcd_down).await, 0.0);
+    assert_eq!(node.push(1, 9, "k", b"still works").await.expect("push"), 1);
+    assert!(is_push(&client.recv_msg(JSON).await, "k", b"still works"));
+}
