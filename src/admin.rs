@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     auth::Identity,
-    cluster::{Registry, SessionDirectory, SessionQuery},
+    cluster::{NodeRegistry, SessionDirectory, SessionQuery},
     downstream::Downstream,
     links::{Link, LinkRegistry},
     protocol::{
@@ -50,7 +50,7 @@ pub struct NodeView {
     pub upstream: Arc<Upstream>,
     pub downstream: Arc<Downstream>,
     pub directory: Arc<dyn SessionDirectory>,
-    pub registry: Option<Arc<Registry>>,
+    pub registry: Option<Arc<NodeRegistry>>,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
 }

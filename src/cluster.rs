@@ -30,7 +30,7 @@ pub use directory::{
     SessionEntry, SessionQuery,
 };
 pub use kafka::{KafkaPush, PresenceAction};
-pub use registry::{NodeEntry, Registry};
+pub use registry::{NodeEntry, NodeRegistry};
 
 /// Where clients and peers reach this node.
 #[derive(Clone, Debug)]

@@ -154,11 +154,11 @@ impl Downstream {
         }
         let cmd = CommandType::DownstreamMessage.into();
         let msg = Message { cmd, key: key.clone(), body: self.wire.seal(plaintext) };
-        let mut batch = self.wire.batch(self.wire.frame(&msg), cmd);
+        let mut fanout = self.wire.fanout(self.wire.frame(&msg), cmd);
         links.iter().for_each(|l| {
-            batch.send(l);
+            fanout.send(l);
         });
-        batch.finish() as usize
+        fanout.finish() as usize
     }
 
     /// Sends one message to every connection of business `biz_id` (every connection when 0),
@@ -167,14 +167,14 @@ impl Downstream {
     pub fn broadcast(&self, biz_id: i64, key: String, body: &[u8]) -> usize {
         let cmd = CommandType::DownstreamMessage.into();
         let frame = self.wire.frame(&Message { cmd, key, body: self.wire.seal(body) });
-        let mut batch = self.wire.batch(frame, cmd);
+        let mut fanout = self.wire.fanout(frame, cmd);
         self.links.for_each(|link| {
             if biz_id == 0 || link.identity.biz_id == biz_id {
-                batch.send(link);
+                fanout.send(link);
             }
         });
         self.metrics.push_event(PushEvent::Broadcast);
-        batch.finish() as usize
+        fanout.finish() as usize
     }
 
     /// The user acknowledged `key` (from any of their connections).

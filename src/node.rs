@@ -302,11 +302,11 @@ impl Services {
         let wire = &self.admin.wire;
         let cmd = CommandType::Redirect.into();
         let body = wire.serializer.encode(&NodeList { nodes });
-        let mut batch = wire.batch(wire.frame(&Message { cmd, key: String::new(), body }), cmd);
+        let mut fanout = wire.fanout(wire.frame(&Message { cmd, key: String::new(), body }), cmd);
         self.admin.links.for_each(|link| {
-            batch.send(link);
+            fanout.send(link);
         });
-        info!(clients = batch.finish(), "redirected clients to peers");
+        info!(clients = fanout.finish(), "redirected clients to peers");
     }
 
     /// Tells every client to go and waits until they have left and in-flight backend calls

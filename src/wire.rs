@@ -68,9 +68,9 @@ impl Wire {
     }
 
     /// A counter for queueing one shared frame on many links (a broadcast): counts in bulk
-    /// instead of per link. Call [`Batch::finish`] at the end.
-    pub fn batch(&self, frame: WsMessage, cmd: i32) -> Batch<'_> {
-        Batch {
+    /// instead of per link. Call [`Fanout::finish`] at the end.
+    pub fn fanout(&self, frame: WsMessage, cmd: i32) -> Fanout<'_> {
+        Fanout {
             wire: self,
             len: frame.len(),
             frame,
@@ -100,7 +100,7 @@ pub fn command(cmd: i32) -> CommandType {
 }
 
 /// One frame queued on many links, counted once per business at the end.
-pub struct Batch<'a> {
+pub struct Fanout<'a> {
     wire: &'a Wire,
     frame: WsMessage,
     len: usize,
@@ -111,7 +111,7 @@ pub struct Batch<'a> {
     dropped: u64,
 }
 
-impl Batch<'_> {
+impl Fanout<'_> {
     /// Queues the frame on `link`; false when its queue refused it.
     pub fn send(&mut self, link: &Link) -> bool {
         if link.send(self.frame.clone()).is_err() {

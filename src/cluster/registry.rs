@@ -85,7 +85,7 @@ pub async fn list_nodes(
 }
 
 /// This node's registration.
-pub struct Registry {
+pub struct NodeRegistry {
     endpoints: Vec<String>,
     prefix: String,
     entry: NodeEntry,
@@ -97,7 +97,7 @@ pub struct Registry {
     metrics: Arc<Metrics>,
 }
 
-impl Registry {
+impl NodeRegistry {
     pub fn new(config: &EtcdConfig, entry: NodeEntry, metrics: Arc<Metrics>) -> Self {
         Self {
             endpoints: config.endpoints.clone(),

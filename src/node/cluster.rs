@@ -17,8 +17,8 @@ use super::{NodeError, Task};
 use crate::{
     auth::Identity,
     cluster::{
-        Advertised, DirectoryEvent, LocalDirectory, NodeEntry, PresenceAction, RedisDirectory,
-        Registry, SessionDirectory,
+        Advertised, DirectoryEvent, LocalDirectory, NodeEntry, NodeRegistry, PresenceAction,
+        RedisDirectory, SessionDirectory,
         directory::DirectorySettings,
         discovery::Discovery,
         kafka::{self, PushConsumer},
@@ -38,7 +38,7 @@ const EVENTS: usize = 1024;
 /// The adapters, built but not yet connected to the domain.
 pub(super) struct Adapters {
     pub directory: Arc<dyn SessionDirectory>,
-    pub registry: Option<Arc<Registry>>,
+    pub registry: Option<Arc<NodeRegistry>>,
     events: mpsc::Receiver<DirectoryEvent>,
     tasks: Vec<Task>,
 }
@@ -91,7 +91,7 @@ pub(super) fn build(
     };
     let registry = (!c.etcd.endpoints.is_empty()).then(|| {
         let entry = registry_entry(config, node_id, at);
-        Arc::new(Registry::new(&c.etcd, entry, metrics.clone()))
+        Arc::new(NodeRegistry::new(&c.etcd, entry, metrics.clone()))
     });
     Ok(Adapters { directory, registry, events, tasks })
 }

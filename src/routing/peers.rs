@@ -1,6 +1,6 @@
 //! Node-to-node delivery: one bounded queue and one task per peer. Each `NodeService.Deliver`
 //! call carries every push that queued while the previous call was in flight (up to
-//! [`MAX_BATCH`]): no added wait at low load, far fewer calls under load.
+//! [`MAX_PER_CALL`]): no added wait at low load, far fewer calls under load.
 
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// Pushes sent to one peer in one call, at most.
-pub const MAX_BATCH: usize = 256;
+pub const MAX_PER_CALL: usize = 256;
 /// Pushes waiting for one peer, at most (callers wait beyond it).
 const QUEUE: usize = 4096;
 /// Deadline of one node-to-node call.
@@ -73,11 +73,11 @@ async fn run(
     mut rx: mpsc::Receiver<Job>,
     stop: CancellationToken,
 ) {
-    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    let mut jobs = Vec::with_capacity(MAX_PER_CALL);
     loop {
         let n = tokio::select! {
             _ = stop.cancelled() => return,
-            n = rx.recv_many(&mut jobs, MAX_BATCH) => n,
+            n = rx.recv_many(&mut jobs, MAX_PER_CALL) => n,
         };
         if n == 0 {
             return;

@@ -239,12 +239,12 @@ impl RedisDirectory {
     ) {
         let mut refresh = tokio::time::interval(self.ttl / 3);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut batch = Vec::with_capacity(PIPELINE);
         let mut sweeps = 0u32;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                n = rx.recv_many(&mut batch, BATCH) => {
+                n = rx.recv_many(&mut batch, PIPELINE) => {
                     if n == 0 { break }
                     self.write(&mut batch, &events).await;
                 }
@@ -259,7 +259,7 @@ impl RedisDirectory {
         }
         // Leaving: write what is queued, then remove this node's entries.
         rx.close();
-        while rx.recv_many(&mut batch, BATCH).await > 0 {
+        while rx.recv_many(&mut batch, PIPELINE).await > 0 {
             self.write(&mut batch, &events).await;
         }
         if let Err(e) = self.leave().await {
@@ -331,7 +331,7 @@ impl RedisDirectory {
         self.observe(r)?;
         let all = links.all();
         let mut keep = HashSet::with_capacity(all.len());
-        for chunk in all.chunks(BATCH) {
+        for chunk in all.chunks(PIPELINE) {
             let mut pipe = redis::pipe();
             for link in chunk {
                 let id = link.identity;
@@ -408,7 +408,7 @@ impl RedisDirectory {
         let users: Vec<String> = self.observe(redis.smembers(self.keys.users(node)).await)?;
         let prefix = format!("{node}|");
         let mut removed = 0;
-        for chunk in users.chunks(BATCH) {
+        for chunk in users.chunks(PIPELINE) {
             let mut pipe = redis::pipe();
             for u in chunk {
                 pipe.hkeys(self.keys.key(format_args!("user:{u}")));
@@ -580,7 +580,8 @@ fn parse_route(flat: Vec<String>) -> Route {
     Route::Nodes(nodes)
 }
 
-const BATCH: usize = 512;
+/// Commands in one pipeline, at most (updates written together, rebuild and sweep chunks).
+const PIPELINE: usize = 512;
 
 fn millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
