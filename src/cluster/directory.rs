@@ -111,23 +111,25 @@ pub trait SessionDirectory: Send + Sync {
 pub struct LocalDirectory {
     node_id: String,
     links: Arc<LinkRegistry>,
-    events: mpsc::Sender<DirectoryEvent>,
+    /// Presence events go here; `None` when nobody consumes them (no Kafka presence topic), so
+    /// a connect costs nothing extra.
+    events: Option<mpsc::Sender<DirectoryEvent>>,
     metrics: Arc<Metrics>,
 }
 
 impl LocalDirectory {
-    /// The directory, and the receiving end of its presence events.
     pub fn new(
         node_id: String,
         links: Arc<LinkRegistry>,
         metrics: Arc<Metrics>,
-        events: mpsc::Sender<DirectoryEvent>,
+        events: Option<mpsc::Sender<DirectoryEvent>>,
     ) -> Self {
         Self { node_id, links, events, metrics }
     }
 
     fn event(&self, event: DirectoryEvent) {
-        if self.events.try_send(event).is_err() {
+        let Some(events) = &self.events else { return };
+        if events.try_send(event).is_err() {
             self.metrics.cluster_event(ClusterEvent::PresenceDropped);
         }
     }
@@ -186,7 +188,8 @@ mod tests {
     fn local() -> (LocalDirectory, Arc<LinkRegistry>, mpsc::Receiver<DirectoryEvent>) {
         let links = Arc::new(LinkRegistry::new(100));
         let (tx, rx) = mpsc::channel(8);
-        let dir = LocalDirectory::new("n1".into(), links.clone(), Arc::new(Metrics::new()), tx);
+        let dir =
+            LocalDirectory::new("n1".into(), links.clone(), Arc::new(Metrics::new()), Some(tx));
         (dir, links, rx)
     }
 

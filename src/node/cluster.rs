@@ -64,12 +64,13 @@ pub(super) fn build(
     let stop = lifecycle.token(Stage::StopBackground);
     let (events_tx, events) = mpsc::channel(EVENTS);
     let mut tasks: Vec<Task> = Vec::new();
+    let presence = !c.kafka.brokers.is_empty() && !c.kafka.presence_topic.is_empty();
     let directory: Arc<dyn SessionDirectory> = match c.redis.url.as_str() {
         "" => Arc::new(LocalDirectory::new(
             node_id.to_owned(),
             links.clone(),
             metrics.clone(),
-            events_tx,
+            presence.then_some(events_tx),
         )),
         url => {
             let settings = DirectorySettings {
