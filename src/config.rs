@@ -269,12 +269,27 @@ pub struct DownstreamConfig {
     pub max_retries: u32,
     /// Pushes awaiting acknowledgement, at most; beyond, pushes are refused (RESOURCE_EXHAUSTED).
     pub max_pending: usize,
+    /// Largest push (body plus key) accepted from any source: larger ones are refused
+    /// (INVALID_ARGUMENT; counted and skipped from Kafka). Must leave room in a connection's
+    /// outbound queue (at most half of `limits.outbound_queue_bytes` once encoded).
+    pub max_push_size: ByteSize,
 }
 
 impl Default for DownstreamConfig {
     fn default() -> Self {
-        Self { retry_interval: Duration::from_secs(5), max_retries: 3, max_pending: 100_000 }
+        Self {
+            retry_interval: Duration::from_secs(5),
+            max_retries: 3,
+            max_pending: 100_000,
+            max_push_size: ByteSize::kib(64),
+        }
     }
+}
+
+/// The most bytes a push of `size` (body plus key) can take once encoded: base64 in JSON, the
+/// cipher's nonce and tag, and the message envelope.
+pub fn encoded_push_bound(size: u64) -> u64 {
+    (size + 28).div_ceil(3) * 4 + 256
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

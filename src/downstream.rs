@@ -110,9 +110,7 @@ impl Downstream {
     /// acknowledged. Returns how many connections it was handed to. A push with a key that is
     /// already pending for the user is delivered again but tracked once.
     pub fn push(&self, msg: PushMessage) -> Result<usize, PushError> {
-        if msg.biz_id <= 0 || msg.receiver_id <= 0 {
-            return Err(PushError::Invalid);
-        }
+        self.admit(&msg)?;
         let identity = Identity { biz_id: msg.biz_id, user_id: msg.receiver_id };
         let key = match msg.key {
             k if k.is_empty() => {
@@ -164,7 +162,8 @@ impl Downstream {
     /// Sends one message to every connection of business `biz_id` (every connection when 0),
     /// encoded (and encrypted) once and shared. Not tracked for acknowledgement. Returns how
     /// many connections it was queued on.
-    pub fn broadcast(&self, biz_id: i64, key: String, body: &[u8]) -> usize {
+    pub fn broadcast(&self, biz_id: i64, key: String, body: &[u8]) -> Result<usize, PushError> {
+        self.fits(key.len() + body.len())?;
         let cmd = CommandType::DownstreamMessage.into();
         let frame = self.wire.frame(&Message { cmd, key, body: self.wire.seal(body) });
         let mut fanout = self.wire.fanout(frame, cmd);
@@ -174,7 +173,26 @@ impl Downstream {
             }
         });
         self.metrics.push_event(PushEvent::Broadcast);
-        fanout.finish() as usize
+        Ok(fanout.finish() as usize)
+    }
+
+    /// Whether this node would take `msg` at all: valid ids and within `max_push_size` (a push
+    /// larger than a connection's queue could hold would close every connection it went to).
+    /// Every entry point checks this before doing anything else with a push.
+    pub fn admit(&self, msg: &PushMessage) -> Result<(), PushError> {
+        if msg.biz_id <= 0 || msg.receiver_id <= 0 {
+            return Err(PushError::Invalid);
+        }
+        self.fits(msg.key.len() + msg.body.len())
+    }
+
+    fn fits(&self, size: usize) -> Result<(), PushError> {
+        let max = self.config.max_push_size.as_u64() as usize;
+        if size > max {
+            self.metrics.push_event(PushEvent::TooLarge);
+            return Err(PushError::TooLarge { size, max });
+        }
+        Ok(())
     }
 
     /// The user acknowledged `key` (from any of their connections).

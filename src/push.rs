@@ -28,6 +28,8 @@ pub enum PushError {
     NotConnected { biz: i64, user: i64 },
     #[error("too many pushes await acknowledgement ({0}); try again later")]
     Overloaded(usize),
+    #[error("the push is {size} bytes (body and key); downstream.max_push_size is {max}")]
+    TooLarge { size: usize, max: usize },
 }
 
 /// Why a push could not be routed.
@@ -44,7 +46,12 @@ pub enum RouteError {
 impl RouteError {
     /// Whether trying again later can help (false: the push can never be delivered as it is).
     pub fn is_retriable(&self) -> bool {
-        !matches!(self, Self::Push(PushError::Invalid | PushError::NotConnected { .. }))
+        !matches!(
+            self,
+            Self::Push(
+                PushError::Invalid | PushError::NotConnected { .. } | PushError::TooLarge { .. }
+            )
+        )
     }
 }
 
@@ -63,6 +70,7 @@ mod tests {
         let cases = [
             (RouteError::Push(PushError::Invalid), false),
             (RouteError::Push(PushError::NotConnected { biz: 1, user: 2 }), false),
+            (RouteError::Push(PushError::TooLarge { size: 9, max: 8 }), false),
             (RouteError::Push(PushError::Overloaded(10)), true),
             (RouteError::Unavailable("redis".into()), true),
         ];

@@ -89,9 +89,7 @@ impl Router {
 
     /// Hands `msg` to every connection of its receiver in the cluster, or stores it for them.
     pub async fn push(&self, msg: PushMessage) -> Result<Routed, RouteError> {
-        if msg.biz_id <= 0 || msg.receiver_id <= 0 {
-            return Err(PushError::Invalid.into());
-        }
+        self.downstream.admit(&msg)?;
         let nodes = match self.directory.route(&msg).await {
             Ok(Route::Stored) => return Ok(Routed { connections: 0, stored: true }),
             Ok(Route::Nodes(nodes)) => nodes,
@@ -135,15 +133,23 @@ impl Router {
         result
     }
 
-    /// Delivers pushes on this node only (the node-to-node entry point).
-    pub fn deliver_local(&self, msgs: Vec<PushMessage>) -> Result<Vec<i32>, PushError> {
-        msgs.into_iter()
-            .map(|m| match self.downstream.push(m) {
-                Ok(n) => Ok(i32::try_from(n).unwrap_or(i32::MAX)),
-                Err(PushError::NotConnected { .. } | PushError::Invalid) => Ok(0),
-                Err(e) => Err(e),
-            })
-            .collect()
+    /// Delivers pushes on this node only (the node-to-node entry point), each on its own: one
+    /// push refused never fails the others.
+    pub fn deliver_local(&self, msgs: Vec<PushMessage>) -> DeliverResponse {
+        let mut answer = DeliverResponse {
+            connections: Vec::with_capacity(msgs.len()),
+            overloaded: Vec::with_capacity(msgs.len()),
+        };
+        for msg in msgs {
+            let (n, overloaded) = match self.downstream.push(msg) {
+                Ok(n) => (i32::try_from(n).unwrap_or(i32::MAX), false),
+                Err(PushError::Overloaded(_)) => (0, true),
+                Err(_) => (0, false),
+            };
+            answer.connections.push(n);
+            answer.overloaded.push(overloaded);
+        }
+        answer
     }
 }
 
@@ -155,7 +161,67 @@ impl PushSink for Router {
 
 #[cfg(test)]
 mod tests {
+    use bytesize::ByteSize;
+    use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
     use super::*;
+    use crate::{
+        auth::Identity, cluster::LocalDirectory, config::DownstreamConfig, grpc::Bearer,
+        links::LinkRegistry, protocol::Serializer, wire::Wire,
+    };
+
+    /// A single-node router over real in-memory parts, with user (9, 1) connected once.
+    fn single_node(config: DownstreamConfig) -> (Router, Arc<LinkRegistry>) {
+        let links = Arc::new(LinkRegistry::new(10));
+        let metrics = Arc::new(Metrics::new());
+        let wire = Arc::new(Wire::new(Serializer::Json, None, metrics.clone()));
+        let stop = CancellationToken::new();
+        let (downstream, _retries) = Downstream::new(
+            config,
+            links.clone(),
+            wire,
+            metrics.clone(),
+            "n1".into(),
+            stop.clone(),
+        );
+        let addr = "127.0.0.1:1".parse().expect("addr");
+        links.insert(Identity { biz_id: 9, user_id: 1 }, addr, 1 << 20);
+        let dir = Arc::new(LocalDirectory::new("n1".into(), links.clone(), metrics.clone(), None));
+        let peers = Peers::new(Bearer::default(), TaskTracker::new(), stop);
+        (Router::new("n1".into(), downstream, dir, peers, metrics), links)
+    }
+
+    fn push(key: &str, user: i64, body: &[u8]) -> PushMessage {
+        PushMessage { key: key.into(), biz_id: 9, receiver_id: user, body: body.to_vec().into() }
+    }
+
+    #[test]
+    fn node_to_node_deliveries_are_answered_per_push() {
+        let (router, _links) =
+            single_node(DownstreamConfig { max_pending: 1, ..Default::default() });
+        let r = router.deliver_local(vec![
+            push("c", 2, b"x"), // nobody here
+            push("a", 1, b"x"),
+            push("b", 1, b"x"), // over max_pending: refused on its own
+            push("a", 1, b"x"), // already pending: delivered again
+        ]);
+        assert_eq!(r.connections, [0, 1, 0, 1]);
+        assert_eq!(r.overloaded, [false, false, true, false]);
+    }
+
+    #[tokio::test]
+    async fn a_single_node_delivers_here_refuses_the_absent_and_the_oversized() {
+        let config = DownstreamConfig { max_push_size: ByteSize::b(16), ..Default::default() };
+        let (router, _links) = single_node(config);
+        let here = router.push(push("k1", 1, b"hi")).await;
+        assert_eq!(here, Ok(Routed { connections: 1, stored: false }));
+        let absent = router.push(push("k2", 2, b"hi")).await;
+        assert_eq!(absent, Err(PushError::NotConnected { biz: 9, user: 2 }.into()));
+        let big = router.push(push("k3", 1, &[0; 15])).await;
+        assert_eq!(big, Err(PushError::TooLarge { size: 17, max: 16 }.into()), "key counts too");
+        let invalid = router.push(push("k4", 0, b"hi")).await;
+        assert_eq!(invalid, Err(PushError::Invalid.into()));
+    }
 
     fn unavailable() -> Result<usize, RouteError> {
         Err(RouteError::Unavailable("peer down".into()))

@@ -31,7 +31,7 @@ use crate::{
     auth::Identity,
     config::KafkaConfig,
     protocol::pb::PushMessage,
-    push::PushSink,
+    push::{PushError, PushSink, RouteError},
     telemetry::{ClusterEvent, Dependency, Metrics},
 };
 
@@ -173,6 +173,11 @@ impl<S: PushSink> PushConsumer<S> {
                             true => ClusterEvent::PushStored,
                             false => ClusterEvent::PushRouted,
                         });
+                        return true;
+                    }
+                    Err(RouteError::Push(e @ PushError::TooLarge { .. })) => {
+                        metrics.cluster_event(ClusterEvent::PushTooLarge);
+                        warn!(error = %e, key = %msg.key, "skipping a push record that is too large");
                         return true;
                     }
                     Err(e) if !e.is_retriable() => {

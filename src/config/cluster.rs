@@ -158,6 +158,15 @@ impl ClusterConfig {
         if !k.brokers.is_empty() && k.group_id.is_empty() {
             p.push(("cluster.kafka.group_id", "must not be empty"));
         }
+        if !k.brokers.is_empty() && !k.push_topic.is_empty() && r.url.is_empty() {
+            // Without the session directory a consumer cannot find users on other nodes, and
+            // would commit their pushes as undeliverable.
+            p.push((
+                "cluster.kafka.push_topic",
+                "consuming pushes needs the session directory: set cluster.redis.url \
+                 (or clear the push topic)",
+            ));
+        }
         p
     }
 }

@@ -323,6 +323,20 @@ mod tests {
     }
 
     #[test]
+    fn consuming_kafka_pushes_without_the_session_directory_is_refused() {
+        let kafka = ("WSGW_CLUSTER__KAFKA__BROKERS", "127.0.0.1:9092");
+        let p = problems(load(None, env(&[kafka])).unwrap_err());
+        assert_eq!(
+            p.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
+            ["cluster.kafka.push_topic"]
+        );
+        let redis = ("WSGW_CLUSTER__REDIS__URL", "redis://127.0.0.1:6379");
+        assert!(load(None, env(&[kafka, redis])).is_ok(), "with Redis it is fine");
+        let presence_only = ("WSGW_CLUSTER__KAFKA__PUSH_TOPIC", "");
+        assert!(load(None, env(&[kafka, presence_only])).is_ok(), "presence alone needs no Redis");
+    }
+
+    #[test]
     fn broken_yaml_and_missing_file_are_clear_errors() {
         let f = yaml("server: [unclosed\n");
         let p = problems(load(Some(f.path()), env(&[])).unwrap_err());

@@ -32,7 +32,9 @@ impl PushApi {
 
 fn status(e: RouteError) -> Status {
     match e {
-        RouteError::Push(e @ PushError::Invalid) => Status::invalid_argument(e.to_string()),
+        RouteError::Push(e @ (PushError::Invalid | PushError::TooLarge { .. })) => {
+            Status::invalid_argument(e.to_string())
+        }
         RouteError::Push(e @ PushError::NotConnected { .. }) => Status::not_found(e.to_string()),
         RouteError::Push(e @ PushError::Overloaded(_)) => Status::resource_exhausted(e.to_string()),
         e @ RouteError::Unavailable(_) => Status::unavailable(e.to_string()),
@@ -63,6 +65,7 @@ impl PushService for PushApi {
             ));
         }
         let n = self.downstream.broadcast(req.biz_id, req.key, &req.body);
+        let n = n.map_err(|e| status(e.into()))?;
         Ok(Response::new(BroadcastResponse { connections: n as i64 }))
     }
 }
@@ -84,10 +87,6 @@ impl NodeService for NodeApi {
         &self,
         request: Request<DeliverRequest>,
     ) -> Result<Response<DeliverResponse>, Status> {
-        let connections = self
-            .router
-            .deliver_local(request.into_inner().msgs)
-            .map_err(|e| status(RouteError::Push(e)))?;
-        Ok(Response::new(DeliverResponse { connections }))
+        Ok(Response::new(self.router.deliver_local(request.into_inner().msgs)))
     }
 }

@@ -10,7 +10,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::Channel;
 use tracing::debug;
 
-use super::{DeliverRequest, NodeServiceClient};
+use super::{DeliverRequest, DeliverResponse, NodeServiceClient};
 use crate::{
     grpc::{Bearer, GrpcAddr},
     protocol::pb::PushMessage,
@@ -66,6 +66,14 @@ impl Peers {
     }
 }
 
+/// What the peer's answer says of the `i`th push of the call.
+fn outcome(r: &DeliverResponse, i: usize) -> Result<usize, RouteError> {
+    if r.overloaded.get(i).copied().unwrap_or(false) {
+        return Err(PushError::Overloaded(0).into());
+    }
+    Ok(r.connections.get(i).copied().unwrap_or(0).max(0) as usize)
+}
+
 async fn run(
     peer: String,
     mut client: NodeServiceClient<Channel>,
@@ -91,10 +99,9 @@ async fn run(
         };
         match answer {
             Ok(r) => {
-                let counts = r.into_inner().connections;
+                let r = r.into_inner();
                 for (i, w) in waiters.into_iter().enumerate() {
-                    let n = counts.get(i).copied().unwrap_or(0).max(0) as usize;
-                    let _ = w.send(Ok(n));
+                    let _ = w.send(outcome(&r, i));
                 }
             }
             Err(s) => {
@@ -108,5 +115,21 @@ async fn run(
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_push_of_a_call_gets_its_own_outcome() {
+        let r = DeliverResponse { connections: vec![2, 0, 0, -1], overloaded: vec![false, true] };
+        let got: Vec<_> = (0..5).map(|i| outcome(&r, i)).collect();
+        assert_eq!(got[0], Ok(2));
+        assert_eq!(got[1], Err(PushError::Overloaded(0).into()), "only this one was refused");
+        assert_eq!(got[2], Ok(0), "a missing flag (an older peer) is not a refusal");
+        assert_eq!(got[3], Ok(0), "never negative");
+        assert_eq!(got[4], Ok(0), "a short answer counts as none");
     }
 }

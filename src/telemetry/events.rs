@@ -19,6 +19,8 @@ pub enum PushEvent {
     Acked,
     /// A broadcast was queued.
     Broadcast,
+    /// Refused: larger than `downstream.max_push_size`.
+    TooLarge,
 }
 
 impl PushEvent {
@@ -31,6 +33,7 @@ impl PushEvent {
             Self::GivenUp => "given_up",
             Self::Acked => "acked",
             Self::Broadcast => "broadcast",
+            Self::TooLarge => "too_large",
         }
     }
 }
@@ -70,6 +73,8 @@ pub enum ClusterEvent {
     PushInvalid,
     PushRetried,
     PushUndeliverable,
+    /// A record larger than `downstream.max_push_size`, skipped.
+    PushTooLarge,
     PushStored,
     PushRouted,
     PresenceProduced,
@@ -99,6 +104,7 @@ impl ClusterEvent {
             PushInvalid => ("kafka", "push_invalid"),
             PushRetried => ("kafka", "push_retried"),
             PushUndeliverable => ("kafka", "push_undeliverable"),
+            PushTooLarge => ("kafka", "push_too_large"),
             PushStored => ("kafka", "push_stored"),
             PushRouted => ("kafka", "push_routed"),
             PresenceProduced => ("kafka", "presence_produced"),

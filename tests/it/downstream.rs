@@ -137,3 +137,27 @@ async fn wsgw_push_delivers_and_exits_non_zero_when_not_delivered() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not delivered"));
 }
+
+#[tokio::test]
+async fn an_oversized_push_or_broadcast_is_refused_and_closes_nobody() {
+    let node = TestNode::spawn().await;
+    let mut c = node.connect(42, BIZ).await;
+    // Larger than the client's whole outbound queue (256 KiB): before the limit existed this
+    // closed every connection of the user as a slow consumer.
+    let huge = vec![b'x'; 300 * 1024];
+    let refused = node.push(42, BIZ, "huge", &huge).await.expect_err("refused");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("max_push_size"), "{}", refused.message());
+    let mut client = node.push_client().await;
+    let broadcast = wsgw::protocol::pb::BroadcastRequest {
+        biz_id: BIZ,
+        key: "all".into(),
+        body: huge.clone().into(),
+    };
+    let refused = client.broadcast(broadcast).await.expect_err("refused");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(node.push(42, BIZ, "small", b"fine").await.expect("delivered"), 1);
+    expect_push(&mut c, "small").await;
+    assert_eq!(node.metric(r#"websocket_gateway_pushes_total{event="too_large"}"#).await, 2.0);
+    assert_eq!(node.handle.connections(), 1, "the client is still connected");
+}

@@ -133,3 +133,24 @@ async fn presence_events_go_to_kafka() {
     let offline = cluster::next_json(&consumer, KAFKA_WAIT).await.expect("OFFLINE");
     assert_eq!(offline["action"], "OFFLINE", "one OFFLINE after the last connection: {offline}");
 }
+
+#[tokio::test]
+async fn an_oversized_kafka_push_is_counted_and_skipped_and_closes_nobody() {
+    let scope = Scope::new("kafka-oversized");
+    scope.create_topics().await;
+    let consumer_node = scope.node("a").spawn().await;
+    let holder = scope.node("b").config(|c| c.cluster.kafka.push_topic.clear()).spawn().await;
+    let mut client = holder.connect(7, 9).await;
+    await_sessions(&consumer_node, 7, 9, 1).await;
+
+    let producer = cluster::producer(&scope.kafka);
+    let huge = vec![b'x'; 300 * 1024];
+    cluster::produce_push(&producer, &scope.push_topic(), "huge", 9, 7, &huge).await;
+    cluster::produce_push(&producer, &scope.push_topic(), "small", 9, 7, b"fine").await;
+    let m = client.recv_msg_within(JSON, KAFKA_WAIT).await.expect("the small push arrives");
+    assert!(is_push(&m, "small", b"fine"), "{m:?}");
+    let too_large =
+        "websocket_gateway_cluster_events_total{event=\"push_too_large\",service=\"kafka\"}";
+    assert_eq!(consumer_node.metric(too_large).await, 1.0);
+    assert_eq!(holder.handle.connections(), 1, "the client is still connected");
+}
