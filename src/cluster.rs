@@ -26,8 +26,8 @@ use std::net::SocketAddr;
 use crate::config::ClusterConfig;
 
 pub use directory::{
-    DirectoryError, DirectoryEvent, LocalDirectory, RedisDirectory, Route, SessionDirectory,
-    SessionEntry, SessionQuery,
+    DirectoryError, DirectoryEvent, Inbox, InboxPush, LocalDirectory, RedisDirectory, Route,
+    SessionDirectory, SessionEntry, SessionQuery,
 };
 pub use kafka::{KafkaPush, PresenceAction};
 pub use registry::{NodeEntry, NodeRegistry};

@@ -3,7 +3,7 @@
 # nchan, Node.js ws and pushpin, under the same load on the same machine.
 #
 #   scripts/bench/run.sh                  # RUNS=3 SIZES="10000 18000" SERVERS="floor wsgw nchan ws pushpin"
-#   SERVERS="floor base wsgw" WSGW_BASE=/path/to/older/wsgw scripts/bench/run.sh   # before/after
+#   SERVERS="floor base wsgw" BASE_BIN=/path/to/older/wsgw scripts/bench/run.sh   # before/after
 #
 # Each server is pinned to CPU 0, the load (benches/fanout.rs) to CPU 1. For each server, size
 # and run it measures: connection setup rate, server RSS per idle connection, the time to fan
@@ -42,7 +42,7 @@ start() {
       url=ws://127.0.0.1:8083/ publish=http:http://127.0.0.1:8084/pub port=8083 extra=() ;;
     wsgw|base)
       bin=target/release/wsgw
-      [ "$name" = base ] && bin=${WSGW_BASE:?WSGW_BASE names the wsgw binary to compare with}
+      [ "$name" = base ] && bin=${BASE_BIN:?BASE_BIN names the wsgw binary to compare with}
       WSGW_SERVER__WEBSOCKET__LISTEN=127.0.0.1:9702 WSGW_SERVER__GOVERNOR__LISTEN=127.0.0.1:9703 \
       WSGW_SERVER__GRPC__LISTEN=127.0.0.1:9704 WSGW_AUTH__JWT__SECRET=bench WSGW_LOG__LEVEL=warn \
         taskset -c 0 "$bin" serve & pids=($!)
@@ -98,7 +98,7 @@ done
 
 {
   echo "wsgw: $(target/release/wsgw --version) ($(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
-  [ -n "${WSGW_BASE:-}" ] && echo "base: $WSGW_BASE"
+  [ -n "${BASE_BIN:-}" ] && echo "base: $BASE_BIN"
   echo "rustc: $(rustc -V)"
   case " $servers " in *" nchan "*)
     echo "nginx: $(nginx -v 2>&1 | sed 's/.*\///'), nchan $(dpkg -s libnginx-mod-nchan | awk '/^Version/{print $2}')" ;; esac

@@ -80,8 +80,36 @@ pub enum DirectoryEvent {
     Online(Identity),
     /// The user's last connection went away.
     Offline(Identity),
-    /// Pushes kept in the user's inbox, found when they connected: route them.
-    Inbox(Vec<PushMessage>),
+    /// Pushes kept in the user's inbox, found when they connected (or when this node rebuilt
+    /// its directory entries): route them, then tell the directory which ones are done
+    /// ([`SessionDirectory::inbox_done`]). Until then they stay in the inbox.
+    Inbox(Inbox),
+}
+
+/// A user's inbox as read from the directory, oldest first.
+#[derive(Debug, PartialEq)]
+pub struct Inbox {
+    pub who: Identity,
+    pub pushes: Vec<InboxPush>,
+}
+
+/// One inbox entry: as stored (to remove it by value) and as read (`None`: unreadable, to be
+/// removed without delivery).
+#[derive(Debug, PartialEq)]
+pub struct InboxPush {
+    pub raw: String,
+    pub msg: Option<PushMessage>,
+}
+
+impl Inbox {
+    /// Reads the stored JSON entries of `who`'s inbox.
+    pub fn read(who: Identity, raw: Vec<String>) -> Self {
+        let pushes = raw
+            .into_iter()
+            .map(|raw| InboxPush { msg: serde_json::from_str(&raw).ok(), raw })
+            .collect();
+        Self { who, pushes }
+    }
 }
 
 /// The session directory of one node.
@@ -101,6 +129,10 @@ pub trait SessionDirectory: Send + Sync {
 
     /// The sessions matching `query`, ordered by node and connection.
     fn sessions(&self, query: SessionQuery) -> DirectoryFuture<'_, Vec<SessionEntry>>;
+
+    /// Removes these entries (as stored) from `who`'s inbox: they were handed on, or cannot be
+    /// read. Entries that failed stay for the user's next connection.
+    fn inbox_done(&self, who: Identity, raw: Vec<String>) -> DirectoryFuture<'_, ()>;
 
     /// Whether the directory can be used now (its last round trip succeeded).
     fn healthy(&self) -> bool;
@@ -163,6 +195,10 @@ impl SessionDirectory for LocalDirectory {
         links.sort_by_key(|l| l.id);
         let entries = links.iter().map(|l| entry(&self.node_id, l)).collect();
         Box::pin(std::future::ready(Ok(entries)))
+    }
+
+    fn inbox_done(&self, _: Identity, _: Vec<String>) -> DirectoryFuture<'_, ()> {
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn healthy(&self) -> bool {

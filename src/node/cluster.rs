@@ -17,7 +17,7 @@ use super::{NodeError, Task};
 use crate::{
     auth::Identity,
     cluster::{
-        Advertised, DirectoryEvent, LocalDirectory, NodeEntry, NodeRegistry, PresenceAction,
+        Advertised, DirectoryEvent, Inbox, LocalDirectory, NodeEntry, NodeRegistry, PresenceAction,
         RedisDirectory, SessionDirectory,
         directory::DirectorySettings,
         discovery::Discovery,
@@ -149,6 +149,7 @@ impl Adapters {
         let events = hand_off_events(
             self.events,
             router.clone(),
+            self.directory.clone(),
             presence,
             metrics.clone(),
             lifecycle.token(Stage::StopRouting),
@@ -180,6 +181,7 @@ async fn apply_backends(
 async fn hand_off_events(
     mut events: mpsc::Receiver<DirectoryEvent>,
     sink: Arc<impl PushSink>,
+    directory: Arc<dyn SessionDirectory>,
     presence: Option<mpsc::Sender<(Identity, PresenceAction)>>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
@@ -191,12 +193,8 @@ async fn hand_off_events(
         };
         let Some(event) = event else { return };
         let (who, action) = match event {
-            DirectoryEvent::Inbox(msgs) => {
-                for msg in msgs {
-                    if let Err(e) = sink.push(msg).await {
-                        warn!(error = %e, "could not deliver a push from the offline inbox");
-                    }
-                }
+            DirectoryEvent::Inbox(inbox) => {
+                hand_off_inbox(inbox, &*sink, &*directory, &metrics).await;
                 continue;
             }
             DirectoryEvent::Online(who) => (who, PresenceAction::Online),
@@ -207,5 +205,40 @@ async fn hand_off_events(
         {
             metrics.cluster_event(ClusterEvent::PresenceDropped);
         }
+    }
+}
+
+/// Routes the pushes of one inbox, then removes from it what was handed on (and what cannot be
+/// read); a push that could not be routed stays for the user's next connection.
+async fn hand_off_inbox(
+    inbox: Inbox,
+    sink: &impl PushSink,
+    directory: &dyn SessionDirectory,
+    metrics: &Metrics,
+) {
+    let mut done = Vec::with_capacity(inbox.pushes.len());
+    for push in inbox.pushes {
+        let Some(msg) = push.msg else {
+            metrics.cluster_event(ClusterEvent::InboxUnreadable);
+            warn!(
+                user = inbox.who.user_id,
+                biz = inbox.who.biz_id,
+                "removing an unreadable inbox entry"
+            );
+            done.push(push.raw);
+            continue;
+        };
+        match sink.push(msg).await {
+            Ok(_) => done.push(push.raw),
+            Err(e) if !e.is_retriable() => {
+                metrics.cluster_event(ClusterEvent::InboxUndeliverable);
+                warn!(error = %e, "removing an inbox push that can never be delivered");
+                done.push(push.raw);
+            }
+            Err(e) => warn!(error = %e, "inbox push not handed on; kept for the next connection"),
+        }
+    }
+    if let Err(e) = directory.inbox_done(inbox.who, done).await {
+        warn!(error = %e, "could not trim the inbox; its pushes will be delivered again");
     }
 }

@@ -64,6 +64,10 @@ pub enum ClusterEvent {
     UpdateDropped,
     InboxStored,
     InboxDelivered,
+    /// An inbox entry that could not be read, removed.
+    InboxUnreadable,
+    /// An inbox push that can never be delivered (invalid, too large), removed.
+    InboxUndeliverable,
     Rebuilt,
     NodeSwept,
     EtcdError,
@@ -95,6 +99,8 @@ impl ClusterEvent {
             UpdateDropped => ("redis", "update_dropped"),
             InboxStored => ("redis", "inbox_stored"),
             InboxDelivered => ("redis", "inbox_delivered"),
+            InboxUnreadable => ("redis", "inbox_unreadable"),
+            InboxUndeliverable => ("redis", "inbox_undeliverable"),
             Rebuilt => ("redis", "rebuilt"),
             NodeSwept => ("redis", "node_swept"),
             EtcdError => ("etcd", "error"),

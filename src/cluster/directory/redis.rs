@@ -15,9 +15,15 @@
 //!
 //! A node refreshes `node:{node}` every `session_ttl / 3`. Readers only trust entries of live
 //! nodes, so a node that dies stops receiving pushes after one TTL; its entries are then removed by
-//! the surviving nodes (the sweep), so nothing stale stays forever. When the refresh finds its key
-//! gone (Redis restarted, or the node was cut off for longer than the TTL), the node writes its
-//! whole part of the directory again from its live connections.
+//! the surviving nodes (the sweep), which also reports its users OFFLINE when they have no
+//! connection left anywhere, so nothing stale stays forever. When the refresh finds its key gone
+//! (Redis restarted, or the node was cut off for longer than the TTL), or an update was lost, the
+//! node writes its whole part of the directory again from its live connections and hands on the
+//! inboxes of its users.
+//!
+//! The inbox is read on connect (and on a rebuild) but left in place: entries are removed by
+//! value (LREM) only after the node handed them to the router, so a failed hand-off, a lost reply
+//! or a crash in between delivers them again on the next connection (keys make that harmless).
 //!
 //! Owns: every read and write of these keys. Updates from the connection path are queued without
 //! waiting (bounded by `cluster.redis.queue`) and written in pipelines by one task; a lost update
@@ -43,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
-    DirectoryError, DirectoryEvent, DirectoryFuture, Route, SessionDirectory, SessionEntry,
+    DirectoryError, DirectoryEvent, DirectoryFuture, Inbox, Route, SessionDirectory, SessionEntry,
     SessionQuery,
 };
 use crate::{
@@ -193,16 +199,14 @@ impl RedisDirectory {
     async fn route(&self, msg: &PushMessage) -> Result<Route, DirectoryError> {
         let id = Identity { biz_id: msg.biz_id, user_id: msg.receiver_id };
         let json = serde_json::to_string(msg).unwrap_or_default();
-        let r: redis::RedisResult<Vec<String>> = redis::cmd("EVAL")
-            .arg(scripts::ROUTE)
-            .arg(2)
-            .arg(self.keys.user(id))
-            .arg(self.keys.inbox(id))
+        let r: redis::RedisResult<Vec<String>> = scripts::ROUTE
+            .key(self.keys.user(id))
+            .key(self.keys.inbox(id))
             .arg(&self.keys.prefix)
             .arg(json)
             .arg(self.inbox_max)
             .arg(self.inbox_ttl.as_millis() as u64)
-            .query_async(&mut self.redis.clone())
+            .invoke_async(&mut self.redis.clone())
             .await;
         let route = parse_route(self.observe(r)?);
         if route == Route::Stored {
@@ -249,10 +253,10 @@ impl RedisDirectory {
                     self.write(&mut batch, &events).await;
                 }
                 _ = refresh.tick() => {
-                    self.refresh(&links).await;
+                    self.refresh(&links, &events).await;
                     sweeps += 1;
                     if sweeps.is_multiple_of(3) {
-                        let _ = self.sweep_dead().await;
+                        let _ = self.sweep_dead(&events).await;
                     }
                 }
             }
@@ -269,28 +273,57 @@ impl RedisDirectory {
 
     async fn write(&self, batch: &mut Vec<Update>, events: &mpsc::Sender<DirectoryEvent>) {
         let pipe = build(&self.keys, batch);
-        let r: redis::RedisResult<Vec<Vec<String>>> =
-            pipe.query_async(&mut self.redis.clone()).await;
+        let mut redis = self.redis.clone();
+        let mut r: redis::RedisResult<Vec<Vec<String>>> = pipe.query_async(&mut redis).await;
+        if r.as_ref().is_err_and(is_noscript) {
+            // A fresh or restarted Redis: load the scripts and try once more.
+            let loaded = load_scripts(&mut redis).await;
+            r = match loaded {
+                Ok(()) => pipe.query_async(&mut redis).await,
+                Err(e) => Err(e),
+            };
+        }
         let replies = self.observe(r).ok();
         if replies.is_none() {
             self.rebuild.store(true, Ordering::Relaxed);
         }
         for event in interpret(batch.drain(..), replies) {
-            match event {
-                DirectoryEvent::Inbox(msgs) => {
-                    self.metrics.cluster_events(ClusterEvent::InboxDelivered, msgs.len() as u64);
-                    let _ = events.send(DirectoryEvent::Inbox(msgs)).await;
-                }
-                presence => {
-                    let _ = events.try_send(presence);
-                }
+            self.emit(event, events).await;
+        }
+    }
+
+    /// Hands `event` on: inbox pushes wait for room (they must not be lost), presence changes
+    /// never wait.
+    async fn emit(&self, event: DirectoryEvent, events: &mpsc::Sender<DirectoryEvent>) {
+        match event {
+            DirectoryEvent::Inbox(inbox) => {
+                let n = inbox.pushes.len() as u64;
+                self.metrics.cluster_events(ClusterEvent::InboxDelivered, n);
+                let _ = events.send(DirectoryEvent::Inbox(inbox)).await;
+            }
+            presence => {
+                let _ = events.try_send(presence);
             }
         }
     }
 
+    /// Removes inbox entries that were handed to their receiver (or cannot be read).
+    async fn inbox_done(&self, who: Identity, raw: Vec<String>) -> Result<(), DirectoryError> {
+        if raw.is_empty() {
+            return Ok(());
+        }
+        let key = self.keys.inbox(who);
+        let mut pipe = redis::pipe();
+        for entry in &raw {
+            pipe.lrem(&key, 1, entry).ignore();
+        }
+        let r: redis::RedisResult<()> = pipe.query_async(&mut self.redis.clone()).await;
+        self.observe(r)
+    }
+
     /// Refreshes this node's entry; rebuilds its part of the directory when the entry was gone
     /// or updates were lost.
-    async fn refresh(&self, links: &LinkRegistry) {
+    async fn refresh(&self, links: &LinkRegistry, events: &mpsc::Sender<DirectoryEvent>) {
         let ttl = self.ttl.as_millis() as u64;
         let r: redis::RedisResult<(Option<String>,)> = redis::pipe()
             .cmd("SET")
@@ -305,16 +338,21 @@ impl RedisDirectory {
             .await;
         let Ok((set,)) = self.observe(r) else { return };
         if (set.is_none() || self.rebuild.swap(false, Ordering::Relaxed))
-            && let Err(e) = self.rebuild(links).await
+            && let Err(e) = self.rebuild(links, events).await
         {
             self.rebuild.store(true, Ordering::Relaxed);
             warn!(error = %e, "could not rebuild this node's directory entries");
         }
     }
 
-    /// Writes this node's entry and every live connection, then removes entries of connections
-    /// that are gone.
-    async fn rebuild(&self, links: &LinkRegistry) -> Result<(), DirectoryError> {
+    /// Writes this node's entry and every live connection, removes entries of connections that
+    /// are gone, and hands on the inboxes of the users here (a push stored while their connect
+    /// update was lost would otherwise wait for their next connect).
+    async fn rebuild(
+        &self,
+        links: &LinkRegistry,
+        events: &mpsc::Sender<DirectoryEvent>,
+    ) -> Result<(), DirectoryError> {
         let ttl = self.ttl.as_millis() as u64;
         let mut redis = self.redis.clone();
         let r: redis::RedisResult<()> = redis::pipe()
@@ -347,7 +385,11 @@ impl RedisDirectory {
             let r: redis::RedisResult<()> = pipe.query_async(&mut redis).await;
             self.observe(r)?;
         }
-        let removed = self.sweep(&self.node_id, Some(&keep)).await?;
+        let (removed, _) = self.sweep(&self.node_id, Some(&keep)).await?;
+        let users: HashSet<Identity> = all.iter().map(|l| l.identity).collect();
+        for inbox in self.read_inboxes(users.into_iter().collect()).await? {
+            self.emit(DirectoryEvent::Inbox(inbox), events).await;
+        }
         info!(
             connections = all.len(),
             stale_removed = removed,
@@ -357,8 +399,30 @@ impl RedisDirectory {
         Ok(())
     }
 
+    /// The non-empty inboxes of `users`, oldest first.
+    async fn read_inboxes(&self, users: Vec<Identity>) -> Result<Vec<Inbox>, DirectoryError> {
+        let mut redis = self.redis.clone();
+        let mut found = Vec::new();
+        for chunk in users.chunks(PIPELINE) {
+            let mut pipe = redis::pipe();
+            for who in chunk {
+                pipe.lrange(self.keys.inbox(*who), 0, -1);
+            }
+            let lists: Vec<Vec<String>> = self.observe(pipe.query_async(&mut redis).await)?;
+            for (who, raw) in chunk.iter().zip(lists) {
+                if !raw.is_empty() {
+                    found.push(Inbox::read(*who, raw));
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Removes the entries of nodes whose entry expired (one sweeper per dead node at a time).
-    async fn sweep_dead(&self) -> Result<(), DirectoryError> {
+    async fn sweep_dead(
+        &self,
+        events: &mpsc::Sender<DirectoryEvent>,
+    ) -> Result<(), DirectoryError> {
         let mut redis = self.redis.clone();
         let nodes_key = self.keys.key(format_args!("nodes"));
         let ids: Vec<String> = self.observe(redis.smembers(&nodes_key).await)?;
@@ -381,7 +445,11 @@ impl RedisDirectory {
             if got.is_none() {
                 continue;
             }
-            let removed = self.sweep(&id, None).await?;
+            let (removed, gone) = self.sweep(&id, None).await?;
+            // Nobody else will say these users went offline: their node died.
+            for who in gone {
+                let _ = events.try_send(DirectoryEvent::Offline(who));
+            }
             let r: redis::RedisResult<()> = redis::pipe()
                 .del(self.keys.users(&id))
                 .ignore()
@@ -398,16 +466,17 @@ impl RedisDirectory {
         Ok(())
     }
 
-    /// Removes `node`'s fields from its users' hashes, except those in `keep`. Returns how many.
+    /// Removes `node`'s fields from its users' hashes, except those in `keep`. Returns how many,
+    /// and the users left with no connection anywhere.
     async fn sweep(
         &self,
         node: &str,
         keep: Option<&HashSet<String>>,
-    ) -> Result<usize, DirectoryError> {
+    ) -> Result<(usize, Vec<Identity>), DirectoryError> {
         let mut redis = self.redis.clone();
         let users: Vec<String> = self.observe(redis.smembers(self.keys.users(node)).await)?;
         let prefix = format!("{node}|");
-        let mut removed = 0;
+        let (mut removed, mut gone) = (0, Vec::new());
         for chunk in users.chunks(PIPELINE) {
             let mut pipe = redis::pipe();
             for u in chunk {
@@ -415,6 +484,7 @@ impl RedisDirectory {
             }
             let fields: Vec<Vec<String>> = self.observe(pipe.query_async(&mut redis).await)?;
             let mut del = redis::pipe();
+            let mut counted = Vec::new();
             for (u, fields) in chunk.iter().zip(fields) {
                 let (kept, stale): (Vec<String>, Vec<String>) = fields
                     .into_iter()
@@ -422,16 +492,22 @@ impl RedisDirectory {
                     .partition(|f| keep.is_some_and(|k| k.contains(f)));
                 if !stale.is_empty() {
                     removed += stale.len();
-                    del.hdel(self.keys.key(format_args!("user:{u}")), stale).ignore();
+                    let key = self.keys.key(format_args!("user:{u}"));
+                    del.hdel(&key, stale).ignore().hlen(&key);
+                    counted.push(u);
                 }
                 if keep.is_some() && kept.is_empty() {
                     del.srem(self.keys.users(node), u).ignore();
                 }
             }
-            let r: redis::RedisResult<()> = del.query_async(&mut redis).await;
-            self.observe(r)?;
+            if del.cmd_iter().next().is_none() {
+                continue; // nothing stale here (Redis refuses an empty pipeline)
+            }
+            let left: Vec<usize> = self.observe(del.query_async(&mut redis).await)?;
+            let emptied = counted.into_iter().zip(left).filter(|(_, n)| *n == 0);
+            gone.extend(emptied.filter_map(|(u, _)| parse_user(u)));
         }
-        Ok(removed)
+        Ok((removed, gone))
     }
 
     /// Removes this node and every one of its entries (graceful shutdown).
@@ -474,9 +550,24 @@ impl SessionDirectory for RedisDirectory {
         Box::pin(RedisDirectory::sessions(self, query))
     }
 
+    fn inbox_done(&self, who: Identity, raw: Vec<String>) -> DirectoryFuture<'_, ()> {
+        Box::pin(RedisDirectory::inbox_done(self, who, raw))
+    }
+
     fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
+}
+
+fn is_noscript(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
+async fn load_scripts(redis: &mut ConnectionManager) -> redis::RedisResult<()> {
+    for script in [&*scripts::CONNECT, &*scripts::DISCONNECT, &*scripts::ROUTE] {
+        script.prepare_invoke().load_async(redis).await?;
+    }
+    Ok(())
 }
 
 /// One pipeline of CONNECT / DISCONNECT scripts for `batch`, in order.
@@ -487,18 +578,18 @@ fn build(keys: &Keys, batch: &[Update]) -> redis::Pipeline {
             Update::Up(link, _) => {
                 let id = link.identity;
                 let since = millis(link.connected_at);
-                pipe.cmd("EVAL")
-                    .arg(scripts::CONNECT)
-                    .arg(4)
-                    .arg(keys.user(id))
-                    .arg(keys.conns(&keys.node))
-                    .arg(keys.users(&keys.node))
-                    .arg(keys.inbox(id))
-                    .arg(keys.field(link))
-                    .arg(since)
-                    .arg(link.id)
-                    .arg(conn_value(link, since))
-                    .arg(format!("{}:{}", id.biz_id, id.user_id));
+                pipe.invoke_script(
+                    scripts::CONNECT
+                        .key(keys.user(id))
+                        .key(keys.conns(&keys.node))
+                        .key(keys.users(&keys.node))
+                        .key(keys.inbox(id))
+                        .arg(keys.field(link))
+                        .arg(since)
+                        .arg(link.id)
+                        .arg(conn_value(link, since))
+                        .arg(format!("{}:{}", id.biz_id, id.user_id)),
+                );
             }
             Update::Down(link, last) => {
                 let id = link.identity;
@@ -506,15 +597,15 @@ fn build(keys: &Keys, batch: &[Update]) -> redis::Pipeline {
                     true => format!("{}:{}", id.biz_id, id.user_id),
                     false => String::new(),
                 };
-                pipe.cmd("EVAL")
-                    .arg(scripts::DISCONNECT)
-                    .arg(3)
-                    .arg(keys.user(id))
-                    .arg(keys.conns(&keys.node))
-                    .arg(keys.users(&keys.node))
-                    .arg(keys.field(link))
-                    .arg(link.id)
-                    .arg(user);
+                pipe.invoke_script(
+                    scripts::DISCONNECT
+                        .key(keys.user(id))
+                        .key(keys.conns(&keys.node))
+                        .key(keys.users(&keys.node))
+                        .arg(keys.field(link))
+                        .arg(link.id)
+                        .arg(user),
+                );
             }
         }
     }
@@ -522,8 +613,9 @@ fn build(keys: &Keys, batch: &[Update]) -> redis::Pipeline {
 }
 
 /// What the scripts' replies to `batch` mean. Each reply starts with the user's connection count
-/// across the cluster after the update; a CONNECT reply then lists the inbox it drained (JSON
-/// pushes, oldest first). `None`: the pipeline failed, and presence follows this node's own view.
+/// across the cluster after the update; a CONNECT reply then lists the user's inbox (JSON pushes,
+/// oldest first; removed only after hand-off). `None`: the pipeline failed, and presence follows
+/// this node's own view.
 fn interpret(
     batch: impl IntoIterator<Item = Update>,
     replies: Option<Vec<Vec<String>>>,
@@ -546,10 +638,9 @@ fn interpret(
                 if count == 1 {
                     events.push(DirectoryEvent::Online(link.identity));
                 }
-                let msgs: Vec<PushMessage> =
-                    reply.iter().skip(1).filter_map(|j| serde_json::from_str(j).ok()).collect();
-                if !msgs.is_empty() {
-                    events.push(DirectoryEvent::Inbox(msgs));
+                let raw: Vec<String> = reply.into_iter().skip(1).collect();
+                if !raw.is_empty() {
+                    events.push(DirectoryEvent::Inbox(Inbox::read(link.identity, raw)));
                 }
             }
             Update::Down(link, _) if count == 0 => {
@@ -585,6 +676,12 @@ const PIPELINE: usize = 512;
 
 fn millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// `biz:user`, as the `users:` sets hold them.
+fn parse_user(u: &str) -> Option<Identity> {
+    let (biz, user) = u.split_once(':')?;
+    Some(Identity { biz_id: biz.parse().ok()?, user_id: user.parse().ok()? })
 }
 
 fn conn_value(link: &Link, since: u64) -> String {
@@ -636,12 +733,21 @@ mod tests {
         ];
         let events = interpret(batch, Some(replies));
         let keys = |e: &DirectoryEvent| match e {
-            DirectoryEvent::Inbox(m) => m.iter().map(|m| m.key.clone()).collect(),
+            DirectoryEvent::Inbox(i) => {
+                i.pushes.iter().map(|p| p.msg.as_ref().map(|m| m.key.clone())).collect()
+            }
             _ => Vec::new(),
         };
         assert_eq!(events.len(), 3, "{events:?}");
         assert_eq!(events[0], DirectoryEvent::Online(who(9, 1)));
-        assert_eq!(keys(&events[1]), ["k1", "k2"], "oldest first, bad entries skipped");
+        let want = [Some("k1".to_owned()), None, Some("k2".to_owned())];
+        assert_eq!(
+            keys(&events[1]),
+            want,
+            "oldest first; an unreadable entry is kept to be removed"
+        );
+        let DirectoryEvent::Inbox(inbox) = &events[1] else { unreachable!() };
+        assert_eq!((inbox.who, inbox.pushes[1].raw.as_str()), (who(9, 1), "not json"));
         assert_eq!(events[2], DirectoryEvent::Offline(who(9, 1)));
     }
 
@@ -673,6 +779,14 @@ mod tests {
     }
 
     #[test]
+    fn users_of_the_sweep_index_parse_or_are_skipped() {
+        assert_eq!(parse_user("9:42"), Some(who(9, 42)));
+        for bad in ["", "9", "9:", ":42", "x:42", "9:42:1"] {
+            assert_eq!(parse_user(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn route_replies_name_live_nodes_or_mean_stored() {
         assert_eq!(parse_route(Vec::new()), Route::Stored);
         let flat = strings(&[
@@ -695,10 +809,10 @@ mod tests {
         let cmds: Vec<Vec<u8>> = pipe.cmd_iter().map(|c| c.get_packed_command()).collect();
         assert_eq!(cmds.len(), 2);
         let text = |c: &[u8]| String::from_utf8_lossy(c).into_owned();
-        assert!(
-            text(&cmds[0]).contains(scripts::CONNECT) && text(&cmds[0]).contains("p:inbox:9:1")
-        );
-        assert!(text(&cmds[1]).contains(scripts::DISCONNECT));
+        let connect = text(&cmds[0]);
+        assert!(connect.starts_with("*") && connect.contains("EVALSHA"), "by SHA, not by text");
+        assert!(connect.contains(scripts::CONNECT.get_hash()) && connect.contains("p:inbox:9:1"));
+        assert!(text(&cmds[1]).contains(scripts::DISCONNECT.get_hash()));
         assert!(text(&cmds[1]).contains(&format!("n1|{}", a.id)), "the link's field");
     }
 }

@@ -58,3 +58,77 @@ async fn an_unreachable_redis_at_start_leaves_the_node_serving_locally() {
     assert_eq!(node.push(1, 9, "k", b"local").await.expect("local push works"), 1);
     assert!(is_push(&client.recv_msg(JSON).await, "k", b"local"));
 }
+
+#[tokio::test]
+async fn an_inbox_push_that_could_not_be_handed_on_waits_for_the_next_connection() {
+    let scope = Scope::new("inbox-kept");
+    let b = scope
+        .node("b")
+        .config(|c| {
+            c.downstream.max_pending = 1;
+            c.downstream.retry_interval = Duration::from_secs(60);
+        })
+        .spawn()
+        .await;
+    // User 50 holds the node's only pending slot.
+    let mut holder = b.connect(50, 9).await;
+    await_sessions(&b, 50, 9, 1).await;
+    assert_eq!(b.push(50, 9, "p0", b"hold").await.expect("delivered"), 1);
+    assert!(is_push(&holder.recv_msg(JSON).await, "p0", b"hold"));
+    // User 51 is offline: the push is stored in their inbox.
+    assert_eq!(b.push(51, 9, "p1", b"kept").await.expect("stored"), 0);
+    // 51 connects, but the node refuses the hand-off (no pending slot): the push must stay.
+    let user = b.connect(51, 9).await;
+    let refused = "websocket_gateway_pushes_total{event=\"refused\"}";
+    crate::assert_within!(10, b.metric(refused).await >= 1.0, "the hand-off was refused");
+    drop(user);
+    await_sessions(&b, 51, 9, 0).await;
+    holder.ack("p0", JSON).await;
+    crate::assert_eventually!(b.handle.pending_pushes() == 0, "the slot is free again");
+
+    let mut user = b.connect(51, 9).await;
+    let m = user.recv_msg_within(JSON, Duration::from_secs(10)).await.expect("still in the inbox");
+    assert!(is_push(&m, "p1", b"kept"), "{m:?}");
+}
+
+#[tokio::test]
+async fn a_rebuild_hands_on_the_inbox_of_a_user_whose_connect_update_was_lost() {
+    let mut redis = Private::redis();
+    let mut scope = Scope::new("rebuild-inbox");
+    scope.redis = format!("redis://{}", redis.addr());
+    let b = scope
+        .node("b")
+        // Refreshes 3 s apart: the push below is stored long before the node rebuilds.
+        .config(|c| c.cluster.redis.session_ttl = Duration::from_secs(9))
+        .spawn()
+        .await;
+    crate::assert_within!(15, b.get("/ready").await.0 == 200, "ready");
+    redis.kill();
+    let mut client = b.connect(6, 9).await; // its connect update cannot be written
+    crate::assert_within!(15, b.get("/ready").await.0 == 503, "the directory is down");
+
+    redis.restart(); // empty
+    // Meanwhile another node stored a push for the user, whom the directory does not list.
+    let msg = wsgw::protocol::pb::PushMessage {
+        key: "while-lost".into(),
+        biz_id: 9,
+        receiver_id: 6,
+        body: b"found".to_vec().into(),
+    };
+    let mut conn = redis::Client::open(scope.redis.as_str())
+        .expect("redis")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let inbox = format!("{}:inbox:9:6", scope.name);
+    let json = serde_json::to_string(&msg).expect("json");
+    let _: () = redis::AsyncCommands::rpush(&mut conn, &inbox, json).await.expect("rpush");
+
+    let m = client.recv_msg_within(JSON, Duration::from_secs(20)).await.expect("the rebuild");
+    assert!(is_push(&m, "while-lost", b"found"), "{m:?}");
+    let left: usize = redis::AsyncCommands::llen(&mut conn, &inbox).await.expect("llen");
+    crate::assert_eventually!(
+        redis::AsyncCommands::llen::<_, usize>(&mut conn, &inbox).await.expect("llen") == 0,
+        "handed on, then removed ({left} left at first)"
+    );
+}

@@ -41,6 +41,8 @@ async fn a_drained_node_redirects_its_clients_to_a_live_peer() {
 #[tokio::test]
 async fn a_killed_node_leaves_the_registry_and_the_directory_after_its_ttl() {
     let scope = Scope::new("killed");
+    scope.create_topics().await;
+    let presence = cluster::consumer(&scope.kafka, &scope.presence_topic());
     let survivor = scope.node("survivor").spawn().await;
     let mut victim = spawn_binary(&scope, "victim").await;
     let mut client = Client::connect(&format!(
@@ -80,6 +82,9 @@ async fn a_killed_node_leaves_the_registry_and_the_directory_after_its_ttl() {
         redis::AsyncCommands::hlen::<_, usize>(&mut redis, &user_key).await.expect("hlen") == 0,
         "the dead node's session was swept"
     );
+    // Its user is gone everywhere: the sweeper says so, since the dead node cannot.
+    let offline = cluster::next_json(&presence, KAFKA_WAIT).await.expect("OFFLINE from the sweep");
+    assert_eq!(offline, serde_json::json!({"bizId": 9, "userId": 5, "action": "OFFLINE"}));
 }
 
 struct ChildNode {

@@ -1,10 +1,16 @@
 //! The directory's Lua scripts. Each runs atomically in Redis, which is what makes "route or
-//! store" and "connect and empty the inbox" safe against each other.
+//! store" and "connect and read the inbox" safe against each other. They are sent by SHA
+//! (EVALSHA); `redis::Script` loads them when Redis does not know them yet (a fresh or restarted
+//! Redis), and the writer reloads them before retrying a pipeline that failed with NOSCRIPT.
+
+use std::sync::LazyLock;
+
+use redis::Script;
 
 /// KEYS: user hash, inbox. ARGV: key prefix, push JSON, inbox max, inbox TTL (ms).
 /// Returns `[node, node entry, …]` for every live node holding the user; when there is none,
 /// stores the push in the inbox and returns `[]`. Fields of dead nodes are skipped.
-pub const ROUTE: &str = r#"
+pub const ROUTE_SOURCE: &str = r#"
 local fields = redis.call('HKEYS', KEYS[1])
 local seen, out = {}, {}
 for _, f in ipairs(fields) do
@@ -28,13 +34,14 @@ return out
 
 /// KEYS: user hash, node's conns hash, node's users set, inbox.
 /// ARGV: field (`node|conn`), connected-at ms, conn id, conn entry, `biz:user`.
-/// Returns `[connections of the user cluster-wide, inbox push JSON…]` and empties the inbox.
-pub const CONNECT: &str = r#"
+/// Returns `[connections of the user cluster-wide, inbox push JSON…]`. The inbox is left as it
+/// is: entries are removed (LREM) only once they were handed to their receiver, so a failed
+/// hand-off or a crash in between loses nothing.
+pub const CONNECT_SOURCE: &str = r#"
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[5])
 local inbox = redis.call('LRANGE', KEYS[4], 0, -1)
-if #inbox > 0 then redis.call('DEL', KEYS[4]) end
 table.insert(inbox, 1, tostring(redis.call('HLEN', KEYS[1])))
 return inbox
 "#;
@@ -42,9 +49,13 @@ return inbox
 /// KEYS: user hash, node's conns hash, node's users set.
 /// ARGV: field (`node|conn`), conn id, `biz:user` when it was the user's last on the node, or ''.
 /// Returns `[connections of the user left cluster-wide]`.
-pub const DISCONNECT: &str = r#"
+pub const DISCONNECT_SOURCE: &str = r#"
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[2])
 if ARGV[3] ~= '' then redis.call('SREM', KEYS[3], ARGV[3]) end
 return { tostring(redis.call('HLEN', KEYS[1])) }
 "#;
+
+pub static ROUTE: LazyLock<Script> = LazyLock::new(|| Script::new(ROUTE_SOURCE));
+pub static CONNECT: LazyLock<Script> = LazyLock::new(|| Script::new(CONNECT_SOURCE));
+pub static DISCONNECT: LazyLock<Script> = LazyLock::new(|| Script::new(DISCONNECT_SOURCE));
