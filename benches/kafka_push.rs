@@ -181,6 +181,7 @@ async fn node(o: &Opts, tag: &str, id: &str, topic: &str) -> std::net::SocketAdd
     c.cluster.kafka.brokers = o.brokers.clone();
     c.cluster.kafka.group_id = format!("{tag}-group");
     c.cluster.kafka.push_topic = topic.into();
+    c.cluster.kafka.start_from = "earliest".into();
     c.cluster.kafka.concurrency = o.concurrency;
     c.cluster.kafka.presence_topic = String::new();
     c.downstream.max_pending = 1_000_000;

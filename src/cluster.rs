@@ -27,7 +27,7 @@ use crate::config::ClusterConfig;
 
 pub use directory::{
     DirectoryError, DirectoryEvent, Inbox, InboxPush, LocalDirectory, RedisDirectory, Route,
-    SessionDirectory, SessionEntry, SessionQuery,
+    SessionDirectory, SessionEntry, SessionQuery, UpstreamClaim,
 };
 pub use kafka::{KafkaPush, PresenceAction};
 pub use registry::{NodeEntry, NodeRegistry};

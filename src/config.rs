@@ -201,7 +201,8 @@ pub struct UpstreamConfig {
     /// Calls in flight to one backend endpoint; when every endpoint of a business is at its
     /// limit, messages are refused with RATE_LIMIT_EXCEEDED instead of queueing into timeouts.
     pub max_calls_per_endpoint: u32,
-    /// A key a user sent again within this window is not forwarded again.
+    /// A key a user sent again within this window is not forwarded again (cluster-wide in
+    /// cluster mode).
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
     /// Most remembered acknowledgements (oldest are forgotten first).
@@ -222,7 +223,7 @@ impl Default for UpstreamConfig {
             max_backoff: Duration::from_secs(1),
             max_in_flight: 16,
             max_calls_per_endpoint: 1024,
-            dedup_window: Duration::from_secs(60),
+            dedup_window: Duration::from_secs(600),
             dedup_capacity: 100_000,
             circuit_failures: 5,
             circuit_cooldown: Duration::from_secs(10),

@@ -359,14 +359,17 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
     ));
     let links = Arc::new(LinkRegistry::new(config.server.websocket.max_connections));
     let connections = TaskTracker::new();
+    let adapters = cluster::build(&config, &node_id, at, &links, &metrics, &lifecycle)?;
     let (upstream, batchers) = Upstream::new(
         config.upstream.clone(),
         &config.backends,
         wire.clone(),
         metrics.clone(),
         connections.clone(),
+        adapters.directory.clone(),
         background.clone(),
     );
+
     let (downstream, retries) = Downstream::new(
         config.downstream.clone(),
         links.clone(),
@@ -375,7 +378,6 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
         node_id.clone(),
         background.clone(),
     );
-    let adapters = cluster::build(&config, &node_id, at, &links, &metrics, &lifecycle)?;
     let routing = TaskTracker::new();
     let peers = Peers::new(
         Bearer::new(&config.server.grpc.token)?,

@@ -22,6 +22,7 @@ use std::{
 
 use bytes::Bytes;
 use futures_util::future::join_all;
+use prost::Message as _;
 use tokio::{sync::oneshot, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Code, Status};
@@ -34,6 +35,8 @@ use self::{
     dedup::{Begin, Dedup},
 };
 use crate::{
+    auth::Identity,
+    cluster::{SessionDirectory, UpstreamClaim},
     config::{BackendConfig, BackendMap, UpstreamConfig},
     grpc::GrpcAddr,
     links::Link,
@@ -77,6 +80,9 @@ impl UpstreamError {
     }
 }
 
+/// How often a node waiting for another node's answer to the same message looks again.
+const CLAIM_POLL: Duration = Duration::from_millis(20);
+
 /// A failed attempt: either worth retrying on another endpoint, or final.
 enum Attempt {
     Retry(String),
@@ -91,6 +97,8 @@ pub struct Upstream {
     wire: Arc<Wire>,
     metrics: Arc<Metrics>,
     tasks: TaskTracker,
+    /// Cluster-wide dedup (the session directory); the in-memory one always says "call".
+    directory: Arc<dyn SessionDirectory>,
     /// Endpoints of the config file, per business; discovery adds to them, never removes them.
     static_endpoints: HashMap<i64, Vec<GrpcAddr>>,
     /// Businesses whose backends came (partly) from discovery.
@@ -107,6 +115,7 @@ impl Upstream {
         wire: Arc<Wire>,
         metrics: Arc<Metrics>,
         tasks: TaskTracker,
+        directory: Arc<dyn SessionDirectory>,
         stop: CancellationToken,
     ) -> (Arc<Self>, impl Future<Output = ()> + Send + 'static) {
         let backends = BackendRegistry::default();
@@ -135,6 +144,7 @@ impl Upstream {
             wire,
             metrics,
             tasks,
+            directory,
         });
         let runs: Vec<_> =
             batchers.into_iter().map(|b| b.run(upstream.clone(), stop.clone())).collect();
@@ -204,11 +214,47 @@ impl Upstream {
         let link = link.clone();
         self.tasks.spawn(async move {
             let started = Instant::now();
-            let request = OnReceiveRequest { key: dkey.1.clone(), body };
-            let result = this.forward(dkey.0.biz_id, request).await;
+            let result = this.answer(dkey.0, &dkey.1, body).await;
             link.end_upstream();
             this.finish(&link, &dkey, result, started.elapsed());
         });
+    }
+
+    /// The backend's answer to (user, key): the one another node already got within the dedup
+    /// window (cluster mode), or this node's own backend call, recorded for the others. A call
+    /// another node has in flight is waited for, up to the time that call may take; then this
+    /// node calls itself (delivery to backends is at least once). With the directory down,
+    /// only this node's own dedup applies.
+    async fn answer(
+        &self,
+        who: Identity,
+        key: &str,
+        body: Bytes,
+    ) -> Result<OnReceiveResponse, UpstreamError> {
+        let window = self.config.dedup_window;
+        let deadline = Instant::now() + self.config.timeout * (self.config.retries + 1);
+        loop {
+            match self.directory.claim_upstream(who, key, window).await {
+                Ok(UpstreamClaim::Answered(answer)) => {
+                    if let Ok(response) = OnReceiveResponse::decode(answer) {
+                        self.metrics.dedup_hits.inc();
+                        return Ok(response);
+                    }
+                    break;
+                }
+                Ok(UpstreamClaim::InFlight) if Instant::now() < deadline => {
+                    tokio::time::sleep(CLAIM_POLL).await;
+                }
+                Ok(UpstreamClaim::InFlight | UpstreamClaim::Owned) | Err(_) => break,
+            }
+        }
+        let request = OnReceiveRequest { key: key.to_owned(), body };
+        let result = self.forward(who.biz_id, request).await;
+        let answer = result.as_ref().ok().map(|r| Bytes::from(r.encode_to_vec()));
+        if let Err(e) = self.directory.settle_upstream(who, key, answer, window).await {
+            debug!(error = %e, "could not record the upstream answer for the cluster");
+        }
+        result
     }
 
     /// Sends the outcome to the asking link and to any duplicate waiters.

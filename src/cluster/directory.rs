@@ -86,6 +86,17 @@ pub enum DirectoryEvent {
     Inbox(Inbox),
 }
 
+/// Who handles an upstream message (user, key) across the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamClaim {
+    /// Nobody did within the window: this node calls the backend, then records the answer.
+    Owned,
+    /// Another node's backend call is in flight: wait for its answer.
+    InFlight,
+    /// Answered within the window: the backend's `OnReceiveResponse`, protobuf-encoded.
+    Answered(bytes::Bytes),
+}
+
 /// A user's inbox as read from the directory, oldest first.
 #[derive(Debug, PartialEq)]
 pub struct Inbox {
@@ -133,6 +144,25 @@ pub trait SessionDirectory: Send + Sync {
     /// Removes these entries (as stored) from `who`'s inbox: they were handed on, or cannot be
     /// read. Entries that failed stay for the user's next connection.
     fn inbox_done(&self, who: Identity, raw: Vec<String>) -> DirectoryFuture<'_, ()>;
+
+    /// Claims (user, key) of an upstream message for this node for `window`, or says who has
+    /// it (cluster-wide dedup; a single node's own cache is all there is, so it always owns).
+    fn claim_upstream<'a>(
+        &'a self,
+        who: Identity,
+        key: &'a str,
+        window: std::time::Duration,
+    ) -> DirectoryFuture<'a, UpstreamClaim>;
+
+    /// Records the backend's answer to a claimed message (protobuf-encoded), or releases the
+    /// claim when the call failed (`None`) so that a retry may call again.
+    fn settle_upstream<'a>(
+        &'a self,
+        who: Identity,
+        key: &'a str,
+        answer: Option<bytes::Bytes>,
+        window: std::time::Duration,
+    ) -> DirectoryFuture<'a, ()>;
 
     /// Whether the directory can be used now (its last round trip succeeded).
     fn healthy(&self) -> bool;
@@ -198,6 +228,25 @@ impl SessionDirectory for LocalDirectory {
     }
 
     fn inbox_done(&self, _: Identity, _: Vec<String>) -> DirectoryFuture<'_, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn claim_upstream<'a>(
+        &'a self,
+        _: Identity,
+        _: &'a str,
+        _: std::time::Duration,
+    ) -> DirectoryFuture<'a, UpstreamClaim> {
+        Box::pin(std::future::ready(Ok(UpstreamClaim::Owned)))
+    }
+
+    fn settle_upstream<'a>(
+        &'a self,
+        _: Identity,
+        _: &'a str,
+        _: Option<bytes::Bytes>,
+        _: std::time::Duration,
+    ) -> DirectoryFuture<'a, ()> {
         Box::pin(std::future::ready(Ok(())))
     }
 

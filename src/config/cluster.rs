@@ -94,8 +94,9 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// Push topic (JSON `{"key","biz_id","receiver_id","body"}`); empty: not consumed.
     pub push_topic: String,
-    /// Where a new group starts: `earliest` or `latest`. An existing group resumes at its
-    /// committed offset either way.
+    /// Where a new group starts: `latest` (default: a brand-new group does not replay the
+    /// retained topic to users) or `earliest`. An existing group resumes at its committed offset
+    /// either way.
     pub start_from: String,
     /// Pushes routed concurrently; offsets are committed in order after hand-off.
     pub concurrency: usize,
@@ -112,7 +113,7 @@ impl Default for KafkaConfig {
             brokers: String::new(),
             group_id: "wsgw".into(),
             push_topic: "push_message_event".into(),
-            start_from: "earliest".into(),
+            start_from: "latest".into(),
             concurrency: 256,
             presence_topic: "gateway_users_action".into(),
             presence_buffer: 100_000,

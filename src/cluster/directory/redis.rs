@@ -12,6 +12,7 @@
 //! | `conns:{node}` | hash, TTL `session_ttl` | `{conn}` → `{biz}:{user}:{since_ms}:{remote}` |
 //! | `users:{node}` | set | `{biz}:{user}` with a connection on the node (the sweep's index) |
 //! | `inbox:{biz}:{user}` | list, TTL `inbox_ttl` | pushes (JSON) for an offline user, oldest first |
+//! | `up:{biz}:{user}:{key}` | string, TTL `upstream.dedup_window` | `c` while a node calls the backend for this upstream message; then `a` + the backend's `OnReceiveResponse` (protobuf) |
 //!
 //! A node refreshes `node:{node}` every `session_ttl / 3`. Readers only trust entries of live
 //! nodes, so a node that dies stops receiving pushes after one TTL; its entries are then removed by
@@ -43,6 +44,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use bytes::Bytes;
 use redis::{AsyncCommands, aio::ConnectionManager};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -50,7 +52,7 @@ use tracing::{info, warn};
 
 use super::{
     DirectoryError, DirectoryEvent, DirectoryFuture, Inbox, Route, SessionDirectory, SessionEntry,
-    SessionQuery,
+    SessionQuery, UpstreamClaim,
 };
 use crate::{
     auth::Identity,
@@ -78,6 +80,10 @@ struct Keys {
 impl Keys {
     fn key(&self, parts: std::fmt::Arguments<'_>) -> String {
         format!("{}{}", self.prefix, parts)
+    }
+
+    fn upstream(&self, id: Identity, key: &str) -> String {
+        self.key(format_args!("up:{}:{}:{key}", id.biz_id, id.user_id))
     }
 
     fn user(&self, id: Identity) -> String {
@@ -305,6 +311,41 @@ impl RedisDirectory {
                 let _ = events.try_send(presence);
             }
         }
+    }
+
+    async fn claim_upstream(
+        &self,
+        who: Identity,
+        key: &str,
+        window: Duration,
+    ) -> Result<UpstreamClaim, DirectoryError> {
+        let r: redis::RedisResult<Vec<u8>> = scripts::CLAIM
+            .key(self.keys.upstream(who, key))
+            .arg(window.as_millis() as u64)
+            .invoke_async(&mut self.redis.clone())
+            .await;
+        Ok(parse_claim(self.observe(r)?))
+    }
+
+    async fn settle_upstream(
+        &self,
+        who: Identity,
+        key: &str,
+        answer: Option<Bytes>,
+        window: Duration,
+    ) -> Result<(), DirectoryError> {
+        let k = self.keys.upstream(who, key);
+        let mut redis = self.redis.clone();
+        let r: redis::RedisResult<()> = match answer {
+            Some(answer) => {
+                let mut value = Vec::with_capacity(answer.len() + 1);
+                value.push(b'a');
+                value.extend_from_slice(&answer);
+                redis.pset_ex(k, value, window.as_millis() as u64).await
+            }
+            None => redis.del(k).await,
+        };
+        self.observe(r)
     }
 
     /// Removes inbox entries that were handed to their receiver (or cannot be read).
@@ -554,8 +595,36 @@ impl SessionDirectory for RedisDirectory {
         Box::pin(RedisDirectory::inbox_done(self, who, raw))
     }
 
+    fn claim_upstream<'a>(
+        &'a self,
+        who: Identity,
+        key: &'a str,
+        window: Duration,
+    ) -> DirectoryFuture<'a, UpstreamClaim> {
+        Box::pin(RedisDirectory::claim_upstream(self, who, key, window))
+    }
+
+    fn settle_upstream<'a>(
+        &'a self,
+        who: Identity,
+        key: &'a str,
+        answer: Option<Bytes>,
+        window: Duration,
+    ) -> DirectoryFuture<'a, ()> {
+        Box::pin(RedisDirectory::settle_upstream(self, who, key, answer, window))
+    }
+
     fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// The CLAIM script's reply.
+fn parse_claim(value: Vec<u8>) -> UpstreamClaim {
+    match value.split_first() {
+        None => UpstreamClaim::Owned,
+        Some((b'a', answer)) => UpstreamClaim::Answered(Bytes::copy_from_slice(answer)),
+        Some(_) => UpstreamClaim::InFlight,
     }
 }
 
@@ -776,6 +845,20 @@ mod tests {
         ];
         let events = interpret(batch, None);
         assert_eq!(events, [DirectoryEvent::Online(who(9, 1)), DirectoryEvent::Offline(who(9, 2))]);
+    }
+
+    #[test]
+    fn claim_replies_say_who_answers() {
+        assert_eq!(parse_claim(Vec::new()), UpstreamClaim::Owned);
+        assert_eq!(parse_claim(b"c".to_vec()), UpstreamClaim::InFlight);
+        assert_eq!(parse_claim(b"a".to_vec()), UpstreamClaim::Answered(Bytes::new()));
+        let answer = parse_claim(b"a\x08\x07".to_vec());
+        assert_eq!(answer, UpstreamClaim::Answered(Bytes::from_static(b"\x08\x07")));
+        assert_eq!(
+            parse_claim(b"?".to_vec()),
+            UpstreamClaim::InFlight,
+            "unknown: wait, then take over"
+        );
     }
 
     #[test]

@@ -132,3 +132,34 @@ async fn a_rebuild_hands_on_the_inbox_of_a_user_whose_connect_update_was_lost() 
         "handed on, then removed ({left} left at first)"
     );
 }
+
+#[tokio::test]
+async fn a_message_resent_to_another_node_reaches_the_backend_once_with_the_original_ack() {
+    let scope = Scope::new("dedup");
+    let backend = TestBackend::spawn(9, Behaviour::default()).await;
+    let addr = wsgw::grpc::GrpcAddr::parse(&backend.addr.to_string()).expect("address");
+    let with_backend = move |c: &mut wsgw::config::Config| {
+        let endpoints = vec![addr.clone()];
+        c.backends =
+            vec![wsgw::config::BackendConfig { biz_id: 9, endpoints, ..Default::default() }];
+    };
+    let a = scope.node("a").config(with_backend.clone()).spawn().await;
+    let b = scope.node("b").config(with_backend).spawn().await;
+    let msg = wsgw::protocol::Message {
+        cmd: CommandType::UpstreamMessage.into(),
+        key: "sent-once".into(),
+        body: b"hello".to_vec().into(),
+    };
+    let mut on_a = a.connect(3, 9).await;
+    on_a.send(&msg, JSON).await;
+    let first = on_a.recv_msg(JSON).await;
+    assert_eq!(first.cmd, CommandType::UpstreamAck as i32, "{first:?}");
+    drop(on_a);
+
+    // Redirected (or reconnected) elsewhere, the client resends what it has no ACK for.
+    let mut on_b = b.connect(3, 9).await;
+    on_b.send(&msg, JSON).await;
+    let again = on_b.recv_msg(JSON).await;
+    assert_eq!((again.cmd, &again.key, &again.body), (first.cmd, &first.key, &first.body));
+    assert_eq!(backend.calls(), 1, "the backend saw the message once");
+}

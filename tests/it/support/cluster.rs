@@ -73,6 +73,8 @@ impl Scope {
         cl.kafka.brokers = self.kafka.clone();
         cl.kafka.group_id = format!("group-{}", self.name);
         cl.kafka.push_topic = self.push_topic();
+        // Each test's topics are new: read them from the start, however soon the test produces.
+        cl.kafka.start_from = "earliest".into();
         cl.kafka.presence_topic = self.presence_topic();
     }
 

@@ -56,6 +56,17 @@ if ARGV[3] ~= '' then redis.call('SREM', KEYS[3], ARGV[3]) end
 return { tostring(redis.call('HLEN', KEYS[1])) }
 "#;
 
+/// KEYS: the upstream dedup key. ARGV: window (ms).
+/// Returns `''` after claiming the key for the caller (value `c`, expiring after the window), or
+/// the value another node left: `c` (claimed, call in flight) or `a` + the protobuf answer.
+pub const CLAIM_SOURCE: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], 'c', 'PX', ARGV[1])
+return ''
+"#;
+
+pub static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_SOURCE));
 pub static ROUTE: LazyLock<Script> = LazyLock::new(|| Script::new(ROUTE_SOURCE));
 pub static CONNECT: LazyLock<Script> = LazyLock::new(|| Script::new(CONNECT_SOURCE));
 pub static DISCONNECT: LazyLock<Script> = LazyLock::new(|| Script::new(DISCONNECT_SOURCE));
