@@ -4,7 +4,10 @@
 //! Owns: the table of pushes awaiting DOWNSTREAM_ACK, tracked per (user, key) and bounded
 //! (`downstream.max_pending`), and the retransmission sweep. Each (re)transmission encrypts the
 //! original plaintext afresh and is encoded once for all of the user's connections. A push that
-//! is never acknowledged is given up after `downstream.max_retries`, logged and counted. Must
+//! is never acknowledged is given up after `downstream.max_retries`, logged and counted, and kept
+//! in the user's offline inbox in cluster mode (delivered again on their next connection). When
+//! the node drains, the node takes what is still pending ([`Downstream::take_pending`]) and
+//! routes it again. Must
 //! never block: delivery is a non-blocking enqueue on each link.
 //!
 //! Delivers on this node only; the router decides which node(s) a push goes to and calls
@@ -27,6 +30,7 @@ use tracing::warn;
 
 use crate::{
     auth::Identity,
+    cluster::SessionDirectory,
     config::DownstreamConfig,
     links::LinkRegistry,
     protocol::{CommandType, Message, pb::PushMessage},
@@ -79,6 +83,8 @@ pub struct Downstream {
     metrics: Arc<Metrics>,
     config: DownstreamConfig,
     pending: DashMap<(Identity, String), Pending>,
+    /// Where given-up pushes are kept (the user's inbox, cluster mode).
+    directory: Arc<dyn SessionDirectory>,
     node_id: String,
     next_key: AtomicU64,
 }
@@ -92,6 +98,7 @@ impl Downstream {
         wire: Arc<Wire>,
         metrics: Arc<Metrics>,
         node_id: String,
+        directory: Arc<dyn SessionDirectory>,
         stop: CancellationToken,
     ) -> (Arc<Self>, impl Future<Output = ()> + Send + 'static) {
         let downstream = Arc::new(Self {
@@ -100,6 +107,7 @@ impl Downstream {
             metrics,
             config,
             pending: DashMap::new(),
+            directory,
             node_id,
             next_key: AtomicU64::new(1),
         });
@@ -217,12 +225,50 @@ impl Downstream {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = ticker.tick() => self.retry_due(Instant::now()),
+                _ = ticker.tick() => {
+                    for msg in self.retry_due(Instant::now()) {
+                        self.keep(msg).await;
+                    }
+                }
             }
         }
     }
 
-    fn retry_due(&self, now: Instant) {
+    /// A given-up push goes to its user's offline inbox (cluster mode): delivered again on their
+    /// next connection. A single node keeps no inbox; the give-up is final (logged and counted).
+    async fn keep(&self, msg: PushMessage) {
+        match self.directory.store(&msg).await {
+            Ok(true) => self.metrics.push_event(PushEvent::KeptInInbox),
+            Ok(false) => {}
+            Err(e) => {
+                self.metrics.push_event(PushEvent::Dropped);
+                warn!(error = %e, key = %msg.key, "a given-up push could not be kept in the inbox");
+            }
+        }
+    }
+
+    /// Takes every push still awaiting acknowledgement out of the table (the node drains:
+    /// nobody here will acknowledge them any more).
+    pub fn take_pending(&self) -> Vec<PushMessage> {
+        let tracks: Vec<(Identity, String)> =
+            self.pending.iter().map(|p| p.key().clone()).collect();
+        let taken = tracks
+            .into_iter()
+            .filter_map(|t| self.pending.remove(&t))
+            .map(|((who, key), p)| PushMessage {
+                key,
+                biz_id: who.biz_id,
+                receiver_id: who.user_id,
+                body: p.body,
+            })
+            .collect();
+        self.metrics.pushes_pending.set(self.pending.len() as i64);
+        taken
+    }
+
+    /// Retransmits what is due; returns what was given up.
+    fn retry_due(&self, now: Instant) -> Vec<PushMessage> {
+        let mut given_up = Vec::new();
         let due: Vec<(Identity, String)> =
             self.pending.iter().filter(|p| p.due <= now).map(|p| p.key().clone()).collect();
         let (interval, max_retries) = (self.config.retry_interval, self.config.max_retries);
@@ -241,15 +287,21 @@ impl Downstream {
                     self.deliver(&track, &body);
                 }
                 None => {
-                    self.pending.remove(&track);
+                    let Some(((identity, key), p)) = self.pending.remove(&track) else { continue };
                     self.metrics.push_event(PushEvent::GivenUp);
-                    let (identity, key) = &track;
                     warn!(biz = identity.biz_id, user = identity.user_id, key = %key,
                         retries = max_retries, "push never acknowledged; giving up");
+                    given_up.push(PushMessage {
+                        key,
+                        biz_id: identity.biz_id,
+                        receiver_id: identity.user_id,
+                        body: p.body,
+                    });
                 }
             }
         }
         self.metrics.pushes_pending.set(self.pending.len() as i64);
+        given_up
     }
 }
 

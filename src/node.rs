@@ -37,7 +37,7 @@ use crate::{
         api::{NodeApi, PushApi},
     },
     shutdown::{Lifecycle, Phase, Stage},
-    telemetry::Metrics,
+    telemetry::{Metrics, PushEvent},
     upstream::Upstream,
     wire::Wire,
 };
@@ -215,6 +215,7 @@ impl Node {
         services.stop_accepting(acceptor).await;
         services.redirect_to_peers().await;
         services.drain_clients().await;
+        services.hand_over_pending().await;
         services.stop_background(background).await;
         services.stop_routing().await;
         services.lifecycle.set_phase(Phase::Stopped);
@@ -323,6 +324,33 @@ impl Services {
         }
     }
 
+    /// Pushes nobody acknowledged before the clients left are routed again: to the node each
+    /// user reconnected to, or to their inbox (cluster mode). A single node has nowhere to put
+    /// them: they are logged and counted as dropped.
+    async fn hand_over_pending(&self) {
+        let pending = self.admin.downstream.take_pending();
+        if pending.is_empty() {
+            return;
+        }
+        let (mut handed, mut dropped) = (0u64, 0u64);
+        for msg in pending {
+            match self.router.push(msg).await {
+                Ok(_) => handed += 1,
+                Err(_) => dropped += 1,
+            }
+        }
+        let metrics = &self.admin.metrics;
+        metrics.push_events(PushEvent::HandedOver, handed);
+        metrics.push_events(PushEvent::Dropped, dropped);
+        match dropped {
+            0 => info!(handed, "unacknowledged pushes handed over"),
+            _ => warn!(
+                handed,
+                dropped, "unacknowledged pushes dropped at exit (no other node or inbox)"
+            ),
+        }
+    }
+
     async fn stop_background(&self, background: TaskTracker) {
         self.lifecycle.enter(Stage::StopBackground);
         background.wait().await;
@@ -376,6 +404,7 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
         wire.clone(),
         metrics.clone(),
         node_id.clone(),
+        adapters.directory.clone(),
         background.clone(),
     );
     let routing = TaskTracker::new();

@@ -176,17 +176,19 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let wire = Arc::new(Wire::new(Serializer::Json, None, metrics.clone()));
         let stop = CancellationToken::new();
+        let dir: Arc<dyn SessionDirectory> =
+            Arc::new(LocalDirectory::new("n1".into(), links.clone(), metrics.clone(), None));
         let (downstream, _retries) = Downstream::new(
             config,
             links.clone(),
             wire,
             metrics.clone(),
             "n1".into(),
+            dir.clone(),
             stop.clone(),
         );
         let addr = "127.0.0.1:1".parse().expect("addr");
         links.insert(Identity { biz_id: 9, user_id: 1 }, addr, 1 << 20);
-        let dir = Arc::new(LocalDirectory::new("n1".into(), links.clone(), metrics.clone(), None));
         let peers = Peers::new(Bearer::default(), TaskTracker::new(), stop);
         (Router::new("n1".into(), downstream, dir, peers, metrics), links)
     }

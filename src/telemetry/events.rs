@@ -21,6 +21,12 @@ pub enum PushEvent {
     Broadcast,
     /// Refused: larger than `downstream.max_push_size`.
     TooLarge,
+    /// Given up, then kept in the user's offline inbox (cluster mode).
+    KeptInInbox,
+    /// Unacknowledged when the node drained, and routed again (to another node or the inbox).
+    HandedOver,
+    /// Lost: unacknowledged at a single node's exit, or neither routable nor storable.
+    Dropped,
 }
 
 impl PushEvent {
@@ -34,6 +40,9 @@ impl PushEvent {
             Self::Acked => "acked",
             Self::Broadcast => "broadcast",
             Self::TooLarge => "too_large",
+            Self::KeptInInbox => "kept_in_inbox",
+            Self::HandedOver => "handed_over",
+            Self::Dropped => "dropped",
         }
     }
 }

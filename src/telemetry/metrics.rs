@@ -314,7 +314,12 @@ impl Metrics {
 
     /// Counts one push event.
     pub fn push_event(&self, event: PushEvent) {
-        self.pushes.with_label_values(&[event.label()]).inc();
+        self.push_events(event, 1);
+    }
+
+    /// Counts `n` push events.
+    pub fn push_events(&self, event: PushEvent, n: u64) {
+        self.pushes.with_label_values(&[event.label()]).inc_by(n);
     }
 
     /// Counts one cluster event.

@@ -161,3 +161,18 @@ async fn an_oversized_push_or_broadcast_is_refused_and_closes_nobody() {
     assert_eq!(node.metric(r#"websocket_gateway_pushes_total{event="too_large"}"#).await, 2.0);
     assert_eq!(node.handle.connections(), 1, "the client is still connected");
 }
+
+#[tokio::test]
+async fn a_single_node_counts_what_is_unacknowledged_at_exit_as_dropped() {
+    let mut node = TestNode::builder().config(retrying(60_000, 3)).spawn().await;
+    let mut c = node.connect(42, BIZ).await;
+    node.push(42, BIZ, "lost", b"x").await.expect("delivered");
+    expect_push(&mut c, "lost").await;
+    let metrics = node.handle.clone();
+    node.begin_shutdown().await.expect("drained");
+    let dropped = metrics.metrics().render();
+    assert!(
+        dropped.contains("websocket_gateway_pushes_total{event=\"dropped\"} 1"),
+        "counted as dropped: {dropped}"
+    );
+}

@@ -163,3 +163,53 @@ async fn a_message_resent_to_another_node_reaches_the_backend_once_with_the_orig
     assert_eq!((again.cmd, &again.key, &again.body), (first.cmd, &first.key, &first.body));
     assert_eq!(backend.calls(), 1, "the backend saw the message once");
 }
+
+#[tokio::test]
+async fn a_push_unacknowledged_on_a_draining_node_reaches_the_user_on_another_node() {
+    let scope = Scope::new("drain-handover");
+    let long_retry = |c: &mut wsgw::config::Config| {
+        c.downstream.retry_interval = Duration::from_secs(60);
+    };
+    let mut a = scope.node("a").config(long_retry).spawn().await;
+    let b = scope.node("b").config(long_retry).spawn().await;
+    let mut on_a = a.connect(4, 9).await;
+    await_sessions(&b, 4, 9, 1).await;
+    assert_eq!(a.push(4, 9, "unacked", b"keep me").await.expect("delivered"), 1);
+    assert!(is_push(&on_a.recv_msg(JSON).await, "unacked", b"keep me"));
+    assert_eq!(a.handle.pending_pushes(), 1, "never acknowledged");
+
+    a.begin_shutdown().await.expect("drained");
+    drop(on_a);
+    // The client follows the REDIRECT to b and gets what a could not settle.
+    let mut on_b = b.connect(4, 9).await;
+    let m = on_b.recv_msg_within(JSON, Duration::from_secs(10)).await.expect("handed over");
+    assert!(is_push(&m, "unacked", b"keep me"), "{m:?}");
+}
+
+#[tokio::test]
+async fn a_given_up_push_is_kept_in_the_inbox_for_the_next_connection() {
+    let scope = Scope::new("given-up");
+    let a = scope
+        .node("a")
+        .config(|c| {
+            c.downstream.retry_interval = Duration::from_millis(100);
+            c.downstream.max_retries = 1;
+        })
+        .spawn()
+        .await;
+    let mut client = a.connect(8, 9).await;
+    await_sessions(&a, 8, 9, 1).await;
+    a.push(8, 9, "ignored", b"again").await.expect("delivered");
+    for _ in 0..2 {
+        assert!(is_push(&client.recv_msg(JSON).await, "ignored", b"again"), "sent, then resent");
+    }
+    let kept = "websocket_gateway_pushes_total{event=\"kept_in_inbox\"}";
+    crate::assert_eventually!(a.metric(kept).await == 1.0, "given up and kept");
+    drop(client);
+    await_sessions(&a, 8, 9, 0).await;
+
+    let mut client = a.connect(8, 9).await;
+    let m = client.recv_msg_within(JSON, Duration::from_secs(10)).await.expect("from the inbox");
+    assert!(is_push(&m, "ignored", b"again"), "{m:?}");
+    client.ack("ignored", JSON).await;
+}
