@@ -59,6 +59,10 @@ impl RouteError {
 /// inbox. Must not retry on its own; the caller decides whether to wait and try again.
 pub trait PushSink: Send + Sync + 'static {
     fn push(&self, msg: PushMessage) -> impl Future<Output = Result<Routed, RouteError>> + Send;
+
+    /// Keeps `msg` for its receiver's next connection (the offline inbox) instead of routing it;
+    /// `Unavailable` when there is no inbox or it cannot be written now.
+    fn keep(&self, msg: PushMessage) -> impl Future<Output = Result<(), RouteError>> + Send;
 }
 
 #[cfg(test)]

@@ -157,6 +157,14 @@ impl PushSink for Router {
     fn push(&self, msg: PushMessage) -> impl Future<Output = Result<Routed, RouteError>> + Send {
         Router::push(self, msg)
     }
+
+    async fn keep(&self, msg: PushMessage) -> Result<(), RouteError> {
+        match self.directory.store(&msg).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(RouteError::Unavailable("this node keeps no inbox".into())),
+            Err(e) => Err(RouteError::Unavailable(e.to_string())),
+        }
+    }
 }
 
 #[cfg(test)]

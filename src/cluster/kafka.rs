@@ -7,7 +7,9 @@
 //! only after the push was handed to its node(s) or stored in the inbox, then committed by
 //! librdkafka's auto-commit: at-least-once, with the push key for dedup. A push that cannot be
 //! routed (directory down and receiver not here, node overloaded) is retried with back-off and
-//! holds back later offsets of its partition. Undecodable records are counted and skipped.
+//! holds back later offsets; after `route_timeout` it is kept in its user's offline inbox (and
+//! its offset stored), so one stuck push stops holding back the rest. Only when the inbox cannot
+//! be written either (Redis down) does it keep waiting: nothing else would keep it. Undecodable records are counted and skipped.
 //!
 //! Presence: events are queued without waiting (bounded by `presence_buffer`, drops counted) and
 //! produced in the background; librdkafka buffers and retries them for up to five minutes while
@@ -157,6 +159,7 @@ impl<S: PushSink> PushConsumer<S> {
     ) -> impl Future<Output = bool> + Send + 'static {
         let sink = self.sink.clone();
         let metrics = self.metrics.clone();
+        let route_timeout = self.config.route_timeout;
         async move {
             let Some(msg) =
                 serde_json::from_slice::<KafkaPush>(&payload).ok().and_then(KafkaPush::into_push)
@@ -165,7 +168,7 @@ impl<S: PushSink> PushConsumer<S> {
                 warn!(record = %String::from_utf8_lossy(&payload), "skipping a push record that is not valid JSON");
                 return true;
             };
-            let mut backoff = Duration::from_millis(100);
+            let (started, mut backoff) = (tokio::time::Instant::now(), Duration::from_millis(100));
             loop {
                 match sink.push(msg.clone()).await {
                     Ok(r) => {
@@ -187,6 +190,20 @@ impl<S: PushSink> PushConsumer<S> {
                     Err(e) => {
                         metrics.cluster_event(ClusterEvent::PushRetried);
                         warn!(error = %e, retry_in = ?backoff, key = %msg.key, "push from Kafka not routed yet");
+                    }
+                }
+                // Held back long enough: keep it for the user's next connection, so that it
+                // stops holding back the records behind it.
+                if started.elapsed() >= route_timeout {
+                    match sink.keep(msg.clone()).await {
+                        Ok(()) => {
+                            metrics.cluster_event(ClusterEvent::PushKept);
+                            warn!(key = %msg.key, "push from Kafka not routable in time; kept in the inbox");
+                            return true;
+                        }
+                        Err(e) => {
+                            warn!(error = %e, key = %msg.key, "push from Kafka can be neither routed nor kept yet")
+                        }
                     }
                 }
                 tokio::select! {

@@ -100,6 +100,10 @@ pub struct KafkaConfig {
     pub start_from: String,
     /// Pushes routed concurrently; offsets are committed in order after hand-off.
     pub concurrency: usize,
+    /// A push that could not be routed for this long (its node overloaded or unreachable) is
+    /// kept in its user's offline inbox instead, so that it stops holding back later records.
+    #[serde(with = "humantime_serde")]
+    pub route_timeout: Duration,
     /// Presence topic (`{"bizId","userId","action"}`); empty: no presence events.
     pub presence_topic: String,
     /// Presence events buffered while Kafka is slow or down; beyond, events are dropped and
@@ -115,6 +119,7 @@ impl Default for KafkaConfig {
             push_topic: "push_message_event".into(),
             start_from: "latest".into(),
             concurrency: 256,
+            route_timeout: Duration::from_secs(10),
             presence_topic: "gateway_users_action".into(),
             presence_buffer: 100_000,
         }
@@ -152,6 +157,9 @@ impl ClusterConfig {
         }
         if k.concurrency == 0 {
             p.push(("cluster.kafka.concurrency", "must be at least 1"));
+        }
+        if k.route_timeout.is_zero() {
+            p.push(("cluster.kafka.route_timeout", "must be positive"));
         }
         if k.presence_buffer == 0 {
             p.push(("cluster.kafka.presence_buffer", "must be at least 1"));

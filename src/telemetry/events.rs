@@ -90,6 +90,8 @@ pub enum ClusterEvent {
     PushTooLarge,
     PushStored,
     PushRouted,
+    /// Not routable within `route_timeout`; kept in the user's inbox.
+    PushKept,
     PresenceProduced,
     PresenceFailed,
     PresenceDropped,
@@ -122,6 +124,7 @@ impl ClusterEvent {
             PushTooLarge => ("kafka", "push_too_large"),
             PushStored => ("kafka", "push_stored"),
             PushRouted => ("kafka", "push_routed"),
+            PushKept => ("kafka", "push_kept"),
             PresenceProduced => ("kafka", "presence_produced"),
             PresenceFailed => ("kafka", "presence_failed"),
             PresenceDropped => ("kafka", "presence_dropped"),

@@ -154,3 +154,51 @@ async fn an_oversized_kafka_push_is_counted_and_skipped_and_closes_nobody() {
     assert_eq!(consumer_node.metric(too_large).await, 1.0);
     assert_eq!(holder.handle.connections(), 1, "the client is still connected");
 }
+
+#[tokio::test]
+async fn a_kafka_push_that_cannot_be_routed_is_kept_and_stops_holding_back_the_rest() {
+    let scope = Scope::new("kafka-stuck");
+    scope.create_topics().await;
+    // b's only pending slot is taken: it refuses every delivery from its peers.
+    let b = scope
+        .node("b")
+        .config(|c| {
+            c.cluster.kafka.push_topic.clear();
+            c.downstream.max_pending = 1;
+            c.downstream.retry_interval = Duration::from_secs(60);
+        })
+        .spawn()
+        .await;
+    let a = scope
+        .node("a")
+        .config(|c| {
+            c.cluster.kafka.concurrency = 1; // records strictly one after the other
+            c.cluster.kafka.route_timeout = Duration::from_secs(1);
+        })
+        .spawn()
+        .await;
+    let mut holder = b.connect(50, 9).await;
+    let stuck_user = b.connect(51, 9).await;
+    let mut on_a = a.connect(60, 9).await;
+    await_sessions(&a, 50, 9, 1).await;
+    await_sessions(&a, 51, 9, 1).await;
+    assert_eq!(b.push(50, 9, "hold", b"x").await.expect("delivered"), 1);
+    assert!(is_push(&holder.recv_msg(JSON).await, "hold", b"x"));
+
+    let producer = cluster::producer(&scope.kafka);
+    cluster::produce_push(&producer, &scope.push_topic(), "stuck", 9, 51, b"later").await;
+    cluster::produce_push(&producer, &scope.push_topic(), "next", 9, 60, b"now").await;
+    let m = on_a.recv_msg_within(JSON, KAFKA_WAIT).await.expect("not held back for good");
+    assert!(is_push(&m, "next", b"now"), "{m:?}");
+    let kept = "websocket_gateway_cluster_events_total{event=\"push_kept\",service=\"kafka\"}";
+    assert_eq!(a.metric(kept).await, 1.0);
+
+    // Kept, not lost: once b has room, the user's next connection gets it.
+    holder.ack("hold", JSON).await;
+    drop(stuck_user);
+    await_sessions(&a, 51, 9, 0).await;
+    crate::assert_eventually!(b.handle.pending_pushes() == 0, "b has room again");
+    let mut again = b.connect(51, 9).await;
+    let m = again.recv_msg_within(JSON, Duration::from_secs(10)).await.expect("from the inbox");
+    assert!(is_push(&m, "stuck", b"later"), "{m:?}");
+}
