@@ -3,8 +3,9 @@
 //!
 //! Pushes: every node consumes the topic as one consumer group, so each push is read once,
 //! by one node, and routed to the node(s) holding its receiver (never "every node reads
-//! everything"). Up to `concurrency` pushes are routed at once; offsets are stored in order and
-//! only after the push was handed to its node(s) or stored in the inbox, then committed by
+//! everything"). Up to `concurrency` pushes are routed at once; offsets are stored per
+//! partition, in order, and only after the push was handed to its node(s) or stored in the inbox
+//! ([`Offsets`]: a stuck record holds back its own partition's offsets, never the others'), then committed by
 //! librdkafka's auto-commit: at-least-once, with the push key for dedup. A push that cannot be
 //! routed (directory down and receiver not here, node overloaded) is retried with back-off and
 //! holds back later offsets; after `route_timeout` it is kept in its user's offline inbox (and
@@ -18,7 +19,9 @@
 use std::{sync::Arc, time::Duration};
 
 use base64::Engine as _;
-use futures_util::{StreamExt, stream::FuturesOrdered, stream::FuturesUnordered};
+use std::collections::{BTreeMap, HashMap};
+
+use futures_util::{StreamExt, stream::FuturesUnordered};
 use rdkafka::{
     ClientConfig, Message as _,
     consumer::{CommitMode, Consumer, StreamConsumer},
@@ -118,13 +121,14 @@ impl<S: PushSink> PushConsumer<S> {
             return warn!(error = %e, "cannot subscribe to the push topic; pushes from Kafka are off");
         }
         info!(topic = %self.config.push_topic, group = %self.config.group_id, "consuming pushes");
-        let mut inflight = FuturesOrdered::new();
+        let mut inflight = FuturesUnordered::new();
+        let mut offsets = Offsets::default();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 Some((partition, offset, done)) = inflight.next(), if !inflight.is_empty() => {
-                    if done {
-                        let _ = consumer.store_offset(&self.config.push_topic, partition, offset);
+                    if done && let Some(upto) = offsets.finish(partition, offset) {
+                        let _ = consumer.store_offset(&self.config.push_topic, partition, upto);
                     }
                 }
                 received = consumer.recv(), if inflight.len() < self.config.concurrency => match received {
@@ -133,7 +137,8 @@ impl<S: PushSink> PushConsumer<S> {
                         let payload = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
                         let (partition, offset) = (m.partition(), m.offset());
                         let route = self.handle(payload, stop.clone());
-                        inflight.push_back(async move { (partition, offset, route.await) });
+                        offsets.begin(partition, offset);
+                        inflight.push(async move { (partition, offset, route.await) });
                     }
                     Err(e) => {
                         self.metrics.dependency(Dependency::Kafka, false);
@@ -216,6 +221,32 @@ impl<S: PushSink> PushConsumer<S> {
     }
 }
 
+/// Offsets of the records in flight, per partition. Records finish in any order; an offset is
+/// stored only when it and every earlier record of its partition are done, so the group never
+/// skips a record, and a record still being routed holds back its own partition only.
+#[derive(Debug, Default)]
+struct Offsets {
+    open: HashMap<i32, BTreeMap<i64, bool>>,
+}
+
+impl Offsets {
+    fn begin(&mut self, partition: i32, offset: i64) {
+        self.open.entry(partition).or_default().insert(offset, false);
+    }
+
+    /// `offset` of `partition` is done: the offset to store now, if the partition advanced.
+    fn finish(&mut self, partition: i32, offset: i64) -> Option<i64> {
+        let open = self.open.get_mut(&partition)?;
+        *open.get_mut(&offset)? = true;
+        let mut upto = None;
+        while let Some((&first, &true)) = open.first_key_value() {
+            open.pop_first();
+            upto = Some(first);
+        }
+        upto
+    }
+}
+
 /// The presence producer: the queue events go into (bounded by `presence_buffer`; a full queue
 /// is the caller's to count) and the task that produces them until `stop`, then flushes what is
 /// buffered (briefly).
@@ -273,4 +304,27 @@ async fn produce_presence(
     }
     let flush = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5)));
     let _ = flush.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_advance_per_partition_over_finished_prefixes_only() {
+        let mut o = Offsets::default();
+        for (p, off) in [(0, 10), (0, 11), (0, 12), (1, 5), (1, 6)] {
+            o.begin(p, off);
+        }
+        assert_eq!(o.finish(0, 11), None, "10 is still being routed");
+        assert_eq!(o.finish(1, 5), Some(5), "partition 1 does not wait for partition 0");
+        assert_eq!(o.finish(1, 6), Some(6));
+        assert_eq!(o.finish(0, 10), Some(11), "10 and 11 are done: store up to 11");
+        assert_eq!(o.finish(0, 12), Some(12));
+        assert_eq!(o.finish(0, 12), None, "finished twice: nothing new");
+        assert_eq!(o.finish(7, 1), None, "unknown partition");
+        o.begin(0, 13);
+        assert_eq!(o.finish(0, 99), None, "an offset never begun changes nothing");
+        assert_eq!(o.finish(0, 13), Some(13));
+    }
 }
