@@ -33,8 +33,11 @@ pub struct RedisConfig {
     /// routed to and are removed by the surviving nodes.
     #[serde(with = "humantime_serde")]
     pub session_ttl: Duration,
-    /// Pushes kept per offline user, at most (the oldest are dropped first)...
+    /// Pushes kept per offline user, at most (the oldest are dropped first, counted as
+    /// `inbox_overflow`)...
     pub inbox_max: u32,
+    /// ...and bytes (stored JSON; the newest push is always kept)...
+    pub inbox_max_bytes: bytesize::ByteSize,
     /// ...for this long after the last one arrived.
     #[serde(with = "humantime_serde")]
     pub inbox_ttl: Duration,
@@ -49,6 +52,7 @@ impl Default for RedisConfig {
             prefix: "wsgw:".into(),
             session_ttl: Duration::from_secs(15),
             inbox_max: 100,
+            inbox_max_bytes: bytesize::ByteSize::mib(1),
             inbox_ttl: Duration::from_secs(24 * 3600),
             queue: 65_536,
         }
@@ -141,6 +145,9 @@ impl ClusterConfig {
         }
         if r.inbox_max == 0 {
             p.push(("cluster.redis.inbox_max", "must be at least 1"));
+        }
+        if r.inbox_max_bytes.as_u64() == 0 {
+            p.push(("cluster.redis.inbox_max_bytes", "must be positive"));
         }
         if r.queue == 0 {
             p.push(("cluster.redis.queue", "must be at least 1"));

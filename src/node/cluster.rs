@@ -81,6 +81,7 @@ pub(super) fn build(
                 ws: at.ws(),
                 ttl: c.redis.session_ttl,
                 inbox_max: c.redis.inbox_max,
+                inbox_max_bytes: c.redis.inbox_max_bytes.as_u64(),
                 inbox_ttl: c.redis.inbox_ttl,
                 queue: c.redis.queue,
             };

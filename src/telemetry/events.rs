@@ -72,6 +72,8 @@ pub enum ClusterEvent {
     /// A directory update could not be queued (a rebuild follows).
     UpdateDropped,
     InboxStored,
+    /// Older pushes dropped from a full inbox (`inbox_max` or `inbox_max_bytes`).
+    InboxOverflow,
     InboxDelivered,
     /// An inbox entry that could not be read, removed.
     InboxUnreadable,
@@ -109,6 +111,7 @@ impl ClusterEvent {
             RedisError => ("redis", "error"),
             UpdateDropped => ("redis", "update_dropped"),
             InboxStored => ("redis", "inbox_stored"),
+            InboxOverflow => ("redis", "inbox_overflow"),
             InboxDelivered => ("redis", "inbox_delivered"),
             InboxUnreadable => ("redis", "inbox_unreadable"),
             InboxUndeliverable => ("redis", "inbox_undeliverable"),

@@ -120,6 +120,7 @@ pub struct RedisDirectory {
     node_value: String,
     ttl: Duration,
     inbox_max: u32,
+    inbox_max_bytes: u64,
     inbox_ttl: Duration,
     updates: mpsc::Sender<Update>,
     healthy: AtomicBool,
@@ -136,6 +137,7 @@ pub struct DirectorySettings {
     pub ws: String,
     pub ttl: Duration,
     pub inbox_max: u32,
+    pub inbox_max_bytes: u64,
     pub inbox_ttl: Duration,
     pub queue: usize,
 }
@@ -170,6 +172,7 @@ impl RedisDirectory {
             node_value,
             ttl: s.ttl,
             inbox_max: s.inbox_max,
+            inbox_max_bytes: s.inbox_max_bytes,
             inbox_ttl: s.inbox_ttl,
             updates,
             healthy: AtomicBool::new(false),
@@ -212,30 +215,45 @@ impl RedisDirectory {
             .arg(json)
             .arg(self.inbox_max)
             .arg(self.inbox_ttl.as_millis() as u64)
+            .arg(self.inbox_max_bytes)
             .invoke_async(&mut self.redis.clone())
             .await;
-        let route = parse_route(self.observe(r)?);
+        let (route, dropped) = parse_route(self.observe(r)?);
         if route == Route::Stored {
-            self.metrics.cluster_event(ClusterEvent::InboxStored);
+            self.stored(id, dropped);
         }
         Ok(route)
     }
 
+    /// Counts a push kept in `who`'s inbox and the older ones it pushed out.
+    fn stored(&self, who: Identity, dropped: u64) {
+        self.metrics.cluster_event(ClusterEvent::InboxStored);
+        if dropped > 0 {
+            self.metrics.cluster_events(ClusterEvent::InboxOverflow, dropped);
+            warn!(
+                biz = who.biz_id,
+                user = who.user_id,
+                dropped,
+                "inbox full: oldest pushes dropped"
+            );
+        }
+    }
+
     async fn store(&self, msg: &PushMessage) -> Result<(), DirectoryError> {
         let id = Identity { biz_id: msg.biz_id, user_id: msg.receiver_id };
-        let key = self.keys.inbox(id);
         let json = serde_json::to_string(msg).unwrap_or_default();
-        let r: redis::RedisResult<()> = redis::pipe()
-            .rpush(&key, json)
-            .ignore()
-            .ltrim(&key, -(self.inbox_max as isize), -1)
-            .ignore()
-            .pexpire(&key, self.inbox_ttl.as_millis() as i64)
-            .ignore()
-            .query_async(&mut self.redis.clone())
+        let r: redis::RedisResult<u64> = scripts::STORE
+            .key(self.keys.user(id))
+            .key(self.keys.inbox(id))
+            .arg(&self.keys.prefix)
+            .arg(json)
+            .arg(self.inbox_max)
+            .arg(self.inbox_ttl.as_millis() as u64)
+            .arg(self.inbox_max_bytes)
+            .invoke_async(&mut self.redis.clone())
             .await;
-        self.observe(r)?;
-        self.metrics.cluster_event(ClusterEvent::InboxStored);
+        let dropped = self.observe(r)?;
+        self.stored(id, dropped);
         Ok(())
     }
 
@@ -721,11 +739,12 @@ fn interpret(
     events
 }
 
-/// The ROUTE script's reply: pairs of (live node id, its `node:` value), or nothing when the push
-/// was stored in the inbox.
-fn parse_route(flat: Vec<String>) -> Route {
-    if flat.is_empty() {
-        return Route::Stored;
+/// The ROUTE script's reply: pairs of (live node id, its `node:` value), or `['', dropped]`
+/// when the push was stored in the inbox (and `dropped` older ones pushed out).
+fn parse_route(flat: Vec<String>) -> (Route, u64) {
+    if flat.first().is_none_or(|f| f.is_empty()) {
+        let dropped = flat.get(1).and_then(|d| d.parse().ok()).unwrap_or(0);
+        return (Route::Stored, dropped);
     }
     let nodes = flat
         .chunks_exact(2)
@@ -737,7 +756,7 @@ fn parse_route(flat: Vec<String>) -> Route {
             (p[0].clone(), grpc)
         })
         .collect();
-    Route::Nodes(nodes)
+    (Route::Nodes(nodes), 0)
 }
 
 /// Commands in one pipeline, at most (updates written together, rebuild and sweep chunks).
@@ -871,7 +890,9 @@ mod tests {
 
     #[test]
     fn route_replies_name_live_nodes_or_mean_stored() {
-        assert_eq!(parse_route(Vec::new()), Route::Stored);
+        assert_eq!(parse_route(Vec::new()), (Route::Stored, 0));
+        assert_eq!(parse_route(strings(&["", "3"])), (Route::Stored, 3), "3 older pushes out");
+        assert_eq!(parse_route(strings(&["", "x"])), (Route::Stored, 0));
         let flat = strings(&[
             "n1",
             r#"{"grpc":"10.0.0.1:9004","ws":"10.0.0.1:9002"}"#,
@@ -880,7 +901,7 @@ mod tests {
             "odd one out",
         ]);
         let want = vec![("n1".into(), "10.0.0.1:9004".into()), ("n2".into(), String::new())];
-        assert_eq!(parse_route(flat), Route::Nodes(want));
+        assert_eq!(parse_route(flat), (Route::Nodes(want), 0));
     }
 
     #[test]

@@ -213,3 +213,35 @@ async fn a_given_up_push_is_kept_in_the_inbox_for_the_next_connection() {
     assert!(is_push(&m, "ignored", b"again"), "{m:?}");
     client.ack("ignored", JSON).await;
 }
+
+#[tokio::test]
+async fn a_full_inbox_drops_its_oldest_pushes_and_counts_them() {
+    let scope = Scope::new("inbox-bounds");
+    let a = scope
+        .node("a")
+        .config(|c| {
+            c.cluster.redis.inbox_max = 2;
+            c.cluster.redis.inbox_max_bytes = bytesize::ByteSize::kib(1);
+        })
+        .spawn()
+        .await;
+    for key in ["old", "middle", "new"] {
+        assert_eq!(a.push(8, 9, key, b"small").await.expect("stored"), 0);
+    }
+    // One large push: alone it fits the byte bound, with the others it does not.
+    let large = vec![b'x'; 700];
+    assert_eq!(a.push(9, 9, "first", b"small").await.expect("stored"), 0);
+    assert_eq!(a.push(9, 9, "large", &large).await.expect("stored"), 0);
+    let overflow =
+        "websocket_gateway_cluster_events_total{event=\"inbox_overflow\",service=\"redis\"}";
+    assert_eq!(a.metric(overflow).await, 2.0, "one by count, one by bytes");
+
+    let mut eight = a.connect(8, 9).await;
+    for key in ["middle", "new"] {
+        let m = eight.recv_msg_within(JSON, Duration::from_secs(10)).await.expect("kept");
+        assert!(is_push(&m, key, b"small"), "{m:?}");
+    }
+    let mut nine = a.connect(9, 9).await;
+    let m = nine.recv_msg_within(JSON, Duration::from_secs(10)).await.expect("kept");
+    assert!(is_push(&m, "large", &large), "only the newest fits: {m:?}");
+}

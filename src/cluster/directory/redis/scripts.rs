@@ -7,10 +7,32 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// KEYS: user hash, inbox. ARGV: key prefix, push JSON, inbox max, inbox TTL (ms).
-/// Returns `[node, node entry, …]` for every live node holding the user; when there is none,
-/// stores the push in the inbox and returns `[]`. Fields of dead nodes are skipped.
-pub const ROUTE_SOURCE: &str = r#"
+/// Appends ARGV[2] to the inbox KEYS[2] and drops the oldest entries beyond ARGV[3] pushes or
+/// ARGV[5] bytes (the newest always stays); refreshes the TTL (ARGV[4] ms). Returns how many
+/// were dropped. Shared by ROUTE and STORE.
+const KEEP: &str = r#"
+local function keep()
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  local max, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[5])
+  local n, bytes = redis.call('LLEN', KEYS[2]), 0
+  for _, v in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do bytes = bytes + #v end
+  local dropped = 0
+  while n > 1 and (n > max or bytes > max_bytes) do
+    bytes = bytes - #redis.call('LPOP', KEYS[2])
+    n, dropped = n - 1, dropped + 1
+  end
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  return dropped
+end
+"#;
+
+/// KEYS: user hash, inbox. ARGV: key prefix, push JSON, inbox max, inbox TTL (ms), inbox max
+/// bytes. Returns `[node, node entry, …]` for every live node holding the user; when there is
+/// none, stores the push in the inbox (see KEEP) and returns `['', dropped]`. Fields of dead
+/// nodes are skipped.
+pub static ROUTE_SOURCE: LazyLock<String> = LazyLock::new(|| format!("{KEEP}{ROUTE_BODY}"));
+
+const ROUTE_BODY: &str = r#"
 local fields = redis.call('HKEYS', KEYS[1])
 local seen, out = {}, {}
 for _, f in ipairs(fields) do
@@ -25,12 +47,14 @@ for _, f in ipairs(fields) do
   end
 end
 if #out == 0 then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  return { '', tostring(keep()) }
 end
 return out
 "#;
+
+/// KEYS: unused, inbox. ARGV: unused, push JSON, inbox max, inbox TTL (ms), inbox max bytes.
+/// Stores the push (see KEEP); returns how many older ones were dropped.
+pub static STORE_SOURCE: LazyLock<String> = LazyLock::new(|| format!("{KEEP}return keep()"));
 
 /// KEYS: user hash, node's conns hash, node's users set, inbox.
 /// ARGV: field (`node|conn`), connected-at ms, conn id, conn entry, `biz:user`.
@@ -67,6 +91,7 @@ return ''
 "#;
 
 pub static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_SOURCE));
-pub static ROUTE: LazyLock<Script> = LazyLock::new(|| Script::new(ROUTE_SOURCE));
+pub static ROUTE: LazyLock<Script> = LazyLock::new(|| Script::new(&ROUTE_SOURCE));
+pub static STORE: LazyLock<Script> = LazyLock::new(|| Script::new(&STORE_SOURCE));
 pub static CONNECT: LazyLock<Script> = LazyLock::new(|| Script::new(CONNECT_SOURCE));
 pub static DISCONNECT: LazyLock<Script> = LazyLock::new(|| Script::new(DISCONNECT_SOURCE));
