@@ -32,8 +32,8 @@
 //! finds a user offline and the user's arrival cannot miss each other. Must never be awaited on a
 //! connection's frame path.
 //!
-//! Building the writer's pipeline ([`build`]) and reading the scripts' replies ([`interpret`],
-//! [`parse_route`]) are pure functions, table-tested without Redis.
+//! Key names, the writer's pipeline and the meaning of the scripts' replies are pure functions in
+//! `redis/replies.rs`, table-tested without Redis; the Lua scripts are in `redis/scripts.rs`.
 
 use std::{
     collections::HashSet,
@@ -41,7 +41,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -61,56 +61,13 @@ use crate::{
     telemetry::{ClusterEvent, Dependency, Metrics},
 };
 
+mod replies;
 mod scripts;
 mod sessions;
 
-/// A change of one link; the flag says whether it was the user's first (up) or last (down)
-/// connection on this node.
-enum Update {
-    Up(Arc<Link>, bool),
-    Down(Arc<Link>, bool),
-}
-
-/// The directory's key names (see the table above) as seen from one node.
-struct Keys {
-    prefix: String,
-    node: String,
-}
-
-impl Keys {
-    fn key(&self, parts: std::fmt::Arguments<'_>) -> String {
-        format!("{}{}", self.prefix, parts)
-    }
-
-    fn upstream(&self, id: Identity, key: &str) -> String {
-        self.key(format_args!("up:{}:{}:{key}", id.biz_id, id.user_id))
-    }
-
-    fn user(&self, id: Identity) -> String {
-        self.key(format_args!("user:{}:{}", id.biz_id, id.user_id))
-    }
-
-    fn inbox(&self, id: Identity) -> String {
-        self.key(format_args!("inbox:{}:{}", id.biz_id, id.user_id))
-    }
-
-    fn node(&self, node: &str) -> String {
-        self.key(format_args!("node:{node}"))
-    }
-
-    fn conns(&self, node: &str) -> String {
-        self.key(format_args!("conns:{node}"))
-    }
-
-    fn users(&self, node: &str) -> String {
-        self.key(format_args!("users:{node}"))
-    }
-
-    /// A connection's field in its user's hash.
-    fn field(&self, link: &Link) -> String {
-        format!("{}|{}", self.node, link.id)
-    }
-}
+use replies::{
+    Keys, Update, build, conn_value, interpret, millis, parse_claim, parse_route, parse_user,
+};
 
 /// The Redis session directory of one node.
 pub struct RedisDirectory {
@@ -206,54 +163,48 @@ impl RedisDirectory {
     }
 
     async fn route(&self, msg: &PushMessage) -> Result<Route, DirectoryError> {
-        let id = Identity { biz_id: msg.biz_id, user_id: msg.receiver_id };
-        let json = serde_json::to_string(msg).unwrap_or_default();
-        let r: redis::RedisResult<Vec<String>> = scripts::ROUTE
-            .key(self.keys.user(id))
-            .key(self.keys.inbox(id))
-            .arg(&self.keys.prefix)
-            .arg(json)
-            .arg(self.inbox_max)
-            .arg(self.inbox_ttl.as_millis() as u64)
-            .arg(self.inbox_max_bytes)
-            .invoke_async(&mut self.redis.clone())
-            .await;
+        let r: redis::RedisResult<Vec<String>> =
+            self.inbox_call(&scripts::ROUTE, msg).invoke_async(&mut self.redis.clone()).await;
         let (route, dropped) = parse_route(self.observe(r)?);
         if route == Route::Stored {
-            self.stored(id, dropped);
+            self.stored(msg, dropped);
         }
         Ok(route)
     }
 
-    /// Counts a push kept in `who`'s inbox and the older ones it pushed out.
-    fn stored(&self, who: Identity, dropped: u64) {
+    /// ROUTE or STORE for `msg`: the keys and arguments both take (see `scripts.rs`).
+    fn inbox_call<'a>(
+        &self,
+        script: &'a redis::Script,
+        msg: &PushMessage,
+    ) -> redis::ScriptInvocation<'a> {
+        let id = Identity { biz_id: msg.biz_id, user_id: msg.receiver_id };
+        let mut call = script.prepare_invoke();
+        call.key(self.keys.user(id))
+            .key(self.keys.inbox(id))
+            .arg(&self.keys.prefix)
+            .arg(serde_json::to_string(msg).unwrap_or_default())
+            .arg(self.inbox_max)
+            .arg(self.inbox_ttl.as_millis() as u64)
+            .arg(self.inbox_max_bytes);
+        call
+    }
+
+    /// Counts `msg` kept in its receiver's inbox and the older pushes it pushed out.
+    fn stored(&self, msg: &PushMessage, dropped: u64) {
         self.metrics.cluster_event(ClusterEvent::InboxStored);
         if dropped > 0 {
             self.metrics.cluster_events(ClusterEvent::InboxOverflow, dropped);
-            warn!(
-                biz = who.biz_id,
-                user = who.user_id,
-                dropped,
-                "inbox full: oldest pushes dropped"
-            );
+            let (biz, user) = (msg.biz_id, msg.receiver_id);
+            warn!(biz, user, dropped, "inbox full: oldest pushes dropped");
         }
     }
 
     async fn store(&self, msg: &PushMessage) -> Result<(), DirectoryError> {
-        let id = Identity { biz_id: msg.biz_id, user_id: msg.receiver_id };
-        let json = serde_json::to_string(msg).unwrap_or_default();
-        let r: redis::RedisResult<u64> = scripts::STORE
-            .key(self.keys.user(id))
-            .key(self.keys.inbox(id))
-            .arg(&self.keys.prefix)
-            .arg(json)
-            .arg(self.inbox_max)
-            .arg(self.inbox_ttl.as_millis() as u64)
-            .arg(self.inbox_max_bytes)
-            .invoke_async(&mut self.redis.clone())
-            .await;
+        let r: redis::RedisResult<u64> =
+            self.inbox_call(&scripts::STORE, msg).invoke_async(&mut self.redis.clone()).await;
         let dropped = self.observe(r)?;
-        self.stored(id, dropped);
+        self.stored(msg, dropped);
         Ok(())
     }
 
@@ -637,15 +588,6 @@ impl SessionDirectory for RedisDirectory {
     }
 }
 
-/// The CLAIM script's reply.
-fn parse_claim(value: Vec<u8>) -> UpstreamClaim {
-    match value.split_first() {
-        None => UpstreamClaim::Owned,
-        Some((b'a', answer)) => UpstreamClaim::Answered(Bytes::copy_from_slice(answer)),
-        Some(_) => UpstreamClaim::InFlight,
-    }
-}
-
 fn is_noscript(e: &redis::RedisError) -> bool {
     e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
@@ -657,266 +599,5 @@ async fn load_scripts(redis: &mut ConnectionManager) -> redis::RedisResult<()> {
     Ok(())
 }
 
-/// One pipeline of CONNECT / DISCONNECT scripts for `batch`, in order.
-fn build(keys: &Keys, batch: &[Update]) -> redis::Pipeline {
-    let mut pipe = redis::pipe();
-    for u in batch {
-        match u {
-            Update::Up(link, _) => {
-                let id = link.identity;
-                let since = millis(link.connected_at);
-                pipe.invoke_script(
-                    scripts::CONNECT
-                        .key(keys.user(id))
-                        .key(keys.conns(&keys.node))
-                        .key(keys.users(&keys.node))
-                        .key(keys.inbox(id))
-                        .arg(keys.field(link))
-                        .arg(since)
-                        .arg(link.id)
-                        .arg(conn_value(link, since))
-                        .arg(format!("{}:{}", id.biz_id, id.user_id)),
-                );
-            }
-            Update::Down(link, last) => {
-                let id = link.identity;
-                let user = match last {
-                    true => format!("{}:{}", id.biz_id, id.user_id),
-                    false => String::new(),
-                };
-                pipe.invoke_script(
-                    scripts::DISCONNECT
-                        .key(keys.user(id))
-                        .key(keys.conns(&keys.node))
-                        .key(keys.users(&keys.node))
-                        .arg(keys.field(link))
-                        .arg(link.id)
-                        .arg(user),
-                );
-            }
-        }
-    }
-    pipe
-}
-
-/// What the scripts' replies to `batch` mean. Each reply starts with the user's connection count
-/// across the cluster after the update; a CONNECT reply then lists the user's inbox (JSON pushes,
-/// oldest first; removed only after hand-off). `None`: the pipeline failed, and presence follows
-/// this node's own view.
-fn interpret(
-    batch: impl IntoIterator<Item = Update>,
-    replies: Option<Vec<Vec<String>>>,
-) -> Vec<DirectoryEvent> {
-    let Some(replies) = replies else {
-        return batch
-            .into_iter()
-            .filter_map(|u| match u {
-                Update::Up(l, true) => Some(DirectoryEvent::Online(l.identity)),
-                Update::Down(l, true) => Some(DirectoryEvent::Offline(l.identity)),
-                _ => None,
-            })
-            .collect();
-    };
-    let mut events = Vec::new();
-    for (u, reply) in batch.into_iter().zip(replies) {
-        let count: u64 = reply.first().and_then(|c| c.parse().ok()).unwrap_or(0);
-        match u {
-            Update::Up(link, _) => {
-                if count == 1 {
-                    events.push(DirectoryEvent::Online(link.identity));
-                }
-                let raw: Vec<String> = reply.into_iter().skip(1).collect();
-                if !raw.is_empty() {
-                    events.push(DirectoryEvent::Inbox(Inbox::read(link.identity, raw)));
-                }
-            }
-            Update::Down(link, _) if count == 0 => {
-                events.push(DirectoryEvent::Offline(link.identity));
-            }
-            Update::Down(..) => {}
-        }
-    }
-    events
-}
-
-/// The ROUTE script's reply: pairs of (live node id, its `node:` value), or `['', dropped]`
-/// when the push was stored in the inbox (and `dropped` older ones pushed out).
-fn parse_route(flat: Vec<String>) -> (Route, u64) {
-    if flat.first().is_none_or(|f| f.is_empty()) {
-        let dropped = flat.get(1).and_then(|d| d.parse().ok()).unwrap_or(0);
-        return (Route::Stored, dropped);
-    }
-    let nodes = flat
-        .chunks_exact(2)
-        .map(|p| {
-            let grpc = serde_json::from_str::<serde_json::Value>(&p[1])
-                .ok()
-                .and_then(|v| v.get("grpc")?.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            (p[0].clone(), grpc)
-        })
-        .collect();
-    (Route::Nodes(nodes), 0)
-}
-
 /// Commands in one pipeline, at most (updates written together, rebuild and sweep chunks).
 const PIPELINE: usize = 512;
-
-fn millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// `biz:user`, as the `users:` sets hold them.
-fn parse_user(u: &str) -> Option<Identity> {
-    let (biz, user) = u.split_once(':')?;
-    Some(Identity { biz_id: biz.parse().ok()?, user_id: user.parse().ok()? })
-}
-
-fn conn_value(link: &Link, since: u64) -> String {
-    format!("{}:{}:{}:{}", link.identity.biz_id, link.identity.user_id, since, link.remote)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn who(biz_id: i64, user_id: i64) -> Identity {
-        Identity { biz_id, user_id }
-    }
-
-    fn links() -> (Arc<LinkRegistry>, impl FnMut(Identity) -> Arc<Link>) {
-        let registry = Arc::new(LinkRegistry::new(100));
-        let reg = registry.clone();
-        let addr = "127.0.0.1:1".parse().expect("addr");
-        (registry, move |id| reg.insert(id, addr, 1024).0)
-    }
-
-    fn strings(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    fn push_json(key: &str) -> String {
-        let msg = PushMessage { key: key.into(), biz_id: 9, receiver_id: 1, body: vec![1].into() };
-        serde_json::to_string(&msg).expect("json")
-    }
-
-    #[test]
-    fn connect_and_disconnect_replies_become_presence_and_inbox_events() {
-        let (_keep, mut link) = links();
-        let (a, b) = (link(who(9, 1)), link(who(9, 2)));
-        let batch = vec![
-            Update::Up(a.clone(), true),
-            Update::Up(b.clone(), true),
-            Update::Down(a.clone(), true),
-            Update::Down(b.clone(), true),
-        ];
-        let replies = vec![
-            // a: first connection cluster-wide, with two pushes in the inbox (and one bad one).
-            strings(&["1", &push_json("k1"), "not json", &push_json("k2")]),
-            // b: already connected elsewhere: no presence change.
-            strings(&["2"]),
-            // a leaves and nobody holds them any more; b leaves but another connection stays.
-            strings(&["0"]),
-            strings(&["1"]),
-        ];
-        let events = interpret(batch, Some(replies));
-        let keys = |e: &DirectoryEvent| match e {
-            DirectoryEvent::Inbox(i) => {
-                i.pushes.iter().map(|p| p.msg.as_ref().map(|m| m.key.clone())).collect()
-            }
-            _ => Vec::new(),
-        };
-        assert_eq!(events.len(), 3, "{events:?}");
-        assert_eq!(events[0], DirectoryEvent::Online(who(9, 1)));
-        let want = [Some("k1".to_owned()), None, Some("k2".to_owned())];
-        assert_eq!(
-            keys(&events[1]),
-            want,
-            "oldest first; an unreadable entry is kept to be removed"
-        );
-        let DirectoryEvent::Inbox(inbox) = &events[1] else { unreachable!() };
-        assert_eq!((inbox.who, inbox.pushes[1].raw.as_str()), (who(9, 1), "not json"));
-        assert_eq!(events[2], DirectoryEvent::Offline(who(9, 1)));
-    }
-
-    #[test]
-    fn short_or_garbled_replies_never_panic() {
-        let (_keep, mut link) = links();
-        let a = link(who(9, 1));
-        let batch = vec![Update::Up(a.clone(), false), Update::Down(a.clone(), false)];
-        let events = interpret(batch, Some(vec![Vec::new()]));
-        assert!(events.is_empty(), "an empty reply counts as 0 for an Up: {events:?}");
-        let batch = vec![Update::Down(a.clone(), false)];
-        assert_eq!(
-            interpret(batch, Some(vec![strings(&["x"])])),
-            [DirectoryEvent::Offline(who(9, 1))]
-        );
-    }
-
-    #[test]
-    fn without_replies_presence_follows_this_nodes_view() {
-        let (_keep, mut link) = links();
-        let (a, b) = (link(who(9, 1)), link(who(9, 2)));
-        let batch = vec![
-            Update::Up(a.clone(), true),
-            Update::Up(b.clone(), false),
-            Update::Down(b.clone(), true),
-        ];
-        let events = interpret(batch, None);
-        assert_eq!(events, [DirectoryEvent::Online(who(9, 1)), DirectoryEvent::Offline(who(9, 2))]);
-    }
-
-    #[test]
-    fn claim_replies_say_who_answers() {
-        assert_eq!(parse_claim(Vec::new()), UpstreamClaim::Owned);
-        assert_eq!(parse_claim(b"c".to_vec()), UpstreamClaim::InFlight);
-        assert_eq!(parse_claim(b"a".to_vec()), UpstreamClaim::Answered(Bytes::new()));
-        let answer = parse_claim(b"a\x08\x07".to_vec());
-        assert_eq!(answer, UpstreamClaim::Answered(Bytes::from_static(b"\x08\x07")));
-        assert_eq!(
-            parse_claim(b"?".to_vec()),
-            UpstreamClaim::InFlight,
-            "unknown: wait, then take over"
-        );
-    }
-
-    #[test]
-    fn users_of_the_sweep_index_parse_or_are_skipped() {
-        assert_eq!(parse_user("9:42"), Some(who(9, 42)));
-        for bad in ["", "9", "9:", ":42", "x:42", "9:42:1"] {
-            assert_eq!(parse_user(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn route_replies_name_live_nodes_or_mean_stored() {
-        assert_eq!(parse_route(Vec::new()), (Route::Stored, 0));
-        assert_eq!(parse_route(strings(&["", "3"])), (Route::Stored, 3), "3 older pushes out");
-        assert_eq!(parse_route(strings(&["", "x"])), (Route::Stored, 0));
-        let flat = strings(&[
-            "n1",
-            r#"{"grpc":"10.0.0.1:9004","ws":"10.0.0.1:9002"}"#,
-            "n2",
-            "garbled",
-            "odd one out",
-        ]);
-        let want = vec![("n1".into(), "10.0.0.1:9004".into()), ("n2".into(), String::new())];
-        assert_eq!(parse_route(flat), (Route::Nodes(want), 0));
-    }
-
-    #[test]
-    fn the_pipeline_has_one_script_per_update_in_order() {
-        let (_keep, mut link) = links();
-        let a = link(who(9, 1));
-        let keys = Keys { prefix: "p:".into(), node: "n1".into() };
-        let pipe = build(&keys, &[Update::Up(a.clone(), true), Update::Down(a.clone(), true)]);
-        let cmds: Vec<Vec<u8>> = pipe.cmd_iter().map(|c| c.get_packed_command()).collect();
-        assert_eq!(cmds.len(), 2);
-        let text = |c: &[u8]| String::from_utf8_lossy(c).into_owned();
-        let connect = text(&cmds[0]);
-        assert!(connect.starts_with("*") && connect.contains("EVALSHA"), "by SHA, not by text");
-        assert!(connect.contains(scripts::CONNECT.get_hash()) && connect.contains("p:inbox:9:1"));
-        assert!(text(&cmds[1]).contains(scripts::DISCONNECT.get_hash()));
-        assert!(text(&cmds[1]).contains(&format!("n1|{}", a.id)), "the link's field");
-    }
-}
