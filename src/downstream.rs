@@ -11,7 +11,7 @@
 //! never block: delivery is a non-blocking enqueue on each link.
 //!
 //! Delivers on this node only; the router decides which node(s) a push goes to and calls
-//! [`Downstream::push`] here. The retransmission schedule is [`Pending::on_due`], a pure step
+//! [`Downstream::push`] here. The retransmission schedule is `Pending::on_due`, a pure step
 //! driven by the instants it is given.
 
 use std::{

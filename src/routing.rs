@@ -6,7 +6,7 @@
 //! others (batched per peer, see `peers`), so one push costs one lookup plus at most one call
 //! per node that holds the user, never a call per node of the cluster. A receiver nobody holds
 //! gets the push in their offline inbox (atomically with the lookup); so does one whose node
-//! could not be reached. The rules are pure functions ([`settle`], [`local_only`]), table-tested.
+//! could not be reached. The rules are pure functions (`settle`, `local_only`), table-tested.
 //! Must never retry on its own: callers (Kafka, the gRPC API) decide, because only they know
 //! whether to wait. The router is the node's [`PushSink`].
 

@@ -5,7 +5,7 @@
 //! by one node, and routed to the node(s) holding its receiver (never "every node reads
 //! everything"). Up to `concurrency` pushes are routed at once; offsets are stored per
 //! partition, in order, and only after the push was handed to its node(s) or stored in the inbox
-//! ([`Offsets`]: a stuck record holds back its own partition's offsets, never the others'), then committed by
+//! (`Offsets`: a stuck record holds back its own partition's offsets, never the others'), then committed by
 //! librdkafka's auto-commit: at-least-once, with the push key for dedup. A push that cannot be
 //! routed (directory down and receiver not here, node overloaded) is retried with back-off and
 //! holds back later offsets; after `route_timeout` it is kept in its user's offline inbox (and
