@@ -24,7 +24,7 @@ use std::{
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use tokio::time::Instant;
+use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -34,8 +34,8 @@ use crate::{
     config::DownstreamConfig,
     links::LinkRegistry,
     protocol::{CommandType, Message, pb::PushMessage},
-    push::PushError,
-    telemetry::{Metrics, PushEvent},
+    push::{DeadLetter, PushError},
+    telemetry::{ClusterEvent, Metrics, PushEvent},
     wire::Wire,
 };
 
@@ -76,6 +76,14 @@ impl Pending {
     }
 }
 
+/// Where a push goes when this node gives up on it.
+pub struct Fallback {
+    /// The user's inbox (cluster mode; the in-memory directory keeps none).
+    pub directory: Arc<dyn SessionDirectory>,
+    /// The dead-letter topic's queue, when one is configured.
+    pub dead_letters: Option<mpsc::Sender<DeadLetter>>,
+}
+
 /// The downstream service of one node.
 pub struct Downstream {
     links: Arc<LinkRegistry>,
@@ -83,8 +91,7 @@ pub struct Downstream {
     metrics: Arc<Metrics>,
     config: DownstreamConfig,
     pending: DashMap<(Identity, String), Pending>,
-    /// Where given-up pushes are kept (the user's inbox, cluster mode).
-    directory: Arc<dyn SessionDirectory>,
+    fallback: Fallback,
     node_id: String,
     next_key: AtomicU64,
 }
@@ -98,7 +105,7 @@ impl Downstream {
         wire: Arc<Wire>,
         metrics: Arc<Metrics>,
         node_id: String,
-        directory: Arc<dyn SessionDirectory>,
+        fallback: Fallback,
         stop: CancellationToken,
     ) -> (Arc<Self>, impl Future<Output = ()> + Send + 'static) {
         let downstream = Arc::new(Self {
@@ -107,7 +114,7 @@ impl Downstream {
             metrics,
             config,
             pending: DashMap::new(),
-            directory,
+            fallback,
             node_id,
             next_key: AtomicU64::new(1),
         });
@@ -237,7 +244,13 @@ impl Downstream {
     /// A given-up push goes to its user's offline inbox (cluster mode): delivered again on their
     /// next connection. A single node keeps no inbox; the give-up is final (logged and counted).
     async fn keep(&self, msg: PushMessage) {
-        match self.directory.store(&msg).await {
+        if let Some(letters) = &self.fallback.dead_letters {
+            let letter = DeadLetter { msg: msg.clone(), reason: "given_up" };
+            if letters.try_send(letter).is_err() {
+                self.metrics.cluster_event(ClusterEvent::DeadLetterDropped);
+            }
+        }
+        match self.fallback.directory.store(&msg).await {
             Ok(true) => self.metrics.push_event(PushEvent::KeptInInbox),
             Ok(false) => {}
             Err(e) => {

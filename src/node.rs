@@ -21,7 +21,7 @@ use crate::{
     auth::{BearerAuth, EmptySecret, TokenVerifier},
     cluster::{Advertised, DirectoryError, SessionDirectory},
     config::Config,
-    downstream::Downstream,
+    downstream::{Downstream, Fallback},
     gateway::{self, Gateway},
     governor::{self, GovernorView},
     grpc::{Bearer, GrpcError},
@@ -404,7 +404,10 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
         wire.clone(),
         metrics.clone(),
         node_id.clone(),
-        adapters.directory.clone(),
+        Fallback {
+            directory: adapters.directory.clone(),
+            dead_letters: adapters.dead_letters.clone(),
+        },
         background.clone(),
     );
     let routing = TaskTracker::new();

@@ -55,6 +55,14 @@ impl RouteError {
     }
 }
 
+/// A push nobody acknowledged, on its way to the dead-letter topic (when one is configured).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetter {
+    pub msg: PushMessage,
+    /// Why: `given_up` (no acknowledgement after `downstream.max_retries`).
+    pub reason: &'static str,
+}
+
 /// Where ingestion sources hand pushes: every connection of the receiver, cluster-wide, or their
 /// inbox. Must not retry on its own; the caller decides whether to wait and try again.
 pub trait PushSink: Send + Sync + 'static {

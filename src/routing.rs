@@ -192,7 +192,7 @@ mod tests {
             wire,
             metrics.clone(),
             "n1".into(),
-            dir.clone(),
+            crate::downstream::Fallback { directory: dir.clone(), dead_letters: None },
             stop.clone(),
         );
         let addr = "127.0.0.1:1".parse().expect("addr");

@@ -36,7 +36,7 @@ use crate::{
     auth::Identity,
     config::KafkaConfig,
     protocol::pb::PushMessage,
-    push::{PushError, PushSink, RouteError},
+    push::{DeadLetter, PushError, PushSink, RouteError},
     telemetry::{ClusterEvent, Dependency, Metrics},
 };
 
@@ -247,6 +247,52 @@ impl Offsets {
     }
 }
 
+/// A record a producer task writes: its key and JSON payload.
+pub trait ToRecord: Send + 'static {
+    fn to_record(&self) -> (String, Vec<u8>);
+}
+
+impl ToRecord for (Identity, PresenceAction) {
+    fn to_record(&self) -> (String, Vec<u8>) {
+        let (who, action) = *self;
+        let record = PresenceRecord { biz_id: who.biz_id, user_id: who.user_id, action };
+        let key = format!("{}-{}", who.biz_id, who.user_id);
+        (key, serde_json::to_vec(&record).unwrap_or_default())
+    }
+}
+
+/// The push topic's JSON plus the reason, so a dead letter can be replayed as it is.
+#[derive(Serialize)]
+struct DeadLetterRecord<'a> {
+    #[serde(flatten)]
+    push: KafkaPush,
+    reason: &'a str,
+}
+
+impl ToRecord for DeadLetter {
+    fn to_record(&self) -> (String, Vec<u8>) {
+        let m = &self.msg;
+        let push = KafkaPush {
+            key: m.key.clone(),
+            biz_id: m.biz_id,
+            receiver_id: m.receiver_id,
+            body: base64::engine::general_purpose::STANDARD.encode(&m.body),
+        };
+        let key = format!("{}-{}", m.biz_id, m.receiver_id);
+        (
+            key,
+            serde_json::to_vec(&DeadLetterRecord { push, reason: self.reason }).unwrap_or_default(),
+        )
+    }
+}
+
+/// What a producer task counts.
+struct Counts {
+    produced: ClusterEvent,
+    failed: ClusterEvent,
+    dropped: ClusterEvent,
+}
+
 /// The presence producer: the queue events go into (bounded by `presence_buffer`; a full queue
 /// is the caller's to count) and the task that produces them until `stop`, then flushes what is
 /// buffered (briefly).
@@ -255,26 +301,61 @@ pub fn presence_producer(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> (mpsc::Sender<(Identity, PresenceAction)>, impl Future<Output = ()> + Send + 'static) {
-    let (tx, rx) = mpsc::channel(config.presence_buffer);
-    (tx, produce_presence(config.clone(), rx, metrics, stop))
+    let counts = Counts {
+        produced: ClusterEvent::PresenceProduced,
+        failed: ClusterEvent::PresenceFailed,
+        dropped: ClusterEvent::PresenceDropped,
+    };
+    let topic = config.presence_topic.clone();
+    producer(config, topic, config.presence_buffer, counts, metrics, stop)
 }
 
-async fn produce_presence(
+/// The dead-letter producer (`dead_letter_topic`): given-up pushes with their reason.
+pub fn dead_letter_producer(
+    config: &KafkaConfig,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> (mpsc::Sender<DeadLetter>, impl Future<Output = ()> + Send + 'static) {
+    let counts = Counts {
+        produced: ClusterEvent::DeadLetterProduced,
+        failed: ClusterEvent::DeadLetterFailed,
+        dropped: ClusterEvent::DeadLetterDropped,
+    };
+    let topic = config.dead_letter_topic.clone();
+    producer(config, topic, config.presence_buffer, counts, metrics, stop)
+}
+
+fn producer<T: ToRecord>(
+    config: &KafkaConfig,
+    topic: String,
+    buffer: usize,
+    counts: Counts,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> (mpsc::Sender<T>, impl Future<Output = ()> + Send + 'static) {
+    let (tx, rx) = mpsc::channel(buffer);
+    (tx, produce(config.clone(), topic, buffer, rx, counts, metrics, stop))
+}
+
+/// Produces what arrives on `records` to `topic` until `stop`, then flushes (briefly).
+/// librdkafka buffers and retries for up to five minutes while brokers are down.
+async fn produce<T: ToRecord>(
     config: KafkaConfig,
-    mut events: mpsc::Receiver<(Identity, PresenceAction)>,
+    topic: String,
+    buffer: usize,
+    mut records: mpsc::Receiver<T>,
+    counts: Counts,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
     let producer: FutureProducer = match client_config(&config)
         .set("message.timeout.ms", "300000")
-        .set("queue.buffering.max.messages", config.presence_buffer.to_string())
+        .set("queue.buffering.max.messages", buffer.to_string())
         .set("linger.ms", "5")
         .create()
     {
         Ok(p) => p,
-        Err(e) => {
-            return warn!(error = %e, "cannot create the Kafka producer; presence events are off");
-        }
+        Err(e) => return warn!(error = %e, topic, "cannot create a Kafka producer; not producing"),
     };
     let mut deliveries = FuturesUnordered::new();
     loop {
@@ -282,21 +363,16 @@ async fn produce_presence(
             _ = stop.cancelled() => break,
             Some(done) = deliveries.next(), if !deliveries.is_empty() => {
                 let ok = matches!(done, Ok(Ok(_)));
-                metrics.cluster_event(match ok {
-                    true => ClusterEvent::PresenceProduced,
-                    false => ClusterEvent::PresenceFailed,
-                });
+                metrics.cluster_event(if ok { counts.produced } else { counts.failed });
             }
-            event = events.recv() => {
-                let Some((who, action)) = event else { break };
-                let record = PresenceRecord { biz_id: who.biz_id, user_id: who.user_id, action };
-                let payload = serde_json::to_vec(&record).unwrap_or_default();
-                let key = format!("{}-{}", who.biz_id, who.user_id);
-                match producer.send_result(FutureRecord::to(&config.presence_topic).key(&key).payload(&payload)) {
+            record = records.recv() => {
+                let Some(record) = record else { break };
+                let (key, payload) = record.to_record();
+                match producer.send_result(FutureRecord::to(&topic).key(&key).payload(&payload)) {
                     Ok(delivery) => deliveries.push(delivery),
                     Err((e, _)) => {
-                        metrics.cluster_event(ClusterEvent::PresenceDropped);
-                        warn!(error = %e, "presence event dropped");
+                        metrics.cluster_event(counts.dropped);
+                        warn!(error = %e, topic, "record dropped");
                     }
                 }
             }

@@ -108,6 +108,9 @@ pub struct KafkaConfig {
     /// kept in its user's offline inbox instead, so that it stops holding back later records.
     #[serde(with = "humantime_serde")]
     pub route_timeout: Duration,
+    /// Dead-letter topic: pushes given up after `downstream.max_retries`, as push-topic JSON
+    /// plus `"reason"`; empty: none are produced (they are kept in the inbox either way).
+    pub dead_letter_topic: String,
     /// Presence topic (`{"bizId","userId","action"}`); empty: no presence events.
     pub presence_topic: String,
     /// Presence events buffered while Kafka is slow or down; beyond, events are dropped and
@@ -124,6 +127,7 @@ impl Default for KafkaConfig {
             start_from: "latest".into(),
             concurrency: 256,
             route_timeout: Duration::from_secs(10),
+            dead_letter_topic: String::new(),
             presence_topic: "gateway_users_action".into(),
             presence_buffer: 100_000,
         }

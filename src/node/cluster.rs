@@ -25,7 +25,7 @@ use crate::{
     },
     config::{BackendMap, Config},
     links::LinkRegistry,
-    push::PushSink,
+    push::{DeadLetter, PushSink},
     routing::Router,
     shutdown::{Lifecycle, Stage},
     telemetry::{ClusterEvent, Metrics},
@@ -39,6 +39,8 @@ const EVENTS: usize = 1024;
 pub(super) struct Adapters {
     pub directory: Arc<dyn SessionDirectory>,
     pub registry: Option<Arc<NodeRegistry>>,
+    /// The dead-letter topic's queue (`cluster.kafka.dead_letter_topic`).
+    pub dead_letters: Option<mpsc::Sender<DeadLetter>>,
     events: mpsc::Receiver<DirectoryEvent>,
     tasks: Vec<Task>,
 }
@@ -95,7 +97,14 @@ pub(super) fn build(
         let entry = registry_entry(config, node_id, at);
         Arc::new(NodeRegistry::new(&c.etcd, entry, metrics.clone()))
     });
-    Ok(Adapters { directory, registry, events, tasks })
+    let k = &c.kafka;
+    let dead_letters = (!k.brokers.is_empty() && !k.dead_letter_topic.is_empty()).then(|| {
+        let stop = lifecycle.token(Stage::StopBackground);
+        let (tx, task) = kafka::dead_letter_producer(k, metrics.clone(), stop);
+        tasks.push(Box::pin(task));
+        tx
+    });
+    Ok(Adapters { directory, registry, dead_letters, events, tasks })
 }
 
 /// This node as the registry lists it (the original's JSON, plus `grpc=` and `governor=`).

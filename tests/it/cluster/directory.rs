@@ -187,13 +187,18 @@ async fn a_push_unacknowledged_on_a_draining_node_reaches_the_user_on_another_no
 }
 
 #[tokio::test]
-async fn a_given_up_push_is_kept_in_the_inbox_for_the_next_connection() {
+async fn a_given_up_push_is_kept_in_the_inbox_and_dead_lettered() {
     let scope = Scope::new("given-up");
+    let dead = format!("dead-{}", scope.name);
+    cluster::create_topics(&scope.kafka, &[&dead]).await;
+    let letters = cluster::consumer(&scope.kafka, &dead);
+    let topic = dead.clone();
     let a = scope
         .node("a")
-        .config(|c| {
+        .config(move |c| {
             c.downstream.retry_interval = Duration::from_millis(100);
             c.downstream.max_retries = 1;
+            c.cluster.kafka.dead_letter_topic = topic;
         })
         .spawn()
         .await;
@@ -205,6 +210,10 @@ async fn a_given_up_push_is_kept_in_the_inbox_for_the_next_connection() {
     }
     let kept = "websocket_gateway_pushes_total{event=\"kept_in_inbox\"}";
     crate::assert_eventually!(a.metric(kept).await == 1.0, "given up and kept");
+    let letter = cluster::next_json(&letters, KAFKA_WAIT).await.expect("a dead letter");
+    let want = serde_json::json!({"key": "ignored", "biz_id": 9, "receiver_id": 8,
+        "body": "YWdhaW4=", "reason": "given_up"});
+    assert_eq!(letter, want);
     drop(client);
     await_sessions(&a, 8, 9, 0).await;
 
