@@ -233,23 +233,27 @@ impl Upstream {
     ) -> Result<OnReceiveResponse, UpstreamError> {
         let window = self.config.dedup_window;
         let deadline = Instant::now() + self.config.timeout * (self.config.retries + 1);
-        loop {
+        let shared = loop {
             match self.directory.claim_upstream(who, key, window).await {
                 Ok(UpstreamClaim::Answered(answer)) => {
                     if let Ok(response) = OnReceiveResponse::decode(answer) {
                         self.metrics.dedup_hits.inc();
                         return Ok(response);
                     }
-                    break;
+                    break true;
                 }
                 Ok(UpstreamClaim::InFlight) if Instant::now() < deadline => {
                     tokio::time::sleep(CLAIM_POLL).await;
                 }
-                Ok(UpstreamClaim::InFlight | UpstreamClaim::Owned) | Err(_) => break,
+                Ok(UpstreamClaim::InFlight | UpstreamClaim::Owned) | Err(_) => break true,
+                Ok(UpstreamClaim::Unshared) => break false,
             }
-        }
+        };
         let request = OnReceiveRequest { key: key.to_owned(), body };
         let result = self.forward(who.biz_id, request).await;
+        if !shared {
+            return result;
+        }
         let answer = result.as_ref().ok().map(|r| Bytes::from(r.encode_to_vec()));
         if let Err(e) = self.directory.settle_upstream(who, key, answer, window).await {
             debug!(error = %e, "could not record the upstream answer for the cluster");

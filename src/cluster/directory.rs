@@ -95,6 +95,8 @@ pub enum UpstreamClaim {
     InFlight,
     /// Answered within the window: the backend's `OnReceiveResponse`, protobuf-encoded.
     Answered(bytes::Bytes),
+    /// This directory keeps no cluster-wide record (single node): call, and record nothing.
+    Unshared,
 }
 
 /// A user's inbox as read from the directory, oldest first.
@@ -146,7 +148,7 @@ pub trait SessionDirectory: Send + Sync {
     fn inbox_done(&self, who: Identity, raw: Vec<String>) -> DirectoryFuture<'_, ()>;
 
     /// Claims (user, key) of an upstream message for this node for `window`, or says who has
-    /// it (cluster-wide dedup; a single node's own cache is all there is, so it always owns).
+    /// it (cluster-wide dedup; a single node's own cache is all there is: `Unshared`).
     fn claim_upstream<'a>(
         &'a self,
         who: Identity,
@@ -237,7 +239,7 @@ impl SessionDirectory for LocalDirectory {
         _: &'a str,
         _: std::time::Duration,
     ) -> DirectoryFuture<'a, UpstreamClaim> {
-        Box::pin(std::future::ready(Ok(UpstreamClaim::Owned)))
+        Box::pin(std::future::ready(Ok(UpstreamClaim::Unshared)))
     }
 
     fn settle_upstream<'a>(

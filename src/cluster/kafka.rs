@@ -247,12 +247,20 @@ impl Offsets {
     }
 }
 
-/// A record a producer task writes: its key and JSON payload.
+/// A record a producer task writes: its key and JSON payload, and what its producer counts.
 pub trait ToRecord: Send + 'static {
+    const COUNTS: Counts;
+
     fn to_record(&self) -> (String, Vec<u8>);
 }
 
 impl ToRecord for (Identity, PresenceAction) {
+    const COUNTS: Counts = Counts {
+        produced: ClusterEvent::PresenceProduced,
+        failed: ClusterEvent::PresenceFailed,
+        dropped: ClusterEvent::PresenceDropped,
+    };
+
     fn to_record(&self) -> (String, Vec<u8>) {
         let (who, action) = *self;
         let record = PresenceRecord { biz_id: who.biz_id, user_id: who.user_id, action };
@@ -270,6 +278,12 @@ struct DeadLetterRecord<'a> {
 }
 
 impl ToRecord for DeadLetter {
+    const COUNTS: Counts = Counts {
+        produced: ClusterEvent::DeadLetterProduced,
+        failed: ClusterEvent::DeadLetterFailed,
+        dropped: ClusterEvent::DeadLetterDropped,
+    };
+
     fn to_record(&self) -> (String, Vec<u8>) {
         let m = &self.msg;
         let push = KafkaPush {
@@ -287,7 +301,7 @@ impl ToRecord for DeadLetter {
 }
 
 /// What a producer task counts.
-struct Counts {
+pub struct Counts {
     produced: ClusterEvent,
     failed: ClusterEvent,
     dropped: ClusterEvent,
@@ -301,13 +315,7 @@ pub fn presence_producer(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> (mpsc::Sender<(Identity, PresenceAction)>, impl Future<Output = ()> + Send + 'static) {
-    let counts = Counts {
-        produced: ClusterEvent::PresenceProduced,
-        failed: ClusterEvent::PresenceFailed,
-        dropped: ClusterEvent::PresenceDropped,
-    };
-    let topic = config.presence_topic.clone();
-    producer(config, topic, config.presence_buffer, counts, metrics, stop)
+    producer(config, config.presence_topic.clone(), metrics, stop)
 }
 
 /// The dead-letter producer (`dead_letter_topic`): given-up pushes with their reason.
@@ -316,25 +324,18 @@ pub fn dead_letter_producer(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> (mpsc::Sender<DeadLetter>, impl Future<Output = ()> + Send + 'static) {
-    let counts = Counts {
-        produced: ClusterEvent::DeadLetterProduced,
-        failed: ClusterEvent::DeadLetterFailed,
-        dropped: ClusterEvent::DeadLetterDropped,
-    };
-    let topic = config.dead_letter_topic.clone();
-    producer(config, topic, config.presence_buffer, counts, metrics, stop)
+    producer(config, config.dead_letter_topic.clone(), metrics, stop)
 }
 
+/// A producer's queue (bounded by `presence_buffer`) and its task.
 fn producer<T: ToRecord>(
     config: &KafkaConfig,
     topic: String,
-    buffer: usize,
-    counts: Counts,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> (mpsc::Sender<T>, impl Future<Output = ()> + Send + 'static) {
-    let (tx, rx) = mpsc::channel(buffer);
-    (tx, produce(config.clone(), topic, buffer, rx, counts, metrics, stop))
+    let (tx, rx) = mpsc::channel(config.presence_buffer);
+    (tx, produce(config.clone(), topic, rx, metrics, stop))
 }
 
 /// Produces what arrives on `records` to `topic` until `stop`, then flushes (briefly).
@@ -342,15 +343,14 @@ fn producer<T: ToRecord>(
 async fn produce<T: ToRecord>(
     config: KafkaConfig,
     topic: String,
-    buffer: usize,
     mut records: mpsc::Receiver<T>,
-    counts: Counts,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
+    let counts = T::COUNTS;
     let producer: FutureProducer = match client_config(&config)
         .set("message.timeout.ms", "300000")
-        .set("queue.buffering.max.messages", buffer.to_string())
+        .set("queue.buffering.max.messages", config.presence_buffer.to_string())
         .set("linger.ms", "5")
         .create()
     {

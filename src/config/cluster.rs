@@ -110,6 +110,7 @@ pub struct KafkaConfig {
     pub route_timeout: Duration,
     /// Dead-letter topic: pushes given up after `downstream.max_retries`, as push-topic JSON
     /// plus `"reason"`; empty: none are produced (they are kept in the inbox either way).
+    /// Buffered like presence events (`presence_buffer`).
     pub dead_letter_topic: String,
     /// Presence topic (`{"bizId","userId","action"}`); empty: no presence events.
     pub presence_topic: String,

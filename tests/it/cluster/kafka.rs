@@ -3,14 +3,21 @@
 
 use super::*;
 
-#[tokio::test]
-async fn a_push_from_kafka_reaches_a_user_on_another_node() {
-    let scope = Scope::new("kafka-other-node");
+/// Node `a` consumes the push topic and holds nobody; node `b` holds user 7 of biz 9 (`client`)
+/// and consumes nothing.
+async fn consumer_and_holder(test: &str) -> (Scope, TestNode, TestNode, Client) {
+    let scope = Scope::new(test);
     scope.create_topics().await;
     let consumer_node = scope.node("a").spawn().await;
     let holder = scope.node("b").config(|c| c.cluster.kafka.push_topic.clear()).spawn().await;
-    let mut client = holder.connect(7, 9).await;
+    let client = holder.connect(7, 9).await;
     await_sessions(&consumer_node, 7, 9, 1).await;
+    (scope, consumer_node, holder, client)
+}
+
+#[tokio::test]
+async fn a_push_from_kafka_reaches_a_user_on_another_node() {
+    let (scope, consumer_node, _holder, mut client) = consumer_and_holder("kafka-other-node").await;
 
     let producer = cluster::producer(&scope.kafka);
     cluster::produce_push(&producer, &scope.push_topic(), "k-1", 9, 7, b"from kafka").await;
@@ -136,12 +143,7 @@ async fn presence_events_go_to_kafka() {
 
 #[tokio::test]
 async fn an_oversized_kafka_push_is_counted_and_skipped_and_closes_nobody() {
-    let scope = Scope::new("kafka-oversized");
-    scope.create_topics().await;
-    let consumer_node = scope.node("a").spawn().await;
-    let holder = scope.node("b").config(|c| c.cluster.kafka.push_topic.clear()).spawn().await;
-    let mut client = holder.connect(7, 9).await;
-    await_sessions(&consumer_node, 7, 9, 1).await;
+    let (scope, consumer_node, holder, mut client) = consumer_and_holder("kafka-oversized").await;
 
     let producer = cluster::producer(&scope.kafka);
     let huge = vec![b'x'; 300 * 1024];
