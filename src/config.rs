@@ -350,11 +350,15 @@ pub struct ShutdownConfig {
     /// Longest a graceful shutdown waits for clients to leave.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Before telling clients to go, how long a draining node waits for the acknowledgement of
+    /// the pushes they have not acknowledged yet (within `drain_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        Self { drain_timeout: Duration::from_secs(30) }
+        Self { drain_timeout: Duration::from_secs(30), ack_wait: Duration::from_secs(5) }
     }
 }
 

@@ -1,14 +1,20 @@
 //! Downstream: pushes from backends to every connection of the addressed user, retransmitted
 //! until the user acknowledges.
 //!
-//! Owns: the table of pushes awaiting DOWNSTREAM_ACK, tracked per (user, key) and bounded
-//! (`downstream.max_pending`), and the retransmission sweep. Each (re)transmission encrypts the
-//! original plaintext afresh and is encoded once for all of the user's connections. A push that
-//! is never acknowledged is given up after `downstream.max_retries`, logged and counted, and kept
-//! in the user's offline inbox in cluster mode (delivered again on their next connection). When
-//! the node drains, the node takes what is still pending ([`Downstream::take_pending`]) and
-//! routes it again. Must
-//! never block: delivery is a non-blocking enqueue on each link.
+//! Owns: the table of pushes awaiting DOWNSTREAM_ACK on this node's connections, tracked per
+//! (user, key) and bounded (`downstream.max_pending`), and the retransmission sweep. Each
+//! (re)transmission encrypts the original plaintext afresh and is encoded once for all of the
+//! user's connections. A push that is never acknowledged is given up after
+//! `downstream.max_retries`, logged and counted (and dead-lettered when configured).
+//!
+//! In cluster mode this table is only the retransmission schedule: the durable truth is the
+//! user's inbox in the directory, which recorded the push before it reached this node and
+//! forgets it when the user acknowledges it on any node ([`Downstream::acked`] tells it). So a
+//! push given up here, or whose user left this node, or still pending when the node drains or
+//! dies, stays in the inbox and is delivered on the user's next connection, anywhere. On a
+//! single node the table is all there is: what is pending at exit is logged and counted as
+//! dropped ([`Downstream::settle_at_exit`]). Must never block: delivery is a non-blocking
+//! enqueue on each link.
 //!
 //! Delivers on this node only; the router decides which node(s) a push goes to and calls
 //! [`Downstream::push`] here. The retransmission schedule is `Pending::on_due`, a pure step
@@ -26,7 +32,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::{
     auth::Identity,
@@ -76,9 +82,9 @@ impl Pending {
     }
 }
 
-/// Where a push goes when this node gives up on it.
+/// Where a push goes when this node is done with it unacknowledged.
 pub struct Fallback {
-    /// The user's inbox (cluster mode; the in-memory directory keeps none).
+    /// The users' inboxes (cluster mode; the in-memory directory keeps none), told of acks.
     pub directory: Arc<dyn SessionDirectory>,
     /// The dead-letter topic's queue, when one is configured.
     pub dead_letters: Option<mpsc::Sender<DeadLetter>>,
@@ -92,6 +98,8 @@ pub struct Downstream {
     config: DownstreamConfig,
     pending: DashMap<(Identity, String), Pending>,
     fallback: Fallback,
+    /// Pushes are recorded in inboxes that outlive this node (cluster mode).
+    durable: bool,
     node_id: String,
     next_key: AtomicU64,
 }
@@ -114,6 +122,7 @@ impl Downstream {
             metrics,
             config,
             pending: DashMap::new(),
+            durable: fallback.directory.keeps_inboxes(),
             fallback,
             node_id,
             next_key: AtomicU64::new(1),
@@ -126,14 +135,9 @@ impl Downstream {
     /// already pending for the user is delivered again but tracked once.
     pub fn push(&self, msg: PushMessage) -> Result<usize, PushError> {
         self.admit(&msg)?;
+        let msg = self.keyed(msg);
         let identity = Identity { biz_id: msg.biz_id, user_id: msg.receiver_id };
-        let key = match msg.key {
-            k if k.is_empty() => {
-                format!("{}-{}", self.node_id, self.next_key.fetch_add(1, Ordering::Relaxed))
-            }
-            k => k,
-        };
-        let track = (identity, key);
+        let track = (identity, msg.key);
         let already = self.pending.contains_key(&track);
         if !already && self.pending.len() >= self.config.max_pending {
             self.metrics.push_event(PushEvent::Refused);
@@ -157,6 +161,16 @@ impl Downstream {
         }
         self.metrics.push_event(PushEvent::Delivered);
         Ok(delivered)
+    }
+
+    /// `msg` with a key: its own, or one unique to this node (`{node}-{n}`) when it has none, so
+    /// that the client can acknowledge it and the inbox can record it.
+    pub fn keyed(&self, mut msg: PushMessage) -> PushMessage {
+        if msg.key.is_empty() {
+            let n = self.next_key.fetch_add(1, Ordering::Relaxed);
+            msg.key = format!("{}-{n}", self.node_id);
+        }
+        msg
     }
 
     /// Encodes the push once (encrypted afresh) and queues it on each of the user's links.
@@ -210,12 +224,15 @@ impl Downstream {
         Ok(())
     }
 
-    /// The user acknowledged `key` (from any of their connections).
+    /// The user acknowledged `key` (from any of their connections here): done here, and done
+    /// in their inbox (which may hold it although this node never tracked it).
     pub fn acked(&self, identity: Identity, key: String) {
-        if self.pending.remove(&(identity, key)).is_some() {
+        let track = (identity, key);
+        if self.pending.remove(&track).is_some() {
             self.metrics.push_event(PushEvent::Acked);
             self.metrics.pushes_pending.set(self.pending.len() as i64);
         }
+        self.fallback.directory.acked(identity, track.1);
     }
 
     /// Pushes awaiting acknowledgement.
@@ -234,49 +251,58 @@ impl Downstream {
                 _ = stop.cancelled() => return,
                 _ = ticker.tick() => {
                     for msg in self.retry_due(Instant::now()) {
-                        self.keep(msg).await;
+                        self.given_up(msg);
                     }
                 }
             }
         }
     }
 
-    /// A given-up push goes to its user's offline inbox (cluster mode): delivered again on their
-    /// next connection. A single node keeps no inbox; the give-up is final (logged and counted).
-    async fn keep(&self, msg: PushMessage) {
+    /// A given-up push goes to the dead-letter topic (when configured); in cluster mode it stays
+    /// in its user's inbox for their next connection. On a single node the give-up is final.
+    fn given_up(&self, msg: PushMessage) {
+        if self.durable {
+            self.metrics.push_event(PushEvent::KeptInInbox);
+        }
         if let Some(letters) = &self.fallback.dead_letters {
-            let letter = DeadLetter { msg: msg.clone(), reason: "given_up" };
+            let letter = DeadLetter { msg, reason: "given_up" };
             if letters.try_send(letter).is_err() {
                 self.metrics.cluster_event(ClusterEvent::DeadLetterDropped);
             }
         }
-        match self.fallback.directory.store(&msg).await {
-            Ok(true) => self.metrics.push_event(PushEvent::KeptInInbox),
-            Ok(false) => {}
-            Err(e) => {
-                self.metrics.push_event(PushEvent::Dropped);
-                warn!(error = %e, key = %msg.key, "a given-up push could not be kept in the inbox");
-            }
-        }
     }
 
-    /// Takes every push still awaiting acknowledgement out of the table (the node drains:
-    /// nobody here will acknowledge them any more).
-    pub fn take_pending(&self) -> Vec<PushMessage> {
-        let tracks: Vec<(Identity, String)> =
-            self.pending.iter().map(|p| p.key().clone()).collect();
-        let taken = tracks
-            .into_iter()
-            .filter_map(|t| self.pending.remove(&t))
-            .map(|((who, key), p)| PushMessage {
-                key,
-                biz_id: who.biz_id,
-                receiver_id: who.user_id,
-                body: p.body,
-            })
-            .collect();
-        self.metrics.pushes_pending.set(self.pending.len() as i64);
-        taken
+    /// The keys pending now (a draining node waits for their acknowledgement).
+    pub fn outstanding(&self) -> Vec<(Identity, String)> {
+        self.pending.iter().map(|p| p.key().clone()).collect()
+    }
+
+    /// Whether any of `tracks` is still pending.
+    pub fn any_pending(&self, tracks: &[(Identity, String)]) -> bool {
+        tracks.iter().any(|t| self.pending.contains_key(t))
+    }
+
+    /// The node exits: what is still unacknowledged stays in the users' inboxes (cluster mode,
+    /// counted as handed over) or is lost (single node: counted as dropped and logged).
+    /// Returns how many were pending.
+    pub fn settle_at_exit(&self) -> usize {
+        let left = self.pending.len();
+        self.pending.clear();
+        self.metrics.pushes_pending.set(0);
+        if left == 0 {
+            return 0;
+        }
+        match self.durable {
+            true => {
+                self.metrics.push_events(PushEvent::HandedOver, left as u64);
+                info!(left, "unacknowledged pushes left in their users' inboxes");
+            }
+            false => {
+                self.metrics.push_events(PushEvent::Dropped, left as u64);
+                warn!(left, "unacknowledged pushes dropped at exit (a single node keeps no inbox)");
+            }
+        }
+        left
     }
 
     /// Retransmits what is due; returns what was given up.
@@ -286,6 +312,13 @@ impl Downstream {
             self.pending.iter().filter(|p| p.due <= now).map(|p| p.key().clone()).collect();
         let (interval, max_retries) = (self.config.retry_interval, self.config.max_retries);
         for track in due {
+            if self.durable && self.links.user_links(&track.0).is_empty() {
+                // The user left this node: their inbox delivers it wherever they connect next.
+                if self.pending.remove(&track).is_some() {
+                    self.metrics.push_event(PushEvent::HandedOver);
+                }
+                continue;
+            }
             let step = match self.pending.get_mut(&track) {
                 None => continue, // acknowledged meanwhile
                 Some(mut p) => match p.on_due(now, interval, max_retries) {

@@ -37,7 +37,7 @@ use crate::{
         api::{NodeApi, PushApi},
     },
     shutdown::{Lifecycle, Phase, Stage},
-    telemetry::{Metrics, PushEvent},
+    telemetry::Metrics,
     upstream::Upstream,
     wire::Wire,
 };
@@ -100,6 +100,7 @@ struct Services {
     router: Arc<Router>,
     grpc_token: String,
     drain_timeout: std::time::Duration,
+    ack_wait: std::time::Duration,
     /// Connection tasks and the backend calls they start.
     connections: TaskTracker,
     /// Node-to-node delivery (one task per peer, started on first use) and routing tasks.
@@ -213,9 +214,10 @@ impl Node {
         services.wait_for(shutdown).await;
         services.lifecycle.set_phase(Phase::Draining);
         services.stop_accepting(acceptor).await;
+        services.wait_for_acks().await;
         services.redirect_to_peers().await;
         services.drain_clients().await;
-        services.hand_over_pending().await;
+        services.admin.downstream.settle_at_exit();
         services.stop_background(background).await;
         services.stop_routing().await;
         services.lifecycle.set_phase(Phase::Stopped);
@@ -324,30 +326,22 @@ impl Services {
         }
     }
 
-    /// Pushes nobody acknowledged before the clients left are routed again: to the node each
-    /// user reconnected to, or to their inbox (cluster mode). A single node has nowhere to put
-    /// them: they are logged and counted as dropped.
-    async fn hand_over_pending(&self) {
-        let pending = self.admin.downstream.take_pending();
-        if pending.is_empty() {
+    /// Waits (at most `shutdown.ack_wait`, within the drain timeout) until the clients have
+    /// acknowledged the pushes that were pending when the drain began.
+    async fn wait_for_acks(&self) {
+        let outstanding = self.admin.downstream.outstanding();
+        if outstanding.is_empty() {
             return;
         }
-        let (mut handed, mut dropped) = (0u64, 0u64);
-        for msg in pending {
-            match self.router.push(msg).await {
-                Ok(_) => handed += 1,
-                Err(_) => dropped += 1,
+        let wait = self.ack_wait.min(self.drain_timeout);
+        let acked = tokio::time::timeout(wait, async {
+            while self.admin.downstream.any_pending(&outstanding) {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-        }
-        let metrics = &self.admin.metrics;
-        metrics.push_events(PushEvent::HandedOver, handed);
-        metrics.push_events(PushEvent::Dropped, dropped);
-        match dropped {
-            0 => info!(handed, "unacknowledged pushes handed over"),
-            _ => warn!(
-                handed,
-                dropped, "unacknowledged pushes dropped at exit (no other node or inbox)"
-            ),
+        });
+        match acked.await {
+            Ok(()) => info!(pushes = outstanding.len(), "pending pushes acknowledged"),
+            Err(_) => info!(?wait, "some pushes are still unacknowledged; going on"),
         }
     }
 
@@ -466,6 +460,7 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
         router,
         grpc_token: config.server.grpc.token.clone(),
         drain_timeout: config.shutdown.drain_timeout,
+        ack_wait: config.shutdown.ack_wait,
         connections,
         routing,
         sampler,

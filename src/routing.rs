@@ -4,9 +4,10 @@
 //! Owns: the decision where a push goes and the node-to-node calls. The session directory names
 //! the live nodes holding the receiver (a single node's in-memory directory names only itself); this node delivers its own share directly and calls `NodeService.Deliver` on the
 //! others (batched per peer, see `peers`), so one push costs one lookup plus at most one call
-//! per node that holds the user, never a call per node of the cluster. A receiver nobody holds
-//! gets the push in their offline inbox (atomically with the lookup); so does one whose node
-//! could not be reached. The rules are pure functions (`settle`, `local_only`), table-tested.
+//! per node that holds the user, never a call per node of the cluster. In cluster mode the
+//! lookup first records the push in the receiver's inbox (one script): a receiver nobody holds,
+//! or whose node could not be reached, finds it there on their next connection. The rules are
+//! pure functions (`settle`, `outcome`), table-tested.
 //! Must never retry on its own: callers (Kafka, the gRPC API) decide, because only they know
 //! whether to wait. The router is the node's [`PushSink`].
 
@@ -67,12 +68,17 @@ fn settle(results: impl IntoIterator<Item = Result<usize, RouteError>>) -> Settl
     }
 }
 
-/// The directory is down: what a delivery on this node alone means.
-fn local_only(here: Result<usize, PushError>, why: String) -> Result<Routed, RouteError> {
-    match here {
-        Ok(connections) => Ok(Routed { connections, stored: false }),
-        Err(PushError::NotConnected { .. }) => Err(RouteError::Unavailable(why)),
-        Err(e) => Err(e.into()),
+/// What the settled deliveries mean to the producer. `durable`: the push was recorded in its
+/// receiver's inbox before delivery (cluster mode), so what no node took waits there.
+fn outcome(settled: Settled, durable: bool, msg: &PushMessage) -> Result<Routed, RouteError> {
+    match settled {
+        Settled::Delivered(connections) => Ok(Routed { connections, stored: false }),
+        Settled::Overloaded(n) => Err(PushError::Overloaded(n).into()),
+        Settled::Store { connections } if durable => Ok(Routed { connections, stored: true }),
+        Settled::Store { connections: 0 } => {
+            Err(PushError::NotConnected { biz: msg.biz_id, user: msg.receiver_id }.into())
+        }
+        Settled::Store { connections } => Ok(Routed { connections, stored: false }),
     }
 }
 
@@ -87,30 +93,20 @@ impl Router {
         Self { node_id, downstream, directory, peers, metrics }
     }
 
-    /// Hands `msg` to every connection of its receiver in the cluster, or stores it for them.
+    /// Hands `msg` to every connection of its receiver in the cluster. In cluster mode the
+    /// directory records it in the receiver's inbox first: without that record (Redis down) the
+    /// push is refused as `Unavailable`, never accepted unrecorded.
     pub async fn push(&self, msg: PushMessage) -> Result<Routed, RouteError> {
         self.downstream.admit(&msg)?;
+        let msg = self.downstream.keyed(msg);
         let nodes = match self.directory.route(&msg).await {
             Ok(Route::Stored) => return Ok(Routed { connections: 0, stored: true }),
             Ok(Route::Nodes(nodes)) => nodes,
-            Err(e) => return local_only(self.downstream.push(msg), e.to_string()),
+            Err(e) => return Err(RouteError::Unavailable(e.to_string())),
         };
         let calls = nodes.iter().map(|(node, addr)| self.deliver_to(node, addr, msg.clone()));
-        let connections = match settle(join_all(calls).await) {
-            Settled::Delivered(connections) => return Ok(Routed { connections, stored: false }),
-            Settled::Overloaded(n) => return Err(PushError::Overloaded(n).into()),
-            Settled::Store { connections } => connections,
-        };
-        let stored =
-            self.directory.store(&msg).await.map_err(|e| RouteError::Unavailable(e.to_string()))?;
-        match stored {
-            true => Ok(Routed { connections, stored: true }),
-            // No inbox (single node): the user simply is not here.
-            false if connections == 0 => {
-                Err(PushError::NotConnected { biz: msg.biz_id, user: msg.receiver_id }.into())
-            }
-            false => Ok(Routed { connections, stored: false }),
-        }
+        let settled = settle(join_all(calls).await);
+        outcome(settled, self.directory.keeps_inboxes(), &msg)
     }
 
     async fn deliver_to(
@@ -131,6 +127,12 @@ impl Router {
             Err(_) => ClusterEvent::PeerFailed,
         });
         result
+    }
+
+    /// Delivers one push (with its key) to its receiver's connections on this node only (an
+    /// inbox found on connect).
+    pub fn deliver_here(&self, msg: PushMessage) -> Result<usize, PushError> {
+        self.downstream.push(msg)
     }
 
     /// Delivers pushes on this node only (the node-to-node entry point), each on its own: one
@@ -267,12 +269,23 @@ mod tests {
     }
 
     #[test]
-    fn with_the_directory_down_only_local_receivers_get_the_push() {
-        let why = || "redis down".to_owned();
-        assert_eq!(local_only(Ok(2), why()), Ok(Routed { connections: 2, stored: false }));
-        let absent = PushError::NotConnected { biz: 1, user: 2 };
-        assert_eq!(local_only(Err(absent), why()), Err(RouteError::Unavailable(why())));
-        let full = PushError::Overloaded(3);
-        assert_eq!(local_only(Err(full.clone()), why()), Err(full.into()));
+    fn what_no_node_took_waits_in_the_inbox_or_was_not_delivered() {
+        let msg = push("k", 2, b"x");
+        let cases = [
+            (Settled::Delivered(2), true, Ok(Routed { connections: 2, stored: false })),
+            (Settled::Overloaded(3), true, Err(PushError::Overloaded(3).into())),
+            (Settled::Store { connections: 1 }, true, Ok(Routed { connections: 1, stored: true })),
+            (Settled::Store { connections: 0 }, true, Ok(Routed { connections: 0, stored: true })),
+            (
+                Settled::Store { connections: 0 },
+                false,
+                Err(PushError::NotConnected { biz: 9, user: 2 }.into()),
+            ),
+            (Settled::Store { connections: 1 }, false, Ok(Routed { connections: 1, stored: false })),
+        ];
+        for (settled, durable, want) in cases {
+            let what = format!("{settled:?}, durable {durable}");
+            assert_eq!(outcome(settled, durable, &msg), want, "{what}");
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! The session directory: which node holds which connections of which user, and (in cluster
-//! mode) the offline inbox of users nobody holds.
+//! mode) each user's inbox: every accepted push they have not acknowledged yet.
 //!
 //! [`SessionDirectory`] is what the rest of the node sees. Two implementations:
 //! [`RedisDirectory`] shares one directory between the nodes of a cluster (keys, scripts and
@@ -35,12 +35,13 @@ pub type DirectoryFuture<'a, T> =
 #[error("session directory (redis): {0}")]
 pub struct DirectoryError(#[from] ::redis::RedisError);
 
-/// Where a push must go.
+/// Where a push must go. A directory that keeps inboxes has recorded the push in its receiver's
+/// inbox either way (until acknowledged, see [`SessionDirectory::acked`]).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     /// Live nodes holding the receiver: (node id, gRPC address).
     Nodes(Vec<(String, String)>),
-    /// Nobody holds the receiver; the push was stored in their inbox.
+    /// Nobody holds the receiver; the push waits in their inbox.
     Stored,
 }
 
@@ -80,9 +81,9 @@ pub enum DirectoryEvent {
     Online(Identity),
     /// The user's last connection went away.
     Offline(Identity),
-    /// Pushes kept in the user's inbox, found when they connected (or when this node rebuilt
-    /// its directory entries): route them, then tell the directory which ones are done
-    /// ([`SessionDirectory::inbox_done`]). Until then they stay in the inbox.
+    /// The pushes in the user's inbox (unacknowledged), found when they connected (or when this
+    /// node rebuilt its directory entries): deliver them to the user's connections here. They
+    /// stay in the inbox until acknowledged ([`SessionDirectory::acked`]).
     Inbox(Inbox),
 }
 
@@ -106,21 +107,22 @@ pub struct Inbox {
     pub pushes: Vec<InboxPush>,
 }
 
-/// One inbox entry: as stored (to remove it by value) and as read (`None`: unreadable, to be
-/// removed without delivery).
+/// One inbox entry: its push key and the push (`None`: unreadable, to be removed without
+/// delivery).
 #[derive(Debug, PartialEq)]
 pub struct InboxPush {
-    pub raw: String,
+    pub key: String,
     pub msg: Option<PushMessage>,
 }
 
 impl Inbox {
-    /// Reads the stored JSON entries of `who`'s inbox.
-    pub fn read(who: Identity, raw: Vec<String>) -> Self {
-        let pushes = raw
-            .into_iter()
-            .map(|raw| InboxPush { msg: serde_json::from_str(&raw).ok(), raw })
-            .collect();
+    /// Reads `who`'s inbox from `[key, JSON, key, JSON, …]` (a dangling key is skipped).
+    pub fn read(who: Identity, flat: Vec<String>) -> Self {
+        let mut pushes = Vec::with_capacity(flat.len() / 2);
+        let mut it = flat.into_iter();
+        while let (Some(key), Some(json)) = (it.next(), it.next()) {
+            pushes.push(InboxPush { msg: serde_json::from_str(&json).ok(), key });
+        }
         Self { who, pushes }
     }
 }
@@ -133,19 +135,26 @@ pub trait SessionDirectory: Send + Sync {
     /// Queues "link is down" (`last`: it was the user's last on this node). Never waits.
     fn disconnected(&self, link: &Arc<Link>, last: bool);
 
-    /// The live nodes holding the receiver of `msg`; when there are none and the directory
-    /// keeps an inbox, `msg` is stored there (atomically with the lookup).
+    /// The live nodes holding the receiver of `msg`. A directory that keeps inboxes records
+    /// `msg` in its receiver's inbox first (atomically with the lookup): from then on it is
+    /// delivered on each of the user's connects, anywhere, until acknowledged or dropped. `msg`
+    /// must have its key.
     fn route<'a>(&'a self, msg: &'a PushMessage) -> DirectoryFuture<'a, Route>;
 
-    /// Keeps `msg` for its receiver's next connection. `false`: this directory keeps no inbox.
+    /// Records `msg` in its receiver's inbox without a lookup. `false`: this directory keeps no
+    /// inbox.
     fn store<'a>(&'a self, msg: &'a PushMessage) -> DirectoryFuture<'a, bool>;
+
+    /// Whether pushes are recorded in inboxes that outlive this node (cluster mode): then a push
+    /// is done only when acknowledged, on any node.
+    fn keeps_inboxes(&self) -> bool;
+
+    /// Queues "`who` acknowledged `key`" (or it cannot be read): it leaves their inbox. Never
+    /// waits.
+    fn acked(&self, who: Identity, key: String);
 
     /// The sessions matching `query`, ordered by node and connection.
     fn sessions(&self, query: SessionQuery) -> DirectoryFuture<'_, Vec<SessionEntry>>;
-
-    /// Removes these entries (as stored) from `who`'s inbox: they were handed on, or cannot be
-    /// read. Entries that failed stay for the user's next connection.
-    fn inbox_done(&self, who: Identity, raw: Vec<String>) -> DirectoryFuture<'_, ()>;
 
     /// Claims (user, key) of an upstream message for this node for `window`, or says who has
     /// it (cluster-wide dedup; a single node's own cache is all there is: `Unshared`).
@@ -229,9 +238,11 @@ impl SessionDirectory for LocalDirectory {
         Box::pin(std::future::ready(Ok(entries)))
     }
 
-    fn inbox_done(&self, _: Identity, _: Vec<String>) -> DirectoryFuture<'_, ()> {
-        Box::pin(std::future::ready(Ok(())))
+    fn keeps_inboxes(&self) -> bool {
+        false
     }
+
+    fn acked(&self, _: Identity, _: String) {}
 
     fn claim_upstream<'a>(
         &'a self,

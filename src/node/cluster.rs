@@ -4,8 +4,9 @@
 //! pushes read from Kafka — and never see the router, the upstream or the downstream. This
 //! module builds them from the config (the Redis directory, or the in-memory one for a single
 //! node; the etcd registry and discovery; the Kafka consumer and presence producer) and connects
-//! their outputs: inbox pushes and Kafka records go to the router as the [`PushSink`], presence
-//! changes to the Kafka producer, backend maps to the upstream.
+//! their outputs: Kafka records go to the router as the [`crate::push::PushSink`], inbox pushes
+//! found on connect to the user's connections here, presence changes to the Kafka producer,
+//! backend maps to the upstream.
 
 use std::sync::Arc;
 
@@ -25,7 +26,7 @@ use crate::{
     },
     config::{BackendMap, Config},
     links::LinkRegistry,
-    push::{DeadLetter, PushSink},
+    push::{DeadLetter, PushError},
     routing::Router,
     shutdown::{Lifecycle, Stage},
     telemetry::{ClusterEvent, Metrics},
@@ -185,12 +186,12 @@ async fn apply_backends(
     }
 }
 
-/// Routes inbox pushes found on connect (to every device of the user) and forwards presence
+/// Delivers inbox pushes found on connect to the user's connections here and forwards presence
 /// changes to Kafka, until `stop` (entered after the directory writer has finished), then
 /// hands off what is left.
 async fn hand_off_events(
     mut events: mpsc::Receiver<DirectoryEvent>,
-    sink: Arc<impl PushSink>,
+    router: Arc<Router>,
     directory: Arc<dyn SessionDirectory>,
     presence: Option<mpsc::Sender<(Identity, PresenceAction)>>,
     metrics: Arc<Metrics>,
@@ -204,7 +205,7 @@ async fn hand_off_events(
         let Some(event) = event else { return };
         let (who, action) = match event {
             DirectoryEvent::Inbox(inbox) => {
-                hand_off_inbox(inbox, &*sink, &*directory, &metrics).await;
+                hand_off_inbox(inbox, &router, &*directory, &metrics);
                 continue;
             }
             DirectoryEvent::Online(who) => (who, PresenceAction::Online),
@@ -218,37 +219,28 @@ async fn hand_off_events(
     }
 }
 
-/// Routes the pushes of one inbox, then removes from it what was handed on (and what cannot be
-/// read); a push that could not be routed stays for the user's next connection.
-async fn hand_off_inbox(
-    inbox: Inbox,
-    sink: &impl PushSink,
-    directory: &dyn SessionDirectory,
-    metrics: &Metrics,
-) {
-    let mut done = Vec::with_capacity(inbox.pushes.len());
+/// Delivers the pushes of one inbox to the user's connections on this node, oldest first. They
+/// stay in the inbox until acknowledged (a push refused here waits for the next connection);
+/// only entries that cannot be read or can never be delivered are removed.
+fn hand_off_inbox(inbox: Inbox, router: &Router, directory: &dyn SessionDirectory, m: &Metrics) {
+    let (biz, user) = (inbox.who.biz_id, inbox.who.user_id);
     for push in inbox.pushes {
         let Some(msg) = push.msg else {
-            metrics.cluster_event(ClusterEvent::InboxUnreadable);
-            warn!(
-                user = inbox.who.user_id,
-                biz = inbox.who.biz_id,
-                "removing an unreadable inbox entry"
-            );
-            done.push(push.raw);
+            m.cluster_event(ClusterEvent::InboxUnreadable);
+            warn!(biz, user, key = %push.key, "removing an unreadable inbox entry");
+            directory.acked(inbox.who, push.key);
             continue;
         };
-        match sink.push(msg).await {
-            Ok(_) => done.push(push.raw),
-            Err(e) if !e.is_retriable() => {
-                metrics.cluster_event(ClusterEvent::InboxUndeliverable);
-                warn!(error = %e, "removing an inbox push that can never be delivered");
-                done.push(push.raw);
+        match router.deliver_here(msg) {
+            Ok(_) | Err(PushError::NotConnected { .. }) => {}
+            Err(e @ PushError::Overloaded(_)) => {
+                warn!(biz, user, error = %e, "inbox push not delivered; kept for the next connection");
             }
-            Err(e) => warn!(error = %e, "inbox push not handed on; kept for the next connection"),
+            Err(e @ (PushError::Invalid | PushError::TooLarge { .. })) => {
+                m.cluster_event(ClusterEvent::InboxUndeliverable);
+                warn!(biz, user, error = %e, "removing an inbox push that can never be delivered");
+                directory.acked(inbox.who, push.key);
+            }
         }
-    }
-    if let Err(e) = directory.inbox_done(inbox.who, done).await {
-        warn!(error = %e, "could not trim the inbox; its pushes will be delivered again");
     }
 }

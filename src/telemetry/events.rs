@@ -21,11 +21,12 @@ pub enum PushEvent {
     Broadcast,
     /// Refused: larger than `downstream.max_push_size`.
     TooLarge,
-    /// Given up, then kept in the user's offline inbox (cluster mode).
+    /// Given up, and left in the user's inbox for their next connection (cluster mode).
     KeptInInbox,
-    /// Unacknowledged when the node drained, and routed again (to another node or the inbox).
+    /// No longer retransmitted here (the user left this node, or it drained) but left in the
+    /// user's inbox for their next connection, on any node (cluster mode).
     HandedOver,
-    /// Lost: unacknowledged at a single node's exit, or neither routable nor storable.
+    /// Lost: unacknowledged at a single node's exit (no inbox to keep it).
     Dropped,
 }
 
@@ -74,6 +75,8 @@ pub enum ClusterEvent {
     InboxStored,
     /// Older pushes dropped from a full inbox (`inbox_max` or `inbox_max_bytes`).
     InboxOverflow,
+    /// Unacknowledged pushes older than `inbox_ttl`, dropped from an inbox.
+    InboxExpired,
     InboxDelivered,
     /// An inbox entry that could not be read, removed.
     InboxUnreadable,
@@ -115,6 +118,7 @@ impl ClusterEvent {
             UpdateDropped => ("redis", "update_dropped"),
             InboxStored => ("redis", "inbox_stored"),
             InboxOverflow => ("redis", "inbox_overflow"),
+            InboxExpired => ("redis", "inbox_expired"),
             InboxDelivered => ("redis", "inbox_delivered"),
             InboxUnreadable => ("redis", "inbox_unreadable"),
             InboxUndeliverable => ("redis", "inbox_undeliverable"),

@@ -66,7 +66,8 @@ mod sessions;
 mod upkeep;
 
 use replies::{
-    Keys, Update, build, conn_value, interpret, millis, parse_claim, parse_route, parse_user,
+    Dropped, Keys, Update, build, conn_value, interpret, millis, parse_claim, parse_inbox,
+    parse_route, parse_store, parse_user,
 };
 
 /// The Redis session directory of one node.
@@ -163,48 +164,51 @@ impl RedisDirectory {
     }
 
     async fn route(&self, msg: &PushMessage) -> Result<Route, DirectoryError> {
-        let r: redis::RedisResult<Vec<String>> =
-            self.inbox_call(&scripts::ROUTE, msg).invoke_async(&mut self.redis.clone()).await;
+        let id = Identity { biz_id: msg.biz_id, user_id: msg.receiver_id };
+        let mut call = scripts::ROUTE.key(self.keys.user(id));
+        call.key(&self.keys.inbox(id)).arg(&self.keys.prefix);
+        self.record_args(&mut call, msg);
+        let r: redis::RedisResult<Vec<String>> = call.invoke_async(&mut self.redis.clone()).await;
         let (route, dropped) = parse_route(self.observe(r)?);
-        if route == Route::Stored {
-            self.stored(msg, dropped);
-        }
+        self.recorded(msg, dropped);
         Ok(route)
     }
 
-    /// ROUTE or STORE for `msg`: the keys and arguments both take (see `scripts.rs`).
-    fn inbox_call<'a>(
-        &self,
-        script: &'a redis::Script,
-        msg: &PushMessage,
-    ) -> redis::ScriptInvocation<'a> {
-        let id = Identity { biz_id: msg.biz_id, user_id: msg.receiver_id };
-        let mut call = script.prepare_invoke();
-        call.key(self.keys.user(id))
-            .key(self.keys.inbox(id))
-            .arg(&self.keys.prefix)
+    /// The arguments of an inbox record (see `scripts.rs`): key, JSON, bounds, TTL.
+    fn record_args(&self, call: &mut redis::ScriptInvocation<'_>, msg: &PushMessage) {
+        call.arg(&msg.key)
             .arg(serde_json::to_string(msg).unwrap_or_default())
             .arg(self.inbox_max)
             .arg(self.inbox_ttl.as_millis() as u64)
             .arg(self.inbox_max_bytes);
-        call
     }
 
-    /// Counts `msg` kept in its receiver's inbox and the older pushes it pushed out.
-    fn stored(&self, msg: &PushMessage, dropped: u64) {
+    /// Counts `msg` recorded in its receiver's inbox and what the record pushed out or expired.
+    fn recorded(&self, msg: &PushMessage, dropped: Dropped) {
         self.metrics.cluster_event(ClusterEvent::InboxStored);
-        if dropped > 0 {
-            self.metrics.cluster_events(ClusterEvent::InboxOverflow, dropped);
-            let (biz, user) = (msg.biz_id, msg.receiver_id);
-            warn!(biz, user, dropped, "inbox full: oldest pushes dropped");
+        let (biz, user) = (msg.biz_id, msg.receiver_id);
+        if dropped.overflow > 0 {
+            self.metrics.cluster_events(ClusterEvent::InboxOverflow, dropped.overflow);
+            warn!(biz, user, dropped = dropped.overflow, "inbox full: oldest pushes dropped");
+        }
+        self.expired(biz, user, dropped.expired);
+    }
+
+    /// Counts and logs inbox entries that were older than `inbox_ttl`.
+    fn expired(&self, biz: i64, user: i64, n: u64) {
+        if n > 0 {
+            self.metrics.cluster_events(ClusterEvent::InboxExpired, n);
+            warn!(biz, user, expired = n, "unacknowledged pushes older than inbox_ttl dropped");
         }
     }
 
     async fn store(&self, msg: &PushMessage) -> Result<(), DirectoryError> {
-        let r: redis::RedisResult<u64> =
-            self.inbox_call(&scripts::STORE, msg).invoke_async(&mut self.redis.clone()).await;
-        let dropped = self.observe(r)?;
-        self.stored(msg, dropped);
+        let id = Identity { biz_id: msg.biz_id, user_id: msg.receiver_id };
+        let mut call = scripts::STORE.key(&self.keys.inbox(id));
+        self.record_args(&mut call, msg);
+        let r: redis::RedisResult<Vec<String>> = call.invoke_async(&mut self.redis.clone()).await;
+        let flat = self.observe(r)?;
+        self.recorded(msg, parse_store(&flat));
         Ok(())
     }
 
@@ -247,7 +251,7 @@ impl RedisDirectory {
     }
 
     async fn write(&self, batch: &mut Vec<Update>, events: &mpsc::Sender<DirectoryEvent>) {
-        let pipe = build(&self.keys, batch);
+        let pipe = build(&self.keys, batch, self.inbox_ttl.as_millis() as u64);
         let mut redis = self.redis.clone();
         let mut r: redis::RedisResult<Vec<Vec<String>>> = pipe.query_async(&mut redis).await;
         if r.as_ref().is_err_and(is_noscript) {
@@ -262,7 +266,12 @@ impl RedisDirectory {
         if replies.is_none() {
             self.rebuild.store(true, Ordering::Relaxed);
         }
-        for event in interpret(batch.drain(..), replies) {
+        let (found, expired) = interpret(batch.drain(..), replies);
+        if expired > 0 {
+            self.metrics.cluster_events(ClusterEvent::InboxExpired, expired);
+            warn!(expired, "unacknowledged pushes older than inbox_ttl dropped on connect");
+        }
+        for event in found {
             self.emit(event, events).await;
         }
     }
@@ -317,19 +326,6 @@ impl RedisDirectory {
         self.observe(r)
     }
 
-    /// Removes inbox entries that were handed to their receiver (or cannot be read).
-    async fn inbox_done(&self, who: Identity, raw: Vec<String>) -> Result<(), DirectoryError> {
-        if raw.is_empty() {
-            return Ok(());
-        }
-        let key = self.keys.inbox(who);
-        let mut pipe = redis::pipe();
-        for entry in &raw {
-            pipe.lrem(&key, 1, entry).ignore();
-        }
-        let r: redis::RedisResult<()> = pipe.query_async(&mut self.redis.clone()).await;
-        self.observe(r)
-    }
 }
 
 impl SessionDirectory for RedisDirectory {
@@ -353,8 +349,12 @@ impl SessionDirectory for RedisDirectory {
         Box::pin(RedisDirectory::sessions(self, query))
     }
 
-    fn inbox_done(&self, who: Identity, raw: Vec<String>) -> DirectoryFuture<'_, ()> {
-        Box::pin(RedisDirectory::inbox_done(self, who, raw))
+    fn keeps_inboxes(&self) -> bool {
+        true
+    }
+
+    fn acked(&self, who: Identity, key: String) {
+        self.enqueue(Update::Acked(who, key));
     }
 
     fn claim_upstream<'a>(
@@ -386,7 +386,7 @@ fn is_noscript(e: &redis::RedisError) -> bool {
 }
 
 async fn load_scripts(redis: &mut ConnectionManager) -> redis::RedisResult<()> {
-    for script in [&*scripts::CONNECT, &*scripts::DISCONNECT, &*scripts::ROUTE] {
+    for script in scripts::pipelined() {
         script.prepare_invoke().load_async(redis).await?;
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! What the directory sends to Redis and what Redis answers, as pure functions: the key names
-//! ([`Keys`]), the writer's pipeline of CONNECT / DISCONNECT scripts ([`build`]) and the meaning
-//! of the scripts' replies ([`interpret`], [`parse_route`], [`parse_claim`]). No I/O here; the
-//! tests below need no Redis.
+//! ([`Keys`]), the writer's pipeline of CONNECT / DISCONNECT / ACK scripts ([`build`]) and the
+//! meaning of the scripts' replies ([`interpret`], [`parse_route`], [`parse_inbox`],
+//! [`parse_claim`]). No I/O here; the tests below need no Redis.
 
 use std::{
     sync::Arc,
@@ -16,11 +16,12 @@ use super::{
 };
 use crate::{auth::Identity, links::Link};
 
-/// A change of one link; the flag says whether it was the user's first (up) or last (down)
-/// connection on this node.
+/// A change the writer makes: a link's arrival or departure (the flag says whether it was the
+/// user's first (up) or last (down) connection on this node), or a push the user acknowledged.
 pub(super) enum Update {
     Up(Arc<Link>, bool),
     Down(Arc<Link>, bool),
+    Acked(Identity, String),
 }
 
 /// The directory's key names (see the table above) as seen from one node.
@@ -35,15 +36,26 @@ impl Keys {
     }
 
     pub(super) fn upstream(&self, id: Identity, key: &str) -> String {
-        self.key(format_args!("up:{}:{}:{key}", id.biz_id, id.user_id))
+        self.key(format_args!("up:{{{}:{}}}:{key}", id.biz_id, id.user_id))
+    }
+
+    /// The user's hash; `user` is `biz:user`, as the `users:` sets hold it.
+    pub(super) fn user_of(&self, user: &str) -> String {
+        self.key(format_args!("user:{{{user}}}"))
     }
 
     pub(super) fn user(&self, id: Identity) -> String {
-        self.key(format_args!("user:{}:{}", id.biz_id, id.user_id))
+        self.user_of(&format!("{}:{}", id.biz_id, id.user_id))
     }
 
-    pub(super) fn inbox(&self, id: Identity) -> String {
-        self.key(format_args!("inbox:{}:{}", id.biz_id, id.user_id))
+    /// The three keys of the user's inbox (one hash tag): pushes, their order, sizes.
+    pub(super) fn inbox(&self, id: Identity) -> [String; 3] {
+        let (b, u) = (id.biz_id, id.user_id);
+        [
+            self.key(format_args!("inbox:{{{b}:{u}}}")),
+            self.key(format_args!("inbox-order:{{{b}:{u}}}")),
+            self.key(format_args!("inbox-meta:{{{b}:{u}}}")),
+        ]
     }
 
     pub(super) fn node(&self, node: &str) -> String {
@@ -73,8 +85,8 @@ pub(super) fn parse_claim(value: Vec<u8>) -> UpstreamClaim {
     }
 }
 
-/// One pipeline of CONNECT / DISCONNECT scripts for `batch`, in order.
-pub(super) fn build(keys: &Keys, batch: &[Update]) -> redis::Pipeline {
+/// One pipeline of CONNECT / DISCONNECT / ACK scripts for `batch`, in order.
+pub(super) fn build(keys: &Keys, batch: &[Update], inbox_ttl_ms: u64) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     for u in batch {
         match u {
@@ -86,12 +98,13 @@ pub(super) fn build(keys: &Keys, batch: &[Update]) -> redis::Pipeline {
                         .key(keys.user(id))
                         .key(keys.conns(&keys.node))
                         .key(keys.users(&keys.node))
-                        .key(keys.inbox(id))
+                        .key(&keys.inbox(id))
                         .arg(keys.field(link))
                         .arg(since)
                         .arg(link.id)
                         .arg(conn_value(link, since))
-                        .arg(format!("{}:{}", id.biz_id, id.user_id)),
+                        .arg(format!("{}:{}", id.biz_id, id.user_id))
+                        .arg(inbox_ttl_ms),
                 );
             }
             Update::Down(link, last) => {
@@ -110,21 +123,36 @@ pub(super) fn build(keys: &Keys, batch: &[Update]) -> redis::Pipeline {
                         .arg(user),
                 );
             }
+            Update::Acked(id, key) => {
+                pipe.invoke_script(scripts::ACK.key(&keys.inbox(*id)).arg(key));
+            }
         }
     }
     pipe
 }
 
-/// What the scripts' replies to `batch` mean. Each reply starts with the user's connection count
-/// across the cluster after the update; a CONNECT reply then lists the user's inbox (JSON pushes,
-/// oldest first; removed only after hand-off). `None`: the pipeline failed, and presence follows
-/// this node's own view.
+/// What the inbox scripts dropped while recording or reading: pushed out by the bounds
+/// (`inbox_max`, `inbox_max_bytes`) and expired (`inbox_ttl`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Dropped {
+    pub overflow: u64,
+    pub expired: u64,
+}
+
+fn number(s: Option<&String>) -> u64 {
+    s.and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// What the scripts' replies to `batch` mean, and how many inbox entries they found expired.
+/// Each CONNECT / DISCONNECT reply starts with the user's connection count across the cluster
+/// after the update; a CONNECT reply then has the expired count and the user's inbox (see
+/// [`parse_inbox`]). `None`: the pipeline failed, and presence follows this node's own view.
 pub(super) fn interpret(
     batch: impl IntoIterator<Item = Update>,
     replies: Option<Vec<Vec<String>>>,
-) -> Vec<DirectoryEvent> {
+) -> (Vec<DirectoryEvent>, u64) {
     let Some(replies) = replies else {
-        return batch
+        let events = batch
             .into_iter()
             .filter_map(|u| match u {
                 Update::Up(l, true) => Some(DirectoryEvent::Online(l.identity)),
@@ -132,37 +160,47 @@ pub(super) fn interpret(
                 _ => None,
             })
             .collect();
+        return (events, 0);
     };
-    let mut events = Vec::new();
+    let (mut events, mut expired) = (Vec::new(), 0);
     for (u, reply) in batch.into_iter().zip(replies) {
-        let count: u64 = reply.first().and_then(|c| c.parse().ok()).unwrap_or(0);
+        let count = number(reply.first());
         match u {
             Update::Up(link, _) => {
                 if count == 1 {
                     events.push(DirectoryEvent::Online(link.identity));
                 }
-                let raw: Vec<String> = reply.into_iter().skip(1).collect();
-                if !raw.is_empty() {
-                    events.push(DirectoryEvent::Inbox(Inbox::read(link.identity, raw)));
+                let (inbox, gone) = parse_inbox(link.identity, reply.into_iter().skip(1));
+                expired += gone;
+                if !inbox.pushes.is_empty() {
+                    events.push(DirectoryEvent::Inbox(inbox));
                 }
             }
             Update::Down(link, _) if count == 0 => {
                 events.push(DirectoryEvent::Offline(link.identity));
             }
-            Update::Down(..) => {}
+            Update::Down(..) | Update::Acked(..) => {}
         }
     }
-    events
+    (events, expired)
 }
 
-/// The ROUTE script's reply: pairs of (live node id, its `node:` value), or `['', dropped]`
-/// when the push was stored in the inbox (and `dropped` older ones pushed out).
-pub(super) fn parse_route(flat: Vec<String>) -> (Route, u64) {
-    if flat.first().is_none_or(|f| f.is_empty()) {
-        let dropped = flat.get(1).and_then(|d| d.parse().ok()).unwrap_or(0);
-        return (Route::Stored, dropped);
-    }
-    let nodes = flat
+/// An inbox as the READ part of a script returns it: `[expired, key, JSON, key, JSON, …]`,
+/// oldest first. Returns the inbox and the expired count.
+pub(super) fn parse_inbox(who: Identity, reply: impl IntoIterator<Item = String>) -> (Inbox, u64) {
+    let mut reply = reply.into_iter();
+    let expired = number(reply.next().as_ref());
+    let rest: Vec<String> = reply.collect();
+    (Inbox::read(who, rest), expired)
+}
+
+/// The ROUTE script's reply: `[dropped, expired, node id, its node: value, …]` for the live
+/// nodes holding the user; none means the push waits in the inbox.
+pub(super) fn parse_route(flat: Vec<String>) -> (Route, Dropped) {
+    let dropped = parse_store(&flat);
+    let nodes: Vec<(String, String)> = flat
+        .get(2..)
+        .unwrap_or_default()
         .chunks_exact(2)
         .map(|p| {
             let grpc = serde_json::from_str::<serde_json::Value>(&p[1])
@@ -172,7 +210,15 @@ pub(super) fn parse_route(flat: Vec<String>) -> (Route, u64) {
             (p[0].clone(), grpc)
         })
         .collect();
-    (Route::Nodes(nodes), 0)
+    match nodes.is_empty() {
+        true => (Route::Stored, dropped),
+        false => (Route::Nodes(nodes), dropped),
+    }
+}
+
+/// The STORE script's reply (and the head of ROUTE's): `[dropped, expired]`.
+pub(super) fn parse_store(flat: &[String]) -> Dropped {
+    Dropped { overflow: number(flat.first()), expired: number(flat.get(1)) }
 }
 
 pub(super) fn millis(t: SystemTime) -> u64 {
@@ -214,6 +260,10 @@ mod tests {
         serde_json::to_string(&msg).expect("json")
     }
 
+    fn acked(id: Identity, key: &str) -> Update {
+        Update::Acked(id, key.into())
+    }
+
     #[test]
     fn connect_and_disconnect_replies_become_presence_and_inbox_events() {
         let (_keep, mut link) = links();
@@ -221,19 +271,22 @@ mod tests {
         let batch = vec![
             Update::Up(a.clone(), true),
             Update::Up(b.clone(), true),
+            acked(who(9, 2), "k0"),
             Update::Down(a.clone(), true),
             Update::Down(b.clone(), true),
         ];
         let replies = vec![
-            // a: first connection cluster-wide, with two pushes in the inbox (and one bad one).
-            strings(&["1", &push_json("k1"), "not json", &push_json("k2")]),
-            // b: already connected elsewhere: no presence change.
-            strings(&["2"]),
+            // a: first connection cluster-wide, 3 expired, two pushes in the inbox (and a bad one).
+            strings(&["1", "3", "k1", &push_json("k1"), "bad", "not json", "k2", &push_json("k2")]),
+            // b: already connected elsewhere: no presence change; 1 expired, inbox empty.
+            strings(&["2", "1"]),
+            strings(&["1"]),
             // a leaves and nobody holds them any more; b leaves but another connection stays.
             strings(&["0"]),
             strings(&["1"]),
         ];
-        let events = interpret(batch, Some(replies));
+        let (events, expired) = interpret(batch, Some(replies));
+        assert_eq!(expired, 4);
         let keys = |e: &DirectoryEvent| match e {
             DirectoryEvent::Inbox(i) => {
                 i.pushes.iter().map(|p| p.msg.as_ref().map(|m| m.key.clone())).collect()
@@ -249,7 +302,7 @@ mod tests {
             "oldest first; an unreadable entry is kept to be removed"
         );
         let DirectoryEvent::Inbox(inbox) = &events[1] else { unreachable!() };
-        assert_eq!((inbox.who, inbox.pushes[1].raw.as_str()), (who(9, 1), "not json"));
+        assert_eq!((inbox.who, inbox.pushes[1].key.as_str()), (who(9, 1), "bad"));
         assert_eq!(events[2], DirectoryEvent::Offline(who(9, 1)));
     }
 
@@ -258,13 +311,15 @@ mod tests {
         let (_keep, mut link) = links();
         let a = link(who(9, 1));
         let batch = vec![Update::Up(a.clone(), false), Update::Down(a.clone(), false)];
-        let events = interpret(batch, Some(vec![Vec::new()]));
+        let (events, _) = interpret(batch, Some(vec![Vec::new()]));
         assert!(events.is_empty(), "an empty reply counts as 0 for an Up: {events:?}");
         let batch = vec![Update::Down(a.clone(), false)];
-        assert_eq!(
-            interpret(batch, Some(vec![strings(&["x"])])),
-            [DirectoryEvent::Offline(who(9, 1))]
-        );
+        let (events, _) = interpret(batch, Some(vec![strings(&["x"])]));
+        assert_eq!(events, [DirectoryEvent::Offline(who(9, 1))]);
+        // A dangling key (no JSON after it) is skipped; a non-number expired count is 0.
+        let batch = vec![Update::Up(a.clone(), false)];
+        let (events, expired) = interpret(batch, Some(vec![strings(&["2", "?", "k"])]));
+        assert_eq!((events, expired), (Vec::new(), 0));
     }
 
     #[test]
@@ -276,7 +331,7 @@ mod tests {
             Update::Up(b.clone(), false),
             Update::Down(b.clone(), true),
         ];
-        let events = interpret(batch, None);
+        let (events, _) = interpret(batch, None);
         assert_eq!(events, [DirectoryEvent::Online(who(9, 1)), DirectoryEvent::Offline(who(9, 2))]);
     }
 
@@ -304,10 +359,14 @@ mod tests {
 
     #[test]
     fn route_replies_name_live_nodes_or_mean_stored() {
-        assert_eq!(parse_route(Vec::new()), (Route::Stored, 0));
-        assert_eq!(parse_route(strings(&["", "3"])), (Route::Stored, 3), "3 older pushes out");
-        assert_eq!(parse_route(strings(&["", "x"])), (Route::Stored, 0));
+        let none = Dropped::default();
+        assert_eq!(parse_route(Vec::new()), (Route::Stored, none));
+        let out = Dropped { overflow: 3, expired: 2 };
+        assert_eq!(parse_route(strings(&["3", "2"])), (Route::Stored, out), "3 out, 2 expired");
+        assert_eq!(parse_route(strings(&["x", ""])), (Route::Stored, none));
         let flat = strings(&[
+            "0",
+            "0",
             "n1",
             r#"{"grpc":"10.0.0.1:9004","ws":"10.0.0.1:9002"}"#,
             "n2",
@@ -315,7 +374,7 @@ mod tests {
             "odd one out",
         ]);
         let want = vec![("n1".into(), "10.0.0.1:9004".into()), ("n2".into(), String::new())];
-        assert_eq!(parse_route(flat), (Route::Nodes(want), 0));
+        assert_eq!(parse_route(flat), (Route::Nodes(want), none));
     }
 
     #[test]
@@ -323,14 +382,19 @@ mod tests {
         let (_keep, mut link) = links();
         let a = link(who(9, 1));
         let keys = Keys { prefix: "p:".into(), node: "n1".into() };
-        let pipe = build(&keys, &[Update::Up(a.clone(), true), Update::Down(a.clone(), true)]);
+        let batch = [Update::Up(a.clone(), true), Update::Down(a.clone(), true), acked(who(9, 1), "k")];
+        let pipe = build(&keys, &batch, 60_000);
         let cmds: Vec<Vec<u8>> = pipe.cmd_iter().map(|c| c.get_packed_command()).collect();
-        assert_eq!(cmds.len(), 2);
+        assert_eq!(cmds.len(), 3);
         let text = |c: &[u8]| String::from_utf8_lossy(c).into_owned();
         let connect = text(&cmds[0]);
         assert!(connect.starts_with("*") && connect.contains("EVALSHA"), "by SHA, not by text");
-        assert!(connect.contains(scripts::CONNECT.get_hash()) && connect.contains("p:inbox:9:1"));
+        assert!(connect.contains(scripts::CONNECT.get_hash()));
+        for key in ["p:user:{9:1}", "p:inbox:{9:1}", "p:inbox-order:{9:1}", "p:inbox-meta:{9:1}"] {
+            assert!(connect.contains(key), "{key}: one hash tag per user");
+        }
         assert!(text(&cmds[1]).contains(scripts::DISCONNECT.get_hash()));
         assert!(text(&cmds[1]).contains(&format!("n1|{}", a.id)), "the link's field");
+        assert!(text(&cmds[2]).contains(scripts::ACK.get_hash()) && text(&cmds[2]).ends_with("k\r\n"));
     }
 }

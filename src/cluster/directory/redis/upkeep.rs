@@ -10,7 +10,8 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{
-    DirectoryError, DirectoryEvent, Inbox, PIPELINE, RedisDirectory, conn_value, millis, parse_user,
+    DirectoryError, DirectoryEvent, Inbox, PIPELINE, RedisDirectory, conn_value, is_noscript,
+    millis, parse_inbox, parse_user, scripts,
 };
 use crate::{auth::Identity, links::LinkRegistry, telemetry::ClusterEvent};
 
@@ -100,16 +101,24 @@ impl RedisDirectory {
     /// The non-empty inboxes of `users`, oldest first.
     async fn read_inboxes(&self, users: Vec<Identity>) -> Result<Vec<Inbox>, DirectoryError> {
         let mut redis = self.redis.clone();
+        let ttl = self.inbox_ttl.as_millis() as u64;
         let mut found = Vec::new();
         for chunk in users.chunks(PIPELINE) {
             let mut pipe = redis::pipe();
             for who in chunk {
-                pipe.lrange(self.keys.inbox(*who), 0, -1);
+                pipe.invoke_script(scripts::READ.key(&self.keys.inbox(*who)).arg(ttl));
             }
-            let lists: Vec<Vec<String>> = self.observe(pipe.query_async(&mut redis).await)?;
-            for (who, raw) in chunk.iter().zip(lists) {
-                if !raw.is_empty() {
-                    found.push(Inbox::read(*who, raw));
+            let mut replies: redis::RedisResult<Vec<Vec<String>>> =
+                pipe.query_async(&mut redis).await;
+            if replies.as_ref().is_err_and(is_noscript) {
+                scripts::READ.prepare_invoke().load_async(&mut redis).await.ok();
+                replies = pipe.query_async(&mut redis).await;
+            }
+            for (who, reply) in chunk.iter().zip(self.observe(replies)?) {
+                let (inbox, expired) = parse_inbox(*who, reply);
+                self.expired(who.biz_id, who.user_id, expired);
+                if !inbox.pushes.is_empty() {
+                    found.push(inbox);
                 }
             }
         }
@@ -178,7 +187,7 @@ impl RedisDirectory {
         for chunk in users.chunks(PIPELINE) {
             let mut pipe = redis::pipe();
             for u in chunk {
-                pipe.hkeys(self.keys.key(format_args!("user:{u}")));
+                pipe.hkeys(self.keys.user_of(u));
             }
             let fields: Vec<Vec<String>> = self.observe(pipe.query_async(&mut redis).await)?;
             let mut del = redis::pipe();
@@ -190,7 +199,7 @@ impl RedisDirectory {
                     .partition(|f| keep.is_some_and(|k| k.contains(f)));
                 if !stale.is_empty() {
                     removed += stale.len();
-                    let key = self.keys.key(format_args!("user:{u}"));
+                    let key = self.keys.user_of(u);
                     del.hdel(&key, stale).ignore().hlen(&key);
                     counted.push(u);
                 }
