@@ -281,7 +281,11 @@ mod tests {
                 false,
                 Err(PushError::NotConnected { biz: 9, user: 2 }.into()),
             ),
-            (Settled::Store { connections: 1 }, false, Ok(Routed { connections: 1, stored: false })),
+            (
+                Settled::Store { connections: 1 },
+                false,
+                Ok(Routed { connections: 1, stored: false }),
+            ),
         ];
         for (settled, durable, want) in cases {
             let what = format!("{settled:?}, durable {durable}");

@@ -33,12 +33,12 @@ pub struct RedisConfig {
     /// routed to and are removed by the surviving nodes.
     #[serde(with = "humantime_serde")]
     pub session_ttl: Duration,
-    /// Pushes kept per offline user, at most (the oldest are dropped first, counted as
-    /// `inbox_overflow`)...
+    /// Unacknowledged pushes recorded per user (the inbox), at most (the oldest are dropped
+    /// first, counted as `inbox_overflow`)...
     pub inbox_max: u32,
-    /// ...and bytes (stored JSON; the newest push is always kept)...
+    /// ...and bytes (recorded JSON; the newest push is always kept)...
     pub inbox_max_bytes: bytesize::ByteSize,
-    /// ...for this long after the last one arrived.
+    /// ...each for this long after it was accepted (then dropped, counted as `inbox_expired`).
     #[serde(with = "humantime_serde")]
     pub inbox_ttl: Duration,
     /// Directory updates waiting to be written; beyond, the directory is rebuilt later.

@@ -11,7 +11,7 @@ use wsgw::{
     protocol::{CommandType, Message, Serializer},
 };
 
-use crate::support::{Client, TestNode};
+use crate::support::{Client, TestNode, code};
 
 const BIZ: i64 = 9999;
 
@@ -163,16 +163,30 @@ async fn an_oversized_push_or_broadcast_is_refused_and_closes_nobody() {
 }
 
 #[tokio::test]
-async fn a_single_node_counts_what_is_unacknowledged_at_exit_as_dropped() {
-    let mut node = TestNode::builder().config(retrying(60_000, 3)).spawn().await;
+async fn a_draining_node_waits_for_acks_then_counts_what_is_left_as_dropped() {
+    let mut node = TestNode::builder()
+        .config(retrying(60_000, 3))
+        .config(|c| c.shutdown.ack_wait = Duration::from_secs(2))
+        .spawn()
+        .await;
     let mut c = node.connect(42, BIZ).await;
-    node.push(42, BIZ, "lost", b"x").await.expect("delivered");
-    expect_push(&mut c, "lost").await;
-    let metrics = node.handle.clone();
-    node.begin_shutdown().await.expect("drained");
-    let dropped = metrics.metrics().render();
-    assert!(
-        dropped.contains("websocket_gateway_pushes_total{event=\"dropped\"} 1"),
-        "counted as dropped: {dropped}"
-    );
+    for key in ["acked-while-draining", "lost"] {
+        node.push(42, BIZ, key, b"x").await.expect("delivered");
+        expect_push(&mut c, key).await;
+    }
+    let handle = node.handle.clone();
+    let drained = node.begin_shutdown();
+    // The node waits for the acks before it tells the client to go: this one still counts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.ack("acked-while-draining", Serializer::Json).await;
+    crate::assert_eventually!(handle.pending_pushes() == 1, "acknowledged during the drain");
+    assert_eq!(code(&c.closed().await).0, 1001, "then told to go");
+    drained.await.expect("drained");
+    let text = handle.metrics().render();
+    for line in [
+        "websocket_gateway_pushes_total{event=\"acked\"} 1",
+        "websocket_gateway_pushes_total{event=\"dropped\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
 }

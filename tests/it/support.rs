@@ -4,6 +4,7 @@ mod backend;
 mod client;
 pub mod cluster;
 mod node;
+mod process;
 
 pub use backend::{Behaviour, TestBackend, dead_addr};
 pub use client::{Client, code};

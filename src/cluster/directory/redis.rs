@@ -1,35 +1,44 @@
-//! The session directory and offline inbox in Redis, shared by the nodes of a cluster: which node
-//! holds which connections of which user, and the pushes kept for users with no connection
-//! anywhere.
+//! The session directory and the users' inboxes in Redis, shared by the nodes of a cluster:
+//! which node holds which connections of which user, and every accepted push a user has not
+//! acknowledged yet.
 //!
-//! Keys (all under `cluster.redis.prefix`, default `wsgw:`):
+//! Keys (all under `cluster.redis.prefix`, default `wsgw:`; `{biz:user}` is a Redis Cluster hash
+//! tag, so every script touches one slot per user):
 //!
 //! | key | type | content |
 //! |---|---|---|
 //! | `node:{node}` | string, TTL `session_ttl` | `{"grpc":"host:port","ws":"host:port"}`; exists while the node lives |
 //! | `nodes` | set | every node id that registered (the sweep's work list) |
-//! | `user:{biz}:{user}` | hash | `{node}\|{conn}` → connected-at (ms) |
+//! | `user:{biz:user}` | hash | `{node}\|{conn}` → connected-at (ms) |
 //! | `conns:{node}` | hash, TTL `session_ttl` | `{conn}` → `{biz}:{user}:{since_ms}:{remote}` |
 //! | `users:{node}` | set | `{biz}:{user}` with a connection on the node (the sweep's index) |
-//! | `inbox:{biz}:{user}` | list, TTL `inbox_ttl` | pushes (JSON) for an offline user, oldest first |
-//! | `up:{biz}:{user}:{key}` | string, TTL `upstream.dedup_window` | `c` while a node calls the backend for this upstream message; then `a` + the backend's `OnReceiveResponse` (protobuf) |
+//! | `inbox:{biz:user}` | hash, TTL 2 × `inbox_ttl` | push key → push (JSON): the user's unacknowledged pushes |
+//! | `inbox-order:{biz:user}` | sorted set, same TTL | push key by acceptance (Redis time ms × 1000 + sequence) |
+//! | `inbox-meta:{biz:user}` | hash, same TTL | `bytes` (sum of the JSON), `seq` |
+//! | `up:{biz:user}:{key}` | string, TTL `upstream.dedup_window` | `c` while a node calls the backend for this upstream message; then `a` + the backend's `OnReceiveResponse` (protobuf) |
 //!
 //! A node refreshes `node:{node}` every `session_ttl / 3`. Readers only trust entries of live
 //! nodes, so a node that dies stops receiving pushes after one TTL; its entries are then removed by
 //! the surviving nodes (the sweep), which also reports its users OFFLINE when they have no
 //! connection left anywhere, so nothing stale stays forever. When the refresh finds its key gone
 //! (Redis restarted, or the node was cut off for longer than the TTL), or an update was lost, the
-//! node writes its whole part of the directory again from its live connections and hands on the
+//! node writes its whole part of the directory again from its live connections and delivers the
 //! inboxes of its users.
 //!
-//! The inbox is read on connect (and on a rebuild) but left in place: entries are removed by
-//! value (LREM) only after the node handed them to the router, so a failed hand-off, a lost reply
-//! or a crash in between delivers them again on the next connection (keys make that harmless).
+//! The inbox is the durable record of delivery. ROUTE records a push (atomically with the
+//! lookup of the user's nodes) before anyone delivers it or tells the producer "accepted"; a
+//! push already there under the same key keeps its place. Every CONNECT returns the inbox, oldest
+//! first, and the connecting node delivers it to that user's connections; entries leave only when
+//! a DOWNSTREAM_ACK for their key arrives on any node (ACK, written by the writer like connects),
+//! when they are older than `inbox_ttl` (counted `inbox_expired`) or pushed out by the bounds
+//! `inbox_max` / `inbox_max_bytes` (counted `inbox_overflow`). So a push survives the node that
+//! accepted or delivered it: a drain, a SIGKILL, a user who moves to another node.
 //!
-//! Owns: every read and write of these keys. Updates from the connection path are queued without
-//! waiting (bounded by `cluster.redis.queue`) and written in pipelines by one task; a lost update
-//! marks the directory for a rebuild. Routing and storing are single Lua scripts, so a push that
-//! finds a user offline and the user's arrival cannot miss each other. Must never be awaited on a
+//! Owns: every read and write of these keys. Updates from the connection path (connects,
+//! disconnects, acks) are queued without waiting (bounded by `cluster.redis.queue`) and written
+//! in pipelines by one task; a lost update marks the directory for a rebuild (a lost ack only
+//! means one more delivery). Routing and recording are single Lua scripts, so a push that finds a
+//! user offline and the user's arrival cannot miss each other. Must never be awaited on a
 //! connection's frame path.
 //!
 //! Key names, the writer's pipeline and the meaning of the scripts' replies are pure functions in
@@ -325,7 +334,6 @@ impl RedisDirectory {
         };
         self.observe(r)
     }
-
 }
 
 impl SessionDirectory for RedisDirectory {

@@ -1,5 +1,6 @@
 //! The Redis session directory: routing to every node of a user, surviving a Redis restart,
-//! serving locally while Redis is unreachable.
+//! refusing pushes it cannot record while Redis is unreachable, the inbox of unacknowledged
+//! pushes.
 
 use super::*;
 
@@ -34,11 +35,20 @@ async fn a_redis_restart_is_survived_and_the_directory_rebuilt() {
     redis.kill();
     crate::assert_within!(10, b.get("/ready").await.0 == 503, "not ready without the directory");
     assert!(b.get("/ready").await.1.contains("session directory"));
-    // Existing connections and local pushes keep working.
-    assert_eq!(b.push(6, 9, "local", b"still here").await.expect("local push"), 1);
-    assert!(is_push(&client.recv_msg(JSON).await, "local", b"still here"));
-    let err = a.push(6, 9, "remote", b"x").await.expect_err("a cannot find the user");
-    assert_eq!(err.code(), tonic::Code::Unavailable);
+    // A push that cannot be recorded is not accepted, even for a user on this node: the
+    // producer hears UNAVAILABLE and retries.
+    for node in [&b, &a] {
+        let err = node.push(6, 9, "unrecorded", b"x").await.expect_err("cannot record it");
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+    }
+    // Existing connections keep working.
+    client
+        .send(
+            &wsgw::protocol::Message { cmd: CommandType::Heartbeat.into(), ..Default::default() },
+            JSON,
+        )
+        .await;
+    assert_eq!(client.recv_msg(JSON).await.cmd, CommandType::Heartbeat as i32);
 
     redis.restart(); // empty: Redis keeps nothing here
     crate::assert_within!(15, b.get("/ready").await.0 == 200, "ready again");
@@ -48,15 +58,16 @@ async fn a_redis_restart_is_survived_and_the_directory_rebuilt() {
 }
 
 #[tokio::test]
-async fn an_unreachable_redis_at_start_leaves_the_node_serving_locally() {
+async fn an_unreachable_redis_at_start_keeps_clients_and_refuses_unrecordable_pushes() {
     let mut scope = Scope::new("no-redis");
     scope.redis = format!("redis://127.0.0.1:{}", free_port());
     let node = scope.node("a").spawn().await;
-    let mut client = node.connect(1, 9).await;
+    let _client = node.connect(1, 9).await;
     crate::assert_within!(10, node.get("/ready").await.0 == 503, "not ready");
     assert_eq!(node.get("/health").await.0, 200);
-    assert_eq!(node.push(1, 9, "k", b"local").await.expect("local push works"), 1);
-    assert!(is_push(&client.recv_msg(JSON).await, "k", b"local"));
+    let err = node.push(1, 9, "k", b"local").await.expect_err("not recorded, not accepted");
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert_eq!(node.handle.pending_pushes(), 0, "and not delivered either");
 }
 
 #[tokio::test]
@@ -108,28 +119,19 @@ async fn a_rebuild_hands_on_the_inbox_of_a_user_whose_connect_update_was_lost() 
     crate::assert_within!(15, b.get("/ready").await.0 == 503, "the directory is down");
 
     redis.restart(); // empty
-    // Meanwhile another node stored a push for the user, whom the directory does not list.
-    let msg = wsgw::protocol::pb::PushMessage {
-        key: "while-lost".into(),
-        biz_id: 9,
-        receiver_id: 6,
-        body: b"found".to_vec().into(),
-    };
-    let mut conn = redis::Client::open(scope.redis.as_str())
-        .expect("redis")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let inbox = format!("{}:inbox:9:6", scope.name);
-    let json = serde_json::to_string(&msg).expect("json");
-    let _: () = redis::AsyncCommands::rpush(&mut conn, &inbox, json).await.expect("rpush");
+    // Meanwhile another node accepted a push for the user, whom the directory does not list.
+    let a = scope.node("a").spawn().await;
+    crate::assert_within!(15, a.get("/ready").await.0 == 200, "a ready");
+    assert_eq!(a.push(6, 9, "while-lost", b"found").await.expect("kept in the inbox"), 0);
 
     let m = client.recv_msg_within(JSON, Duration::from_secs(20)).await.expect("the rebuild");
     assert!(is_push(&m, "while-lost", b"found"), "{m:?}");
-    let left: usize = redis::AsyncCommands::llen(&mut conn, &inbox).await.expect("llen");
+    client.ack("while-lost", JSON).await;
+    let mut conn = redis_conn(&scope).await;
+    let inbox = format!("{}:inbox:{{9:6}}", scope.name);
     crate::assert_eventually!(
-        redis::AsyncCommands::llen::<_, usize>(&mut conn, &inbox).await.expect("llen") == 0,
-        "handed on, then removed ({left} left at first)"
+        redis::AsyncCommands::hlen::<_, usize>(&mut conn, &inbox).await.expect("hlen") == 0,
+        "acknowledged, then removed"
     );
 }
 
@@ -169,6 +171,7 @@ async fn a_push_unacknowledged_on_a_draining_node_reaches_the_user_on_another_no
     let scope = Scope::new("drain-handover");
     let long_retry = |c: &mut wsgw::config::Config| {
         c.downstream.retry_interval = Duration::from_secs(60);
+        c.shutdown.ack_wait = Duration::from_millis(500);
     };
     let mut a = scope.node("a").config(long_retry).spawn().await;
     let b = scope.node("b").config(long_retry).spawn().await;
@@ -253,4 +256,114 @@ async fn a_full_inbox_drops_its_oldest_pushes_and_counts_them() {
     let mut nine = a.connect(9, 9).await;
     let m = nine.recv_msg_within(JSON, Duration::from_secs(10)).await.expect("kept");
     assert!(is_push(&m, "large", &large), "only the newest fits: {m:?}");
+}
+
+async fn redis_conn(scope: &Scope) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(scope.redis.as_str())
+        .expect("redis")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
+#[tokio::test]
+async fn a_push_never_acked_on_one_node_reaches_the_user_on_another_and_one_ack_clears_it() {
+    let scope = Scope::new("inbox-anywhere");
+    let long_retry = |c: &mut wsgw::config::Config| {
+        c.downstream.retry_interval = Duration::from_secs(60);
+    };
+    let a = scope.node("a").config(long_retry).spawn().await;
+    let b = scope.node("b").config(long_retry).spawn().await;
+    let mut on_a = a.connect(5, 9).await;
+    await_sessions(&b, 5, 9, 1).await;
+    for key in ["first", "second"] {
+        assert_eq!(b.push(5, 9, key, key.as_bytes()).await.expect("delivered"), 1);
+        assert!(is_push(&on_a.recv_msg(JSON).await, key, key.as_bytes()));
+    }
+    drop(on_a); // gone without an ACK, while a is still up
+    await_sessions(&b, 5, 9, 0).await;
+
+    let mut on_b = b.connect(5, 9).await;
+    for key in ["first", "second"] {
+        let m = on_b.recv_msg_within(JSON, Duration::from_secs(10)).await.expect("redelivered");
+        assert!(is_push(&m, key, key.as_bytes()), "in order of acceptance: {m:?}");
+    }
+    on_b.ack("first", JSON).await;
+    on_b.ack("second", JSON).await;
+    let mut conn = redis_conn(&scope).await;
+    let inbox = format!("{}:inbox:{{9:5}}", scope.name);
+    crate::assert_eventually!(
+        redis::AsyncCommands::hlen::<_, usize>(&mut conn, &inbox).await.expect("hlen") == 0,
+        "the acks on b clear the inbox"
+    );
+    drop(on_b);
+    await_sessions(&a, 5, 9, 0).await;
+    let mut again = a.connect(5, 9).await;
+    let nothing = again.recv_msg_within(JSON, Duration::from_millis(500)).await;
+    assert!(nothing.is_none(), "acknowledged pushes are not delivered again: {nothing:?}");
+}
+
+#[tokio::test]
+async fn a_push_unacknowledged_on_a_node_killed_with_sigkill_reaches_the_user_on_another() {
+    let scope = Scope::new("sigkill");
+    let long_retry = |c: &mut wsgw::config::Config| {
+        c.downstream.retry_interval = Duration::from_secs(60);
+    };
+    let mut a = scope.node("a").config(long_retry).spawn_process().await;
+    let b = scope.node("b").config(long_retry).spawn().await;
+    let mut on_a = a.connect(4, 9).await;
+    await_sessions(&b, 4, 9, 1).await;
+    assert_eq!(b.push(4, 9, "unacked", b"survives").await.expect("delivered"), 1);
+    assert!(is_push(&on_a.recv_msg(JSON).await, "unacked", b"survives"));
+
+    a.kill9().await; // no drain, no hand-over: only the inbox knows
+    drop(on_a);
+    let mut on_b = b.connect(4, 9).await;
+    let m = on_b.recv_msg_within(JSON, Duration::from_secs(10)).await;
+    let m = m.unwrap_or_else(|| panic!("not redelivered; a logged:\n{}", a.log()));
+    assert!(is_push(&m, "unacked", b"survives"), "{m:?}");
+}
+
+#[tokio::test]
+async fn an_inbox_keeps_one_entry_per_key_and_forgets_expired_and_acknowledged_pushes() {
+    let scope = Scope::new("inbox-life");
+    let a = scope
+        .node("a")
+        .config(|c| c.cluster.redis.inbox_ttl = Duration::from_secs(1))
+        .spawn()
+        .await;
+    assert_eq!(a.push(3, 9, "old", b"stale").await.expect("stored"), 0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..2 {
+        assert_eq!(a.push(3, 9, "new", b"fresh").await.expect("stored"), 0);
+    }
+    let expired =
+        "websocket_gateway_cluster_events_total{event=\"inbox_expired\",service=\"redis\"}";
+    assert_eq!(a.metric(expired).await, 1.0, "the old one expired");
+    let mut conn = redis_conn(&scope).await;
+    let key = |k: &str| format!("{}:{k}:{{9:3}}", scope.name);
+    let (len, size): (usize, usize) = redis::pipe()
+        .hlen(key("inbox"))
+        .cmd("HSTRLEN")
+        .arg(key("inbox"))
+        .arg("new")
+        .query_async(&mut conn)
+        .await
+        .expect("read");
+    let bytes: usize =
+        redis::AsyncCommands::hget(&mut conn, key("inbox-meta"), "bytes").await.expect("bytes");
+    assert_eq!((len, bytes), (1, size), "one entry per key, and its size is what is counted");
+
+    let mut client = a.connect(3, 9).await;
+    let m = client.recv_msg_within(JSON, Duration::from_secs(10)).await.expect("delivered");
+    assert!(is_push(&m, "new", b"fresh"), "{m:?}");
+    assert!(client.recv_msg_within(JSON, Duration::from_millis(300)).await.is_none(), "once");
+    client.ack("new", JSON).await;
+    crate::assert_eventually!(
+        redis::AsyncCommands::hget::<_, _, usize>(&mut conn, key("inbox-meta"), "bytes")
+            .await
+            .expect("bytes")
+            == 0,
+        "acknowledged: gone, and its bytes with it"
+    );
 }

@@ -204,3 +204,36 @@ async fn a_kafka_push_that_cannot_be_routed_is_kept_and_stops_holding_back_the_r
     let m = again.recv_msg_within(JSON, Duration::from_secs(10)).await.expect("from the inbox");
     assert!(is_push(&m, "stuck", b"later"), "{m:?}");
 }
+
+/// The consuming node dies (SIGKILL) mid-stream: whatever it had read but not yet recorded is
+/// read again by the node that takes over its partitions, so every push arrives (some twice).
+#[tokio::test]
+async fn kill_9_of_the_kafka_consuming_node_mid_stream_loses_no_push() {
+    let scope = Scope::new("kafka-kill9");
+    scope.create_topics().await;
+    let holder = scope.node("b").config(|c| c.cluster.kafka.push_topic.clear()).spawn().await;
+    let mut client = holder.connect(7, 9).await;
+    let mut consumer = scope.node("a").spawn_process().await;
+    await_sessions(&holder, 7, 9, 1).await;
+    let producer = cluster::producer(&scope.kafka);
+    let topic = scope.push_topic();
+    let batch = |from: usize| {
+        let (p, topic) = (producer.clone(), topic.clone());
+        async move {
+            let sends = (from..from + 100).map(|i| {
+                let (p, topic) = (p.clone(), topic.clone());
+                async move { cluster::produce_push(&p, &topic, &format!("k-{i}"), 9, 7, b"x").await }
+            });
+            futures_util::future::join_all(sends).await;
+        }
+    };
+
+    batch(0).await;
+    let mut seen = HashSet::new();
+    collect(&mut client, &mut seen, 30).await;
+    consumer.kill9().await;
+    batch(100).await;
+    let _successor = scope.node("c").spawn().await;
+    collect(&mut client, &mut seen, 200).await;
+    assert!((0..200).all(|i| seen.contains(&format!("k-{i}"))), "no push lost");
+}

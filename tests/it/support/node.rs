@@ -16,12 +16,26 @@ use super::Client;
 pub const SECRET: &str = "integration-test-secret";
 
 pub struct TestNode {
-    pub ws_addr: SocketAddr,
-    pub governor_addr: SocketAddr,
-    pub grpc_addr: SocketAddr,
+    pub at: Endpoints,
     pub handle: NodeHandle,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+}
+
+/// Where a node listens (in this process or another), and what a test does through it.
+#[derive(Clone, Copy)]
+pub struct Endpoints {
+    pub ws_addr: SocketAddr,
+    pub governor_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+}
+
+impl std::ops::Deref for TestNode {
+    type Target = Endpoints;
+
+    fn deref(&self) -> &Endpoints {
+        &self.at
+    }
 }
 
 pub struct Builder {
@@ -35,6 +49,10 @@ impl Builder {
         self
     }
 
+    pub fn into_config(self) -> Config {
+        self.config
+    }
+
     pub async fn spawn(self) -> TestNode {
         let node = Node::bind(self.config).await.expect("node binds");
         let (ws_addr, governor_addr, handle) =
@@ -44,7 +62,63 @@ impl Builder {
         let task = tokio::spawn(node.run(async {
             let _ = stopped.await;
         }));
-        TestNode { ws_addr, governor_addr, grpc_addr, handle, stop: Some(stop), task: Some(task) }
+        let at = Endpoints { ws_addr, governor_addr, grpc_addr };
+        TestNode { at, handle, stop: Some(stop), task: Some(task) }
+    }
+}
+
+impl Endpoints {
+    /// A `PushService` client for this node.
+    pub async fn push_client(&self) -> PushServiceClient<tonic::transport::Channel> {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc_addr))
+                .expect("endpoint");
+        PushServiceClient::new(endpoint.connect().await.expect("grpc connect"))
+    }
+
+    /// Pushes `body` to (user, biz) with `key`: Ok(connections) or the gRPC status.
+    pub async fn push(
+        &self,
+        user: i64,
+        biz: i64,
+        key: &str,
+        body: &[u8],
+    ) -> Result<i32, tonic::Status> {
+        let msg = PushMessage {
+            key: key.into(),
+            biz_id: biz,
+            receiver_id: user,
+            body: body.to_vec().into(),
+        };
+        let mut client = self.push_client().await;
+        client.push(PushRequest { msg: Some(msg) }).await.map(|r| r.into_inner().connections)
+    }
+
+    pub fn url(&self, query: &str) -> String {
+        format!("ws://{}/{query}", self.ws_addr)
+    }
+
+    /// Connects an authenticated client.
+    pub async fn connect(&self, user: i64, biz: i64) -> Client {
+        Client::connect(&self.url(&format!("?token={}", TestNode::token(user, biz))))
+            .await
+            .expect("connect")
+    }
+
+    /// GET on the governor: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let resp = reqwest::get(format!("http://{}{path}", self.governor_addr)).await.expect("GET");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("body"))
+    }
+
+    /// The value of one metric series in `/metrics` (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|v| v.trim().parse().expect("number"))
+            .unwrap_or(0.0)
     }
 }
 
@@ -78,64 +152,11 @@ impl TestNode {
         })
     }
 
-    /// A `PushService` client for this node.
-    pub async fn push_client(&self) -> PushServiceClient<tonic::transport::Channel> {
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc_addr))
-                .expect("endpoint");
-        PushServiceClient::new(endpoint.connect().await.expect("grpc connect"))
-    }
-
-    /// Pushes `body` to (user, biz) with `key`: Ok(connections) or the gRPC status.
-    pub async fn push(
-        &self,
-        user: i64,
-        biz: i64,
-        key: &str,
-        body: &[u8],
-    ) -> Result<i32, tonic::Status> {
-        let msg = PushMessage {
-            key: key.into(),
-            biz_id: biz,
-            receiver_id: user,
-            body: body.to_vec().into(),
-        };
-        let mut client = self.push_client().await;
-        client.push(PushRequest { msg: Some(msg) }).await.map(|r| r.into_inner().connections)
-    }
-
     /// A valid token for (user, biz).
     pub fn token(user: i64, biz: i64) -> String {
         let spec =
             TokenSpec::hs256(Identity { biz_id: biz, user_id: user }, Duration::from_secs(3600));
         auth::mint(&spec, SECRET.as_bytes()).expect("mint")
-    }
-
-    pub fn url(&self, query: &str) -> String {
-        format!("ws://{}/{query}", self.ws_addr)
-    }
-
-    /// Connects an authenticated client.
-    pub async fn connect(&self, user: i64, biz: i64) -> Client {
-        Client::connect(&self.url(&format!("?token={}", Self::token(user, biz))))
-            .await
-            .expect("connect")
-    }
-
-    /// GET on the governor: (status, body).
-    pub async fn get(&self, path: &str) -> (u16, String) {
-        let resp = reqwest::get(format!("http://{}{path}", self.governor_addr)).await.expect("GET");
-        let status = resp.status().as_u16();
-        (status, resp.text().await.expect("body"))
-    }
-
-    /// The value of one metric series in `/metrics` (0 when absent).
-    pub async fn metric(&self, series: &str) -> f64 {
-        let (_, text) = self.get("/metrics").await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-            .map(|v| v.trim().parse().expect("number"))
-            .unwrap_or(0.0)
     }
 
     /// The node's task, without asking it to stop (it ends when drained by other means).

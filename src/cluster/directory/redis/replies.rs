@@ -382,7 +382,8 @@ mod tests {
         let (_keep, mut link) = links();
         let a = link(who(9, 1));
         let keys = Keys { prefix: "p:".into(), node: "n1".into() };
-        let batch = [Update::Up(a.clone(), true), Update::Down(a.clone(), true), acked(who(9, 1), "k")];
+        let batch =
+            [Update::Up(a.clone(), true), Update::Down(a.clone(), true), acked(who(9, 1), "k")];
         let pipe = build(&keys, &batch, 60_000);
         let cmds: Vec<Vec<u8>> = pipe.cmd_iter().map(|c| c.get_packed_command()).collect();
         assert_eq!(cmds.len(), 3);
@@ -395,6 +396,8 @@ mod tests {
         }
         assert!(text(&cmds[1]).contains(scripts::DISCONNECT.get_hash()));
         assert!(text(&cmds[1]).contains(&format!("n1|{}", a.id)), "the link's field");
-        assert!(text(&cmds[2]).contains(scripts::ACK.get_hash()) && text(&cmds[2]).ends_with("k\r\n"));
+        assert!(
+            text(&cmds[2]).contains(scripts::ACK.get_hash()) && text(&cmds[2]).ends_with("k\r\n")
+        );
     }
 }

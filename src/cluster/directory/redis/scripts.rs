@@ -17,7 +17,9 @@ use redis::Script;
 /// `expire(ttl)` removes pushes accepted more than `ttl` ms ago (returns how many), `record()`
 /// adds ARGV[R] (key) / ARGV[R+1] (JSON) unless that key is already there, drops the oldest
 /// beyond ARGV[R+2] pushes or ARGV[R+4] bytes (the newest always stays), expires pushes older
-/// than ARGV[R+3] ms and sets that TTL on the keys. `record()` returns `{dropped, expired}`;
+/// than ARGV[R+3] ms and sets twice that TTL on the keys: an entry past its TTL is found,
+/// counted and removed by the next script that touches the inbox; only the inbox of a user who
+/// gets nothing and never connects for two TTLs vanishes uncounted (Redis expires it). `record()` returns `{dropped, expired}`;
 /// `read()` returns `{expired, key, JSON, key, JSON, …}` oldest first.
 const INBOX: &str = r#"
 local function now_ms()
@@ -53,7 +55,7 @@ local function record()
       n, dropped = n - 1, dropped + 1
     end
   end
-  for i = 0, 2 do redis.call('PEXPIRE', KEYS[INBOX + i], ttl) end
+  for i = 0, 2 do redis.call('PEXPIRE', KEYS[INBOX + i], 2 * ttl) end
   return { dropped, expired }
 end
 local function read(ttl)
@@ -97,7 +99,9 @@ return out
 /// KEYS: inbox (3 keys). ARGV: push key, JSON, inbox max, inbox TTL ms, inbox max bytes.
 /// Records the push; returns `[dropped, expired]`.
 pub static STORE_SOURCE: LazyLock<String> = LazyLock::new(|| {
-    format!("local INBOX, R = 1, 1\n{INBOX}local k = record()\nreturn {{ tostring(k[1]), tostring(k[2]) }}")
+    format!(
+        "local INBOX, R = 1, 1\n{INBOX}local k = record()\nreturn {{ tostring(k[1]), tostring(k[2]) }}"
+    )
 });
 
 /// KEYS: inbox (3 keys). ARGV: push key. Removes it (acknowledged, or unreadable); returns
