@@ -14,7 +14,7 @@ use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
 use wsgw::{
     config,
-    loadtest::{self, BroadcastPlan, Plan, PushPlan, Report, Stats, Tokens},
+    loadtest::{self, BroadcastPlan, Plan, PushPlan, Report, Stats, Tokens, verify::VerifyPlan},
     protocol::Serializer,
 };
 
@@ -30,6 +30,10 @@ use wsgw::{
 ///   broadcast  --broadcasts messages to every connection of --biz through PushService
 ///              Broadcast; measures each delivery and the fan-out time (last recipient)
 ///   churn      opens and closes extra connections at --churn-rate per second
+///   verify     (alone) users that reconnect with back-off and follow REDIRECT; keyed pushes
+///              at --push-rate through every --push-addr in turn and, with --kafka-brokers,
+///              half through --kafka-topic; accounts for every key (accepted, delivered,
+///              duplicates, lost) and exits 1 when an accepted push never arrived (--settle)
 ///
 /// The run ramps up the connections, measures for --duration (or until every counted message
 /// is answered), and stops by itself. Latency is end to end: each key carries its send time.
@@ -82,9 +86,9 @@ pub struct Args {
     /// Body size of upstream, push and broadcast messages, in bytes.
     #[arg(long, default_value_t = 64)]
     body_size: usize,
-    /// push/broadcast: the node's gRPC address.
-    #[arg(long, default_value = "127.0.0.1:9004")]
-    push_addr: String,
+    /// push/broadcast: the node's gRPC address (verify: the nodes', comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:9004")]
+    push_addr: Vec<String>,
     /// push/broadcast: bearer token of the gRPC API.
     #[arg(long, env = "WSGW_SERVER__GRPC__TOKEN", hide_env_values = true)]
     push_token: Option<String>,
@@ -103,6 +107,15 @@ pub struct Args {
     /// churn: connect/close cycles per second.
     #[arg(long, default_value_t = 100.0)]
     churn_rate: f64,
+    /// verify: Kafka bootstrap servers; half of the pushes go through the push topic.
+    #[arg(long)]
+    kafka_brokers: Option<String>,
+    /// verify: the push topic.
+    #[arg(long, default_value = "push_message_event")]
+    kafka_topic: String,
+    /// verify: how long to wait after the last push for every accepted one to arrive.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    settle: Duration,
     /// Report this server process's RSS (idle memory per connection).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -118,6 +131,7 @@ enum Scenario {
     Push,
     Broadcast,
     Churn,
+    Verify,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -138,6 +152,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    if args.scenarios.contains(&Scenario::Verify) {
+        return verify(&args, plan, &runtime);
+    }
     let stats = Arc::new(Stats::new());
     let progress = progress_bar();
     let report = runtime.block_on(async {
@@ -154,6 +171,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(exit_code(&report))
+}
+
+/// The verifying run: a JSON report on stdout (and in --json), exit 1 when a push was lost.
+fn verify(args: &Args, plan: Plan, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
+    if args.scenarios.len() > 1 {
+        bail!("--scenario verify runs alone");
+    }
+    let v = VerifyPlan {
+        push_addrs: args.push_addr.clone(),
+        token: args.push_token.clone(),
+        rate: args.push_rate,
+        kafka: args.kafka_brokers.clone(),
+        topic: args.kafka_topic.clone(),
+        settle: args.settle,
+    };
+    let report = runtime.block_on(loadtest::verify::run(plan, v))?;
+    let text = serde_json::to_string_pretty(&report).context("cannot encode the report")?;
+    println!("{text}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(exit::yes_or_no(report.lost == 0))
 }
 
 fn exit_code(report: &Report) -> ExitCode {
@@ -206,13 +245,13 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         upstream_count: args.messages.filter(|_| has(Scenario::Upstream)),
         body_size: args.body_size,
         push: has(Scenario::Push).then(|| PushPlan {
-            addr: args.push_addr.clone(),
+            addr: args.push_addr.first().cloned().unwrap_or_default(),
             token: args.push_token.clone(),
             rate: api(args.push_rate).unwrap_or(1.0),
             count: args.pushes,
         }),
         broadcast: has(Scenario::Broadcast).then(|| BroadcastPlan {
-            addr: args.push_addr.clone(),
+            addr: args.push_addr.first().cloned().unwrap_or_default(),
             token: args.push_token.clone(),
             count: args.broadcasts,
             interval: args.broadcast_interval,

@@ -10,6 +10,7 @@
 mod client;
 mod drivers;
 mod stats;
+pub mod verify;
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 

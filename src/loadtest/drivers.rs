@@ -22,7 +22,7 @@ async fn push_client(addr: &str) -> Result<PushServiceClient<Channel>, String> {
     Ok(PushServiceClient::new(channel))
 }
 
-fn with_token<T>(msg: T, token: &Option<String>) -> Request<T> {
+pub(super) fn with_token<T>(msg: T, token: &Option<String>) -> Request<T> {
     let mut request = Request::new(msg);
     if let Some(value) = token.as_ref().and_then(|t| format!("Bearer {t}").parse().ok()) {
         request.metadata_mut().insert("authorization", value);

@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# The fault harness (docs/reliability.md): three wsgw nodes, Redis, etcd and a Kafka-protocol
+# broker on loopback, a steady stream of keyed pushes (half through PushService, half through
+# Kafka) to users spread over the nodes who acknowledge them, reconnect with back-off and follow
+# REDIRECT (`wsgw loadtest --scenario verify`), and one fault at a time:
+#
+#   none      a baseline run
+#   kill9     SIGKILL of a node holding users (and the Kafka partitions it consumed), restarted
+#   rolling   a rolling SIGTERM restart of every node
+#   redis     Redis killed (SIGKILL) and restarted (append-only file, fsync always)
+#   etcd      etcd killed and restarted
+#   kafka     the broker cut off (every connection dropped, new ones refused) for 6 s
+#   slow      node n2's path to Redis: 150 ms per chunk and 5% stalls of 1 s, for 8 s
+#
+# For each it prints pushes accepted, delivered, duplicates and lost (must be 0), refused and
+# uncertain calls, reconnects and redirects, the longest gap without an accepted push and how
+# long until every node was ready again. A lost push makes it exit 1.
+#
+#   scripts/chaos.sh [--short] [fault ...]     default: every fault, 40 s each; --short: 15 s
+#
+# Everything runs on 127.0.0.1, ports 19000-19199, state in target/chaos/; processes it starts
+# are stopped by PID on exit. Results: target/chaos/results.md (and .jsonl).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+seconds=40 users=300 rate=200
+faults=()
+for a in "$@"; do
+  case $a in
+    --short) seconds=15 users=100 rate=100 ;;
+    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+    *) faults+=("$a") ;;
+  esac
+done
+[ ${#faults[@]} -gt 0 ] || faults=(none kill9 rolling redis etcd kafka slow)
+state=$root/target/chaos
+rm -rf "$state" && mkdir -p "$state"
+scripts/services.sh tools
+bin=${CHAOS_BIN:-$root/target/debug/wsgw}
+[ -x "$bin" ] || cargo build --locked --bin wsgw
+tansu=$root/target/tools/bin/tansu
+secret=chaos-harness-secret-0123456789abcdef
+log() { printf 'chaos: %s\n' "$*" >&2; }
+
+# Ports: services, proxies, nodes (n1..n3: ws 19i2, governor 19i3, grpc 19i4).
+redis=19001 redis_slow=19011 etcd=19002 etcd_peer=19003 kafka=19004 kafka_proxy=19014
+pids=()
+declare -A pid_of
+cleanup() {
+  for p in "${pids[@]}" "${pid_of[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() {
+  for _ in $(seq 200); do port_open "$1" && return 0; sleep 0.05; done
+  log "port $1 did not open"; return 1
+}
+
+start_redis() {
+  redis-server --bind 127.0.0.1 --port $redis --dir "$state" --save '' \
+    --appendonly yes --appendfsync always >>"$state/redis.log" 2>&1 &
+  pid_of[redis]=$!
+  wait_port $redis
+}
+start_etcd() {
+  etcd --name chaos --data-dir "$state/etcd" \
+    --listen-client-urls http://127.0.0.1:$etcd --advertise-client-urls http://127.0.0.1:$etcd \
+    --listen-peer-urls http://127.0.0.1:$etcd_peer \
+    --initial-advertise-peer-urls http://127.0.0.1:$etcd_peer \
+    --initial-cluster chaos=http://127.0.0.1:$etcd_peer >>"$state/etcd.log" 2>&1 &
+  pid_of[etcd]=$!
+  wait_port $etcd
+}
+proxy() { # listen target state-file
+  python3 scripts/chaos/proxy.py "$1" "$2" "$3" >>"$state/proxy-$1.log" 2>&1 &
+  pids+=($!)
+  wait_port "$1"
+}
+
+node_config() { # n i
+  local n=$1 i=$2 redis_port=$redis
+  [ "$n" = n2 ] && redis_port=$redis_slow
+  cat <<EOF
+node: { id: $n }
+server:
+  websocket: { listen: "127.0.0.1:19${i}2" }
+  governor: { listen: "127.0.0.1:19${i}3" }
+  grpc: { listen: "127.0.0.1:19${i}4" }
+auth: { jwt: { secret: "$secret" } }
+downstream: { retry_interval: 2s, max_retries: 5 }
+shutdown: { drain_timeout: 10s, ack_wait: 2s }
+log: { format: json }
+cluster:
+  redis: { url: "redis://127.0.0.1:$redis_port", prefix: "chaos:", session_ttl: 6s, inbox_max: 1000 }
+  etcd: { endpoints: ["127.0.0.1:$etcd"], prefix: "/chaos", lease_ttl: 5s }
+  kafka:
+    brokers: "127.0.0.1:$kafka_proxy"
+    group_id: chaos
+    push_topic: chaos-push
+    presence_topic: ""
+    start_from: earliest
+    route_timeout: 10s
+EOF
+}
+start_node() { # n
+  local i=${1#n}
+  node_config "$1" "$i" >"$state/$1.yaml"
+  "$bin" serve --config "$state/$1.yaml" >>"$state/$1.log" 2>&1 &
+  pid_of[$1]=$!
+}
+ready() { curl -sf "http://127.0.0.1:19${1#n}3/ready" >/dev/null 2>&1; }
+wait_ready() { # seconds nodes...
+  local limit=$1; shift
+  for _ in $(seq $((limit * 10))); do
+    local all=1
+    for n in "$@"; do ready "$n" || all=0; done
+    [ $all = 1 ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+stop_node() { # n signal
+  local p=${pid_of[$1]}
+  kill "-$2" "$p" 2>/dev/null || true
+  for _ in $(seq 200); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+}
+
+log "starting Redis, etcd, the broker (behind a proxy) and three nodes"
+start_redis
+start_etcd
+proxy $redis_slow $redis "$state/redis-path"
+"$tansu" broker --listener-url tcp://127.0.0.1:$kafka \
+  --advertised-listener-url tcp://127.0.0.1:$kafka_proxy --storage-engine memory://tansu/ \
+  >>"$state/kafka.log" 2>&1 &
+pids+=($!)
+wait_port $kafka
+proxy $kafka_proxy $kafka "$state/kafka-path"
+"$tansu" topic create chaos-push --broker tcp://127.0.0.1:$kafka --partitions 3 >/dev/null
+for n in n1 n2 n3; do start_node $n; done
+wait_ready 60 n1 n2 n3 || { log "nodes did not become ready"; tail -n 5 "$state"/n*.log; exit 1; }
+
+inject() { # fault; prints nothing; sets fault_end
+  case $1 in
+    none) ;;
+    kill9) stop_node n1 KILL; sleep 2; start_node n1 ;;
+    rolling) for n in n1 n2 n3; do stop_node $n TERM; start_node $n; wait_ready 30 $n || true; done ;;
+    redis) stop_node redis KILL; sleep 3; start_redis ;;
+    etcd) stop_node etcd KILL; sleep 3; start_etcd ;;
+    kafka) echo cut >"$state/kafka-path"; sleep 6; echo open >"$state/kafka-path" ;;
+    slow) echo "slow 150 0.05" >"$state/redis-path"; sleep 8; echo open >"$state/redis-path" ;;
+    *) log "unknown fault $1"; exit 2 ;;
+  esac
+}
+
+urls=() push_addrs=()
+for i in 1 2 3; do urls+=(--url "ws://127.0.0.1:19${i}2/"); push_addrs+=("127.0.0.1:19${i}4"); done
+addrs=$(IFS=,; echo "${push_addrs[*]}")
+: >"$state/results.jsonl"
+failed=0
+for fault in "${faults[@]}"; do
+  log "fault: $fault (${seconds}s of pushes at ${rate}/s to $users users)"
+  "$bin" loadtest --scenario verify "${urls[@]}" -n $users --ramp 500 --secret "$secret" \
+    --biz 9 --first-user $((RANDOM * 1000)) --push-addr "$addrs" --push-rate $rate \
+    --kafka-brokers 127.0.0.1:$kafka_proxy --kafka-topic chaos-push \
+    --duration "${seconds}s" --settle 60s --json "$state/$fault.json" \
+    >"$state/$fault.out" 2>"$state/$fault.err" &
+  driver=$!
+  sleep $((seconds / 3))
+  began=$(date +%s.%N)
+  inject "$fault"
+  injected=$(date +%s.%N)
+  ready_after=-1
+  if wait_ready 60 n1 n2 n3; then ready_after=$(python3 -c "import sys; print(float(sys.argv[1]) - float(sys.argv[2]))" "$(date +%s.%N)" "$injected"); fi
+  status=0
+  wait $driver || status=$?
+  [ -s "$state/$fault.json" ] || { log "the driver failed:"; tail -n 5 "$state/$fault.err"; exit 1; }
+  python3 - "$fault" "$state/$fault.json" "$began" "$injected" "$ready_after" "$status" \
+    >>"$state/results.jsonl" <<'EOF'
+import json, sys
+fault, path, began, injected, ready, status = sys.argv[1:]
+r = json.load(open(path))
+r.update(fault=fault, fault_secs=round(float(injected) - float(began), 1),
+         ready_after_secs=round(float(ready), 1), exit=int(status))
+print(json.dumps(r))
+EOF
+  [ "$status" = 0 ] || { failed=1; log "fault $fault: pushes lost (see $state/$fault.json)"; }
+done
+
+python3 - "$state/results.jsonl" >"$state/results.md" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print("| fault | accepted (gRPC + Kafka) | delivered | lost | duplicates | refused | uncertain "
+      "| connects | redirects | longest gap without an accepted push | fault lasted "
+      "| all nodes ready again after |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for r in rows:
+    acc = r["accepted_grpc"] + r["accepted_kafka"]
+    ready = f'{r["ready_after_secs"]} s' if r["ready_after_secs"] >= 0 else "no"
+    print(f'| {r["fault"]} | {acc} ({r["accepted_grpc"]} + {r["accepted_kafka"]}) '
+          f'| {r["delivered"]} | **{r["lost"]}** | {r["duplicates"]} | {r["refused"]} '
+          f'| {r["uncertain"]} | {r["connects"]} | {r["redirects"]} | {r["max_gap_ms"]} ms '
+          f'| {r["fault_secs"]} s | {ready} |')
+EOF
+cat "$state/results.md"
+exit $failed

@@ -1,0 +1,339 @@
+//! The verifying mode of `wsgw loadtest` (scenario `verify`), which the fault harness
+//! (`scripts/chaos.sh`) runs while it injects faults.
+//!
+//! Clients behave like a well-written app: each simulated user reconnects with jittered
+//! exponential back-off (100 ms to 2 s) to the next node when its connection ends, follows a
+//! REDIRECT to the first node it lists, and acknowledges every push. Meanwhile keyed pushes go to
+//! the users at a steady rate, alternately through `PushService.Push` (trying the next node when
+//! one fails) and, with Kafka brokers given, through the push topic. Every key is accounted for:
+//! *accepted* (the gRPC call answered OK, or the broker acknowledged the record), *refused*
+//! (every node answered an error: never accepted, so never owed), *uncertain* (a call timed out:
+//! it may or may not have been accepted), and on the clients' side delivered and duplicates.
+//! Lost = accepted and never delivered within the settle time; any loss fails the run.
+//!
+//! Owns: nothing of the gateway; it uses only the public WebSocket, gRPC and Kafka contracts.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+use tokio::{net::TcpStream, sync::Semaphore, time::Instant};
+use tokio_tungstenite::{WebSocketStream, tungstenite::Message as WsMessage};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::Channel;
+
+use super::{LoadtestError, Plan, client, token_for};
+use crate::protocol::{
+    CommandType, Message,
+    pb::{NodeList, PushMessage, PushRequest, push_service_client::PushServiceClient},
+};
+
+/// The producing side of a verifying run.
+#[derive(Clone, Debug)]
+pub struct VerifyPlan {
+    /// gRPC addresses of the nodes (`host:port`), tried in turn.
+    pub push_addrs: Vec<String>,
+    pub token: Option<String>,
+    /// Pushes per second in total.
+    pub rate: f64,
+    /// Kafka bootstrap servers; half of the pushes go through the topic when set.
+    pub kafka: Option<String>,
+    pub topic: String,
+    /// How long to wait after the last push for every accepted one to arrive.
+    pub settle: Duration,
+}
+
+/// What a verifying run found. `lost` must be 0.
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub accepted_grpc: u64,
+    pub accepted_kafka: u64,
+    pub refused: u64,
+    pub uncertain: u64,
+    pub delivered: u64,
+    pub duplicates: u64,
+    pub lost: u64,
+    /// Up to ten lost keys.
+    pub lost_keys: Vec<String>,
+    pub connects: u64,
+    pub redirects: u64,
+    /// Longest time without an accepted push while pushing (how long producers were refused).
+    pub max_gap_ms: u64,
+    /// From the last push until every accepted push had arrived (or the settle time ran out).
+    pub settled_ms: u64,
+}
+
+/// Every key's fate.
+#[derive(Default)]
+struct Ledger {
+    accepted: Mutex<HashMap<String, bool>>,
+    seen: Mutex<HashMap<String, u32>>,
+    refused: AtomicU64,
+    uncertain: AtomicU64,
+    connects: AtomicU64,
+    redirects: AtomicU64,
+    gap: Mutex<(Option<Instant>, Duration)>,
+}
+
+impl Ledger {
+    fn accept(&self, key: String, kafka: bool) {
+        lock(&self.accepted).insert(key, kafka);
+        let mut gap = lock(&self.gap);
+        let now = Instant::now();
+        if let Some(last) = gap.0 {
+            gap.1 = gap.1.max(now - last);
+        }
+        gap.0 = Some(now);
+    }
+
+    fn lost(&self) -> Vec<String> {
+        let seen = lock(&self.seen);
+        lock(&self.accepted).keys().filter(|k| !seen.contains_key(*k)).cloned().collect()
+    }
+
+    fn report(&self, settled: Duration) -> VerifyReport {
+        let accepted = lock(&self.accepted);
+        let seen = lock(&self.seen);
+        let kafka = accepted.values().filter(|k| **k).count() as u64;
+        let mut lost_keys: Vec<String> =
+            accepted.keys().filter(|k| !seen.contains_key(*k)).cloned().collect();
+        lost_keys.sort();
+        let delivered = accepted.keys().filter(|k| seen.contains_key(*k)).count() as u64;
+        let duplicates =
+            accepted.keys().filter_map(|k| seen.get(k)).map(|n| u64::from(n - 1)).sum();
+        VerifyReport {
+            accepted_grpc: accepted.len() as u64 - kafka,
+            accepted_kafka: kafka,
+            refused: self.refused.load(Ordering::Relaxed),
+            uncertain: self.uncertain.load(Ordering::Relaxed),
+            delivered,
+            duplicates,
+            lost: lost_keys.len() as u64,
+            lost_keys: lost_keys.into_iter().take(10).collect(),
+            connects: self.connects.load(Ordering::Relaxed),
+            redirects: self.redirects.load(Ordering::Relaxed),
+            max_gap_ms: lock(&self.gap).1.as_millis() as u64,
+            settled_ms: settled.as_millis() as u64,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs the users and the pushes for `plan.duration`, then waits for the accepted pushes.
+pub async fn run(plan: Plan, v: VerifyPlan) -> Result<VerifyReport, LoadtestError> {
+    if plan.urls.is_empty() || v.push_addrs.is_empty() {
+        return Err(LoadtestError::NoUrl);
+    }
+    let (plan, v) = (Arc::new(plan), Arc::new(v));
+    let ledger = Arc::new(Ledger::default());
+    let stop = CancellationToken::new();
+    let users = TaskTracker::new();
+    for i in 0..plan.connections {
+        let token = token_for(&plan, plan.first_user + i as i64)?;
+        users.spawn(user(i, token, plan.clone(), ledger.clone(), stop.clone()));
+        tokio::time::sleep(Duration::from_secs_f64(1.0 / plan.ramp.max(1.0))).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ledger.connects.load(Ordering::Relaxed) < plan.connections as u64
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    push(&plan, &v, &ledger).await;
+    let pushed = Instant::now();
+    while !ledger.lost().is_empty() && pushed.elapsed() < v.settle {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let settled = pushed.elapsed();
+    stop.cancel();
+    users.close();
+    users.wait().await;
+    Ok(ledger.report(settled))
+}
+
+/// One simulated user, connected (again and again) until `stop`.
+async fn user(
+    index: usize,
+    token: String,
+    plan: Arc<Plan>,
+    ledger: Arc<Ledger>,
+    stop: CancellationToken,
+) {
+    let (mut next, mut backoff, mut redirect) = (index, Duration::from_millis(100), None);
+    while !stop.is_cancelled() {
+        let url = redirect.take().unwrap_or_else(|| {
+            next += 1;
+            plan.urls[next % plan.urls.len()].clone()
+        });
+        let target = client::Target { url, source: None, token: token.clone() };
+        let began = Instant::now();
+        let ws = tokio::select! {
+            ws = client::connect(&target) => ws,
+            _ = stop.cancelled() => return,
+        };
+        if let Ok(ws) = ws {
+            ledger.connects.fetch_add(1, Ordering::Relaxed);
+            redirect = session(ws, &plan, &ledger, &stop).await;
+            if began.elapsed() > Duration::from_secs(2) {
+                backoff = Duration::from_millis(100);
+            }
+        }
+        let pause = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Acknowledges and records pushes until the connection ends; returns where a REDIRECT said to
+/// go.
+async fn session(
+    mut ws: WebSocketStream<TcpStream>,
+    plan: &Plan,
+    ledger: &Ledger,
+    stop: &CancellationToken,
+) -> Option<String> {
+    let mut redirect = None;
+    loop {
+        let frame = tokio::select! {
+            frame = ws.next() => frame,
+            _ = stop.cancelled() => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                return None;
+            }
+        };
+        let bytes = match frame {
+            Some(Ok(WsMessage::Binary(b))) => b,
+            Some(Ok(WsMessage::Text(t))) => Bytes::from(t.as_str().to_owned()),
+            Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return redirect,
+            Some(Ok(_)) => continue,
+        };
+        let Ok(msg) = plan.serializer.decode::<Message>(&bytes) else { continue };
+        match CommandType::try_from(msg.cmd) {
+            Ok(CommandType::DownstreamMessage) => {
+                *lock(&ledger.seen).entry(msg.key.clone()).or_default() += 1;
+                let cmd = CommandType::DownstreamAck.into();
+                let ack = Message { cmd, key: msg.key, body: Bytes::new() };
+                let _ = ws.send(WsMessage::Binary(plan.serializer.encode(&ack))).await;
+            }
+            Ok(CommandType::Redirect) => {
+                ledger.redirects.fetch_add(1, Ordering::Relaxed);
+                let nodes = plan.serializer.decode::<NodeList>(&msg.body).ok();
+                redirect = nodes
+                    .and_then(|l| l.nodes.into_iter().next())
+                    .map(|n| format!("ws://{}:{}/", n.ip, n.port));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Pushes at `v.rate` for `plan.duration`, then waits for the calls in flight.
+async fn push(plan: &Arc<Plan>, v: &Arc<VerifyPlan>, ledger: &Arc<Ledger>) {
+    let clients: Vec<PushServiceClient<Channel>> = v
+        .push_addrs
+        .iter()
+        .filter_map(|a| tonic::transport::Endpoint::from_shared(format!("http://{a}")).ok())
+        .map(|e| PushServiceClient::new(e.connect_timeout(Duration::from_secs(1)).connect_lazy()))
+        .collect();
+    let producer: Option<FutureProducer> = v.kafka.as_ref().and_then(|brokers| {
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("message.timeout.ms", "60000")
+            .set("log_level", "3")
+            .create()
+            .ok()
+    });
+    let (clients, run) = (Arc::new(clients), rand::random::<u32>());
+    let gate = Arc::new(Semaphore::new(256));
+    let calls = TaskTracker::new();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut ticker = tokio::time::interval(Duration::from_millis(5));
+    while started.elapsed() < plan.duration {
+        ticker.tick().await;
+        let due = (started.elapsed().as_secs_f64() * v.rate) as u64;
+        while sent < due {
+            let Ok(permit) = gate.clone().acquire_owned().await else { break };
+            let msg = PushMessage {
+                key: format!("v{run:08x}-{sent}"),
+                biz_id: plan.biz_id,
+                receiver_id: plan.first_user + (sent % plan.connections.max(1) as u64) as i64,
+                body: Bytes::from(vec![b'x'; plan.body_size]),
+            };
+            let ledger = ledger.clone();
+            match (&producer, sent % 2) {
+                (Some(p), 1) => {
+                    let (p, topic) = (p.clone(), v.topic.clone());
+                    calls.spawn(async move {
+                        via_kafka(&p, &topic, msg, &ledger).await;
+                        drop(permit);
+                    });
+                }
+                _ => {
+                    let (clients, token, first) = (clients.clone(), v.token.clone(), sent as usize);
+                    calls.spawn(async move {
+                        via_grpc(&clients, first, token, msg, &ledger).await;
+                        drop(permit);
+                    });
+                }
+            }
+            sent += 1;
+        }
+    }
+    calls.close();
+    calls.wait().await;
+}
+
+/// One push through `PushService.Push`, trying each node once from `first`.
+async fn via_grpc(
+    clients: &[PushServiceClient<Channel>],
+    first: usize,
+    token: Option<String>,
+    msg: PushMessage,
+    ledger: &Ledger,
+) {
+    let mut timed_out = false;
+    for i in 0..clients.len() {
+        let mut client = clients[(first + i) % clients.len()].clone();
+        let request = super::drivers::with_token(PushRequest { msg: Some(msg.clone()) }, &token);
+        match tokio::time::timeout(Duration::from_secs(3), client.push(request)).await {
+            Ok(Ok(_)) => return ledger.accept(msg.key, false),
+            Ok(Err(_)) => {}
+            Err(_) => timed_out = true,
+        }
+    }
+    let outcome = if timed_out { &ledger.uncertain } else { &ledger.refused };
+    outcome.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One push through the push topic (the original gateway's JSON).
+async fn via_kafka(producer: &FutureProducer, topic: &str, msg: PushMessage, ledger: &Ledger) {
+    let json = serde_json::json!({
+        "key": msg.key, "biz_id": msg.biz_id, "receiver_id": msg.receiver_id,
+        "body": base64::engine::general_purpose::STANDARD.encode(&msg.body),
+    })
+    .to_string();
+    let record = FutureRecord::to(topic).key(&msg.key).payload(&json);
+    match producer.send(record, Duration::from_secs(60)).await {
+        Ok(_) => ledger.accept(msg.key, true),
+        Err(_) => {
+            ledger.uncertain.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
