@@ -84,9 +84,9 @@ node_config() { # n i
   cat <<EOF
 node: { id: $n }
 server:
-  websocket: { listen: "127.0.0.1:19${i}2" }
-  governor: { listen: "127.0.0.1:19${i}3" }
-  grpc: { listen: "127.0.0.1:19${i}4" }
+  websocket: { listen: "127.0.0.1:191${i}2" }
+  governor: { listen: "127.0.0.1:191${i}3" }
+  grpc: { listen: "127.0.0.1:191${i}4" }
 auth: { jwt: { secret: "$secret" } }
 downstream: { retry_interval: 2s, max_retries: 5 }
 shutdown: { drain_timeout: 10s, ack_wait: 2s }
@@ -109,7 +109,7 @@ start_node() { # n
   "$bin" serve --config "$state/$1.yaml" >>"$state/$1.log" 2>&1 &
   pid_of[$1]=$!
 }
-ready() { curl -sf "http://127.0.0.1:19${1#n}3/ready" >/dev/null 2>&1; }
+ready() { curl -sf "http://127.0.0.1:191${1#n}3/ready" >/dev/null 2>&1; }
 wait_ready() { # seconds nodes...
   local limit=$1; shift
   for _ in $(seq $((limit * 10))); do
@@ -156,13 +156,13 @@ inject() { # fault; prints nothing; sets fault_end
 }
 
 urls=() push_addrs=()
-for i in 1 2 3; do urls+=(--url "ws://127.0.0.1:19${i}2/"); push_addrs+=("127.0.0.1:19${i}4"); done
+for i in 1 2 3; do urls+=(--url "ws://127.0.0.1:191${i}2/"); push_addrs+=("127.0.0.1:191${i}4"); done
 addrs=$(IFS=,; echo "${push_addrs[*]}")
 : >"$state/results.jsonl"
 failed=0
 for fault in "${faults[@]}"; do
   log "fault: $fault (${seconds}s of pushes at ${rate}/s to $users users)"
-  "$bin" loadtest --scenario verify "${urls[@]}" -n $users --ramp 500 --secret "$secret" \
+  timeout $((seconds + 150)) "$bin" loadtest --scenario verify "${urls[@]}" -n $users --ramp 500 --secret "$secret" \
     --biz 9 --first-user $((RANDOM * 1000)) --push-addr "$addrs" --push-rate $rate \
     --kafka-brokers 127.0.0.1:$kafka_proxy --kafka-topic chaos-push \
     --duration "${seconds}s" --settle 60s --json "$state/$fault.json" \
@@ -193,7 +193,7 @@ python3 - "$state/results.jsonl" >"$state/results.md" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 print("| fault | accepted (gRPC + Kafka) | delivered | lost | duplicates | refused | uncertain "
-      "| connects | redirects | longest gap without an accepted push | fault lasted "
+      "| connects | redirects | longest gap without an accepted push (gRPC / Kafka) | fault lasted "
       "| all nodes ready again after |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
@@ -201,7 +201,8 @@ for r in rows:
     ready = f'{r["ready_after_secs"]} s' if r["ready_after_secs"] >= 0 else "no"
     print(f'| {r["fault"]} | {acc} ({r["accepted_grpc"]} + {r["accepted_kafka"]}) '
           f'| {r["delivered"]} | **{r["lost"]}** | {r["duplicates"]} | {r["refused"]} '
-          f'| {r["uncertain"]} | {r["connects"]} | {r["redirects"]} | {r["max_gap_ms"]} ms '
+          f'| {r["uncertain"]} | {r["connects"]} | {r["redirects"]} '
+          f'| {r["max_gap_grpc_ms"]} / {r["max_gap_kafka_ms"]} ms '
           f'| {r["fault_secs"]} s | {ready} |')
 EOF
 cat "$state/results.md"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README; also run by .ci/run): formatting, lints, every unit and
-# integration test (against real Redis, etcd and a Kafka-protocol broker, started here), and the
-# Autobahn WebSocket conformance suite. Installs what it needs.
+# integration test (against real Redis, etcd and a Kafka-protocol broker, started here), the
+# Autobahn WebSocket conformance suite and the fault harness in its short mode. Installs what it
+# needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,5 +32,8 @@ fi
 step "websocket conformance (Autobahn)"
 cargo build --locked --bin wsgw
 scripts/autobahn.sh target/debug/wsgw
+
+step "fault harness, short mode (docs/reliability.md): no accepted push may be lost"
+CHAOS_BIN=target/debug/wsgw scripts/chaos.sh --short
 
 step "all passed"

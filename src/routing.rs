@@ -47,8 +47,9 @@ enum Settled {
     Delivered(usize),
     /// Nobody took it and a node was overloaded: the caller should retry later.
     Overloaded(usize),
-    /// The entry was stale or a node failed: keep the push for the user's next connection.
-    Store { connections: usize },
+    /// The entry was stale (`failed` false: the user is not where the directory said), or a
+    /// node that holds the user could not take it (`failed`).
+    Store { connections: usize, failed: bool },
 }
 
 /// Adds up the per-node delivery results of one push. Order-independent.
@@ -64,7 +65,7 @@ fn settle(results: impl IntoIterator<Item = Result<usize, RouteError>>) -> Settl
     match overloaded {
         Some(n) if connections == 0 => Settled::Overloaded(n),
         _ if connections > 0 && !failed && overloaded.is_none() => Settled::Delivered(connections),
-        _ => Settled::Store { connections },
+        _ => Settled::Store { connections, failed: failed || overloaded.is_some() },
     }
 }
 
@@ -74,11 +75,16 @@ fn outcome(settled: Settled, durable: bool, msg: &PushMessage) -> Result<Routed,
     match settled {
         Settled::Delivered(connections) => Ok(Routed { connections, stored: false }),
         Settled::Overloaded(n) => Err(PushError::Overloaded(n).into()),
-        Settled::Store { connections } if durable => Ok(Routed { connections, stored: true }),
-        Settled::Store { connections: 0 } => {
+        // Recorded, but a connection of the user did not get it and would not before they
+        // reconnect: the producer tries again (a repeat is delivered once per key).
+        Settled::Store { failed: true, .. } if durable => Err(RouteError::Unavailable(
+            "kept in the user's inbox, but a node holding the user could not take it now".into(),
+        )),
+        Settled::Store { connections, .. } if durable => Ok(Routed { connections, stored: true }),
+        Settled::Store { connections: 0, .. } => {
             Err(PushError::NotConnected { biz: msg.biz_id, user: msg.receiver_id }.into())
         }
-        Settled::Store { connections } => Ok(Routed { connections, stored: false }),
+        Settled::Store { connections, .. } => Ok(Routed { connections, stored: false }),
     }
 }
 
@@ -252,16 +258,24 @@ mod tests {
             (
                 "stale entry: the node no longer holds the user",
                 vec![Ok(0)],
-                Store { connections: 0 },
+                Store { connections: 0, failed: false },
             ),
             ("stale entry on one of two nodes", vec![Ok(0), Ok(2)], Delivered(2)),
-            ("a peer failed", vec![Ok(1), unavailable()], Store { connections: 1 }),
-            ("only peer failed", vec![unavailable()], Store { connections: 0 }),
+            ("a peer failed", vec![Ok(1), unavailable()], Store { connections: 1, failed: true }),
+            ("only peer failed", vec![unavailable()], Store { connections: 0, failed: true }),
             ("peer overloaded, nobody took it", vec![overloaded()], Overloaded(7)),
             ("overloaded and failed", vec![unavailable(), overloaded()], Overloaded(7)),
-            ("overloaded after a delivery", vec![Ok(1), overloaded()], Store { connections: 1 }),
-            ("overloaded before a delivery", vec![overloaded(), Ok(1)], Store { connections: 1 }),
-            ("no node at all", vec![], Store { connections: 0 }),
+            (
+                "overloaded after a delivery",
+                vec![Ok(1), overloaded()],
+                Store { connections: 1, failed: true },
+            ),
+            (
+                "overloaded before a delivery",
+                vec![overloaded(), Ok(1)],
+                Store { connections: 1, failed: true },
+            ),
+            ("no node at all", vec![], Store { connections: 0, failed: false }),
         ];
         for (what, results, want) in cases {
             assert_eq!(settle(results), want, "{what}");
@@ -269,23 +283,20 @@ mod tests {
     }
 
     #[test]
-    fn what_no_node_took_waits_in_the_inbox_or_was_not_delivered() {
+    fn what_no_node_took_waits_in_the_inbox_and_a_failed_node_means_retry() {
         let msg = push("k", 2, b"x");
+        let store = |connections, failed| Settled::Store { connections, failed };
+        let retry = "kept in the user's inbox, but a node holding the user could not take it now";
+        let retry = retry.to_owned();
         let cases = [
             (Settled::Delivered(2), true, Ok(Routed { connections: 2, stored: false })),
             (Settled::Overloaded(3), true, Err(PushError::Overloaded(3).into())),
-            (Settled::Store { connections: 1 }, true, Ok(Routed { connections: 1, stored: true })),
-            (Settled::Store { connections: 0 }, true, Ok(Routed { connections: 0, stored: true })),
-            (
-                Settled::Store { connections: 0 },
-                false,
-                Err(PushError::NotConnected { biz: 9, user: 2 }.into()),
-            ),
-            (
-                Settled::Store { connections: 1 },
-                false,
-                Ok(Routed { connections: 1, stored: false }),
-            ),
+            (store(1, false), true, Ok(Routed { connections: 1, stored: true })),
+            (store(0, false), true, Ok(Routed { connections: 0, stored: true })),
+            (store(1, true), true, Err(RouteError::Unavailable(retry.clone()))),
+            (store(0, true), true, Err(RouteError::Unavailable(retry.clone()))),
+            (store(0, false), false, Err(PushError::NotConnected { biz: 9, user: 2 }.into())),
+            (store(1, false), false, Ok(Routed { connections: 1, stored: false })),
         ];
         for (settled, durable, want) in cases {
             let what = format!("{settled:?}, durable {durable}");

@@ -109,6 +109,7 @@ impl<S: PushSink> PushConsumer<S> {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", &self.config.start_from)
             .set("session.timeout.ms", "10000")
+            .set("max.poll.interval.ms", "30000")
             .set("fetch.wait.max.ms", "50")
             .create()
         {

@@ -67,8 +67,10 @@ pub struct VerifyReport {
     pub lost_keys: Vec<String>,
     pub connects: u64,
     pub redirects: u64,
-    /// Longest time without an accepted push while pushing (how long producers were refused).
-    pub max_gap_ms: u64,
+    /// Longest time without an accepted push while pushing, per path (how long producers of
+    /// that path were refused or held up).
+    pub max_gap_grpc_ms: u64,
+    pub max_gap_kafka_ms: u64,
     /// From the last push until every accepted push had arrived (or the settle time ran out).
     pub settled_ms: u64,
 }
@@ -82,13 +84,15 @@ struct Ledger {
     uncertain: AtomicU64,
     connects: AtomicU64,
     redirects: AtomicU64,
-    gap: Mutex<(Option<Instant>, Duration)>,
+    /// Per path (gRPC, Kafka): the last acceptance and the longest gap between two.
+    gaps: Mutex<[(Option<Instant>, Duration); 2]>,
 }
 
 impl Ledger {
     fn accept(&self, key: String, kafka: bool) {
         lock(&self.accepted).insert(key, kafka);
-        let mut gap = lock(&self.gap);
+        let mut gaps = lock(&self.gaps);
+        let gap = &mut gaps[usize::from(kafka)];
         let now = Instant::now();
         if let Some(last) = gap.0 {
             gap.1 = gap.1.max(now - last);
@@ -111,6 +115,7 @@ impl Ledger {
         let delivered = accepted.keys().filter(|k| seen.contains_key(*k)).count() as u64;
         let duplicates =
             accepted.keys().filter_map(|k| seen.get(k)).map(|n| u64::from(n - 1)).sum();
+        let [grpc_gap, kafka_gap] = lock(&self.gaps).map(|(_, gap)| gap.as_millis() as u64);
         VerifyReport {
             accepted_grpc: accepted.len() as u64 - kafka,
             accepted_kafka: kafka,
@@ -122,7 +127,8 @@ impl Ledger {
             lost_keys: lost_keys.into_iter().take(10).collect(),
             connects: self.connects.load(Ordering::Relaxed),
             redirects: self.redirects.load(Ordering::Relaxed),
-            max_gap_ms: lock(&self.gap).1.as_millis() as u64,
+            max_gap_grpc_ms: grpc_gap,
+            max_gap_kafka_ms: kafka_gap,
             settled_ms: settled.as_millis() as u64,
         }
     }
@@ -260,7 +266,8 @@ async fn push(plan: &Arc<Plan>, v: &Arc<VerifyPlan>, ledger: &Arc<Ledger>) {
             .ok()
     });
     let (clients, run) = (Arc::new(clients), rand::random::<u32>());
-    let gate = Arc::new(Semaphore::new(256));
+    // One window per path, so that a stalled broker never holds up the gRPC pushes.
+    let gates = [Arc::new(Semaphore::new(256)), Arc::new(Semaphore::new(256))];
     let calls = TaskTracker::new();
     let started = Instant::now();
     let mut sent = 0u64;
@@ -269,7 +276,8 @@ async fn push(plan: &Arc<Plan>, v: &Arc<VerifyPlan>, ledger: &Arc<Ledger>) {
         ticker.tick().await;
         let due = (started.elapsed().as_secs_f64() * v.rate) as u64;
         while sent < due {
-            let Ok(permit) = gate.clone().acquire_owned().await else { break };
+            let kafka = producer.is_some() && sent % 2 == 1;
+            let Ok(permit) = gates[usize::from(kafka)].clone().acquire_owned().await else { break };
             let msg = PushMessage {
                 key: format!("v{run:08x}-{sent}"),
                 biz_id: plan.biz_id,
@@ -277,8 +285,8 @@ async fn push(plan: &Arc<Plan>, v: &Arc<VerifyPlan>, ledger: &Arc<Ledger>) {
                 body: Bytes::from(vec![b'x'; plan.body_size]),
             };
             let ledger = ledger.clone();
-            match (&producer, sent % 2) {
-                (Some(p), 1) => {
+            match (&producer, kafka) {
+                (Some(p), true) => {
                     let (p, topic) = (p.clone(), v.topic.clone());
                     calls.spawn(async move {
                         via_kafka(&p, &topic, msg, &ledger).await;
