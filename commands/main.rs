@@ -37,7 +37,7 @@ enum Command {
     Kick(kick::Args),
     Top(top::Args),
     AlertWebhook(alert_webhook::Args),
-    Loadtest(loadtest::Args),
+    Loadtest(Box<loadtest::Args>),
     Token(token::Args),
     #[command(hide = true)]
     GenerateDocs(generate::Args),
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         Command::Kick(args) => kick::run(args),
         Command::Top(args) => top::run(args),
         Command::AlertWebhook(args) => alert_webhook::run(args),
-        Command::Loadtest(args) => loadtest::run(args),
+        Command::Loadtest(args) => loadtest::run(*args),
         Command::Token(args) => token::run(args),
         Command::GenerateDocs(args) => generate::run(args, Cli::command()),
     };

@@ -194,7 +194,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__loadtest)
-            opts="-n -c -h -V --url --connections --ramp --secret --config --token-file --biz --first-user --source --serializer --scenario --duration --rate --messages --body-size --push-addr --push-token --push-rate --pushes --broadcasts --broadcast-interval --churn-rate --server-pid --json --log-format --help --version"
+            opts="-n -c -h -V --url --connections --ramp --secret --config --token-file --biz --first-user --source --serializer --scenario --duration --rate --messages --body-size --push-addr --push-token --push-rate --pushes --broadcasts --broadcast-interval --churn-rate --kafka-brokers --kafka-topic --settle --server-pid --json --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -249,7 +249,7 @@ _wsgw() {
                     return 0
                     ;;
                 --scenario)
-                    COMPREPLY=($(compgen -W "idle upstream push broadcast churn" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "idle upstream push broadcast churn verify" -- "${cur}"))
                     return 0
                     ;;
                 --duration)
@@ -293,6 +293,18 @@ _wsgw() {
                     return 0
                     ;;
                 --churn-rate)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kafka-brokers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kafka-topic)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --settle)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

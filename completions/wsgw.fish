@@ -120,18 +120,22 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l scenario -d 'Scen
 upstream\t''
 push\t''
 broadcast\t''
-churn\t''"
+churn\t''
+verify\t''"
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l duration -d 'How long to measure after the ramp-up (an upper bound when counts are given)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l rate -d 'upstream: messages per second per connection' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l messages -d 'upstream: messages per connection; the run ends when all are answered' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l body-size -d 'Body size of upstream, push and broadcast messages, in bytes' -r
-complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l push-addr -d 'push/broadcast: the node\'s gRPC address' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l push-addr -d 'push/broadcast: the node\'s gRPC address (verify: the nodes\', comma-separated)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l push-token -d 'push/broadcast: bearer token of the gRPC API' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l push-rate -d 'push: pushes per second in total' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l pushes -d 'push: pushes in total; the run ends when all are delivered or failed' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l broadcasts -d 'broadcast: how many broadcasts' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l broadcast-interval -d 'broadcast: pause between broadcasts (each first waits for its fan-out); 0 = back to back' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l churn-rate -d 'churn: connect/close cycles per second' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l kafka-brokers -d 'verify: Kafka bootstrap servers; half of the pushes go through the push topic' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l kafka-topic -d 'verify: the push topic' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l settle -d 'verify: how long to wait after the last push for every accepted one to arrive' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l server-pid -d 'Report this server process\'s RSS (idle memory per connection)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l json -d 'Also write the report as JSON to this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l log-format -d 'Log format (overrides `log.format`)' -r -f -a "human\t''
