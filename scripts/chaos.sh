@@ -146,7 +146,9 @@ inject() { # fault; prints nothing; sets fault_end
   case $1 in
     none) ;;
     kill9) stop_node n1 KILL; sleep 2; start_node n1 ;;
-    rolling) for n in n1 n2 n3; do stop_node $n TERM; start_node $n; wait_ready 30 $n || true; done ;;
+    # A deploy tool's rolling restart: the next node only after this one is ready and settled
+    # (its Kafka consumer back in the group; minReadySeconds in Kubernetes terms).
+    rolling) for n in n1 n2 n3; do stop_node $n TERM; start_node $n; wait_ready 30 $n || true; sleep 3; done ;;
     redis) stop_node redis KILL; sleep 3; start_redis ;;
     etcd) stop_node etcd KILL; sleep 3; start_etcd ;;
     kafka) echo cut >"$state/kafka-path"; sleep 6; echo open >"$state/kafka-path" ;;
