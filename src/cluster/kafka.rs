@@ -89,6 +89,9 @@ fn client_config(config: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// Longest one routing attempt of a Kafka push may take before it is retried.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Consumes the push topic and hands every push to a sink.
 pub struct PushConsumer<S> {
     config: KafkaConfig,
@@ -176,7 +179,13 @@ impl<S: PushSink> PushConsumer<S> {
             };
             let (started, mut backoff) = (tokio::time::Instant::now(), Duration::from_millis(100));
             loop {
-                match sink.push(msg.clone()).await {
+                // One attempt never waits longer than this: a hung dependency must not hold a
+                // slot of the in-flight window (and its partition's offsets) forever.
+                let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, sink.push(msg.clone()));
+                let routed = attempt.await.unwrap_or_else(|_| {
+                    Err(RouteError::Unavailable("routing did not finish in time".into()))
+                });
+                match routed {
                     Ok(r) => {
                         metrics.cluster_event(match r.stored {
                             true => ClusterEvent::PushStored,

@@ -93,9 +93,14 @@ async fn run(
         let (msgs, waiters): (Vec<PushMessage>, Vec<_>) = jobs.drain(..).unzip();
         let mut request = token.request(DeliverRequest { msgs });
         request.set_timeout(PEER_TIMEOUT);
+        // The deadline is enforced here too: `grpc-timeout` alone binds only the server, and a
+        // peer that stops answering must never hold this queue (and every caller) forever.
+        let call = tokio::time::timeout(PEER_TIMEOUT, client.deliver(request));
         let answer = tokio::select! {
             _ = stop.cancelled() => return,
-            answer = client.deliver(request) => answer,
+            answer = call => answer.unwrap_or_else(|_| {
+                Err(tonic::Status::deadline_exceeded("the peer did not answer in time"))
+            }),
         };
         match answer {
             Ok(r) => {
