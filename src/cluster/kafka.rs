@@ -4,7 +4,7 @@
 //! Pushes: every node consumes the topic as one consumer group, so each push is read once,
 //! by one node, and routed to the node(s) holding its receiver (never "every node reads
 //! everything"). Up to `concurrency` pushes are routed at once; offsets are stored per
-//! partition, in order, and only after the push was handed to its node(s) or stored in the inbox
+//! partition, in order, and only after the push was recorded in its user's inbox (cluster mode)
 //! (`Offsets`: a stuck record holds back its own partition's offsets, never the others'), then committed by
 //! librdkafka's auto-commit: at-least-once, with the push key for dedup. A push that cannot be
 //! routed (directory down and receiver not here, node overloaded) is retried with back-off and
