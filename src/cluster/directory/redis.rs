@@ -165,10 +165,14 @@ impl RedisDirectory {
         r.map_err(DirectoryError::from)
     }
 
+    /// Queues `update`; when the queue is full a lost connect or disconnect marks the directory
+    /// for a rebuild, while a lost ack only means one more delivery of that push.
     fn enqueue(&self, update: Update) {
-        if self.updates.try_send(update).is_err() {
+        if let Err(e) = self.updates.try_send(update) {
             self.metrics.cluster_event(ClusterEvent::UpdateDropped);
-            self.rebuild.store(true, Ordering::Relaxed);
+            if !matches!(e.into_inner(), Update::Acked(..)) {
+                self.rebuild.store(true, Ordering::Relaxed);
+            }
         }
     }
 
