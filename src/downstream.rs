@@ -312,7 +312,7 @@ impl Downstream {
             self.pending.iter().filter(|p| p.due <= now).map(|p| p.key().clone()).collect();
         let (interval, max_retries) = (self.config.retry_interval, self.config.max_retries);
         for track in due {
-            if self.durable && self.links.user_links(&track.0).is_empty() {
+            if self.durable && !self.links.holds(&track.0) {
                 // The user left this node: their inbox delivers it wherever they connect next.
                 if self.pending.remove(&track).is_some() {
                     self.metrics.push_event(PushEvent::HandedOver);

@@ -262,6 +262,11 @@ impl LinkRegistry {
         last
     }
 
+    /// Whether the user has a link on this node.
+    pub fn holds(&self, identity: &Identity) -> bool {
+        self.users.contains_key(identity)
+    }
+
     /// The user's links on this node.
     pub fn user_links(&self, identity: &Identity) -> Vec<Arc<Link>> {
         let Some(ids) = self.users.get(identity).map(|c| c.clone()) else {

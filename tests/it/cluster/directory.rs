@@ -169,12 +169,12 @@ async fn a_message_resent_to_another_node_reaches_the_backend_once_with_the_orig
 #[tokio::test]
 async fn a_push_unacknowledged_on_a_draining_node_reaches_the_user_on_another_node() {
     let scope = Scope::new("drain-handover");
-    let long_retry = |c: &mut wsgw::config::Config| {
-        c.downstream.retry_interval = Duration::from_secs(60);
+    let quick_drain = |c: &mut wsgw::config::Config| {
+        long_retry(c);
         c.shutdown.ack_wait = Duration::from_millis(500);
     };
-    let mut a = scope.node("a").config(long_retry).spawn().await;
-    let b = scope.node("b").config(long_retry).spawn().await;
+    let mut a = scope.node("a").config(quick_drain).spawn().await;
+    let b = scope.node("b").config(quick_drain).spawn().await;
     let mut on_a = a.connect(4, 9).await;
     await_sessions(&b, 4, 9, 1).await;
     assert_eq!(a.push(4, 9, "unacked", b"keep me").await.expect("delivered"), 1);
@@ -269,9 +269,6 @@ async fn redis_conn(scope: &Scope) -> redis::aio::MultiplexedConnection {
 #[tokio::test]
 async fn a_push_never_acked_on_one_node_reaches_the_user_on_another_and_one_ack_clears_it() {
     let scope = Scope::new("inbox-anywhere");
-    let long_retry = |c: &mut wsgw::config::Config| {
-        c.downstream.retry_interval = Duration::from_secs(60);
-    };
     let a = scope.node("a").config(long_retry).spawn().await;
     let b = scope.node("b").config(long_retry).spawn().await;
     let mut on_a = a.connect(5, 9).await;
@@ -306,9 +303,6 @@ async fn a_push_never_acked_on_one_node_reaches_the_user_on_another_and_one_ack_
 #[tokio::test]
 async fn a_push_unacknowledged_on_a_node_killed_with_sigkill_reaches_the_user_on_another() {
     let scope = Scope::new("sigkill");
-    let long_retry = |c: &mut wsgw::config::Config| {
-        c.downstream.retry_interval = Duration::from_secs(60);
-    };
     let mut a = scope.node("a").config(long_retry).spawn_process().await;
     let b = scope.node("b").config(long_retry).spawn().await;
     let mut on_a = a.connect(4, 9).await;
@@ -366,4 +360,9 @@ async fn an_inbox_keeps_one_entry_per_key_and_forgets_expired_and_acknowledged_p
             == 0,
         "acknowledged: gone, and its bytes with it"
     );
+}
+
+/// Retransmissions a minute apart: within a test, a push is delivered once per connection.
+fn long_retry(c: &mut wsgw::config::Config) {
+    c.downstream.retry_interval = Duration::from_secs(60);
 }
