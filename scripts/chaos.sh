@@ -19,7 +19,8 @@
 #   scripts/chaos.sh [--short] [fault ...]     default: every fault, 40 s each; --short: 15 s
 #
 # Everything runs on 127.0.0.1, ports 19000-19199, state in target/chaos/; processes it starts
-# are stopped by PID on exit. Results: target/chaos/results.md (and .jsonl).
+# are stopped by PID on exit. Results: target/chaos/results.md (and .jsonl). CHAOS_BIN picks the
+# wsgw binary; CHAOS_KAFKA_DEBUG=cgrp,fetch turns on librdkafka's debug log in the nodes' logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -101,6 +102,7 @@ cluster:
     presence_topic: ""
     start_from: earliest
     route_timeout: 10s
+    properties: { ${CHAOS_KAFKA_DEBUG:+debug: "$CHAOS_KAFKA_DEBUG", log_level: "7"} }
 EOF
 }
 start_node() { # n

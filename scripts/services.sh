@@ -9,7 +9,8 @@
 #   scripts/services.sh tools     only install (redis-server, etcd, protoc, tansu)
 #   scripts/services.sh protoc    only install protoc (building wsgw needs it: etcd-client)
 #
-# Ports: Redis 6379, etcd 2379 (peer 2380), Kafka 9092. State lives in target/services/.
+# Ports: Redis 6379, a 3-master Redis Cluster 7001-7003 (cluster bus 17001-17003), etcd 2379
+# (peer 2380), Kafka 9092. State lives in target/services/.
 # The tansu binary is linked at target/tools/bin/tansu (tests start private brokers with it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +69,24 @@ start_redis() {
   wait_for redis "redis-cli -p 6379 ping | grep -q PONG"
 }
 
+# A 3-master Redis Cluster (no replicas) on 7001-7003, for the directory's cluster tests.
+start_redis_cluster() {
+  if running redis-7001 || port_open 7001; then return; fi
+  local port
+  for port in 7001 7002 7003; do
+    rm -rf "$state/redis-$port" && mkdir -p "$state/redis-$port"
+    redis-server --bind 127.0.0.1 --port $port --dir "$state/redis-$port" --save '' \
+      --appendonly no --daemonize no --cluster-enabled yes \
+      --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+      >"$state/redis-$port.log" 2>&1 &
+    echo $! >"$state/redis-$port.pid"
+    wait_for "redis-$port" "redis-cli -p $port ping | grep -q PONG"
+  done
+  redis-cli --cluster create 127.0.0.1:7001 127.0.0.1:7002 127.0.0.1:7003 \
+    --cluster-replicas 0 --cluster-yes >"$state/redis-cluster.log" 2>&1
+  wait_for redis-cluster "redis-cli -p 7001 cluster info | grep -q cluster_state:ok"
+}
+
 start_etcd() {
   if running etcd || port_open 2379; then return; fi
   rm -rf "$state/etcd-data"
@@ -110,13 +129,14 @@ case ${1:-start} in
     apt_install
     tansu_install
     start_redis
+    start_redis_cluster
     start_etcd
     start_kafka
-    log "up: redis 127.0.0.1:6379, etcd 127.0.0.1:2379, kafka 127.0.0.1:9092"
+    log "up: redis 127.0.0.1:6379, redis cluster 127.0.0.1:7001-7003, etcd 127.0.0.1:2379, kafka 127.0.0.1:9092"
     ;;
-  stop) for s in kafka etcd redis; do stop_one "$s"; done ;;
+  stop) for s in kafka etcd redis redis-7001 redis-7002 redis-7003; do stop_one "$s"; done ;;
   status)
-    for s in redis:6379 etcd:2379 kafka:9092; do
+    for s in redis:6379 redis-cluster:7001 etcd:2379 kafka:9092; do
       if port_open "${s#*:}"; then echo "${s%:*} up"; else echo "${s%:*} down"; fi
     done
     ;;

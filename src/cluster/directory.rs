@@ -24,7 +24,7 @@ use crate::{
     telemetry::{ClusterEvent, Metrics},
 };
 
-pub use redis::{DirectorySettings, RedisDirectory};
+pub use redis::{DirectorySettings, Redis, RedisDirectory};
 
 /// A boxed future of a directory call (the trait is used as `dyn`).
 pub type DirectoryFuture<'a, T> =

@@ -89,6 +89,14 @@ fn client_config(config: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// The operator's own librdkafka properties (`cluster.kafka.properties`) over wsgw's.
+fn with_properties<'a>(c: &'a mut ClientConfig, config: &KafkaConfig) -> &'a mut ClientConfig {
+    for (k, v) in &config.properties {
+        c.set(k, v);
+    }
+    c
+}
+
 /// Longest one routing attempt of a Kafka push may take before it is retried.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -105,16 +113,19 @@ impl<S: PushSink> PushConsumer<S> {
     }
 
     pub async fn run(self, stop: CancellationToken) {
-        let consumer: StreamConsumer = match client_config(&self.config)
-            .set("group.id", &self.config.group_id)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", &self.config.start_from)
-            .set("session.timeout.ms", "10000")
-            .set("max.poll.interval.ms", "30000")
-            .set("fetch.wait.max.ms", "50")
-            .create()
+        let consumer: StreamConsumer = match with_properties(
+            client_config(&self.config)
+                .set("group.id", &self.config.group_id)
+                .set("enable.auto.commit", "true")
+                .set("auto.commit.interval.ms", "1000")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", &self.config.start_from)
+                .set("session.timeout.ms", "10000")
+                .set("max.poll.interval.ms", "30000")
+                .set("fetch.wait.max.ms", "50"),
+            &self.config,
+        )
+        .create()
         {
             Ok(c) => c,
             Err(e) => {
@@ -358,11 +369,14 @@ async fn produce<T: ToRecord>(
     stop: CancellationToken,
 ) {
     let counts = T::COUNTS;
-    let producer: FutureProducer = match client_config(&config)
-        .set("message.timeout.ms", "300000")
-        .set("queue.buffering.max.messages", config.presence_buffer.to_string())
-        .set("linger.ms", "5")
-        .create()
+    let producer: FutureProducer = match with_properties(
+        client_config(&config)
+            .set("message.timeout.ms", "300000")
+            .set("queue.buffering.max.messages", config.presence_buffer.to_string())
+            .set("linger.ms", "5"),
+        &config,
+    )
+    .create()
     {
         Ok(p) => p,
         Err(e) => return warn!(error = %e, topic, "cannot create a Kafka producer; not producing"),

@@ -2,7 +2,7 @@
 //! backend discovery) and Kafka (push ingestion, presence events). Each is off while its address
 //! is empty; a node with none of them is a complete single-node gateway.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,8 +25,11 @@ pub struct ClusterConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RedisConfig {
-    /// `redis://host:port/db`; empty: in-memory directory (single node).
+    /// `redis://host:port/db`; empty: in-memory directory (single node). A Redis Cluster: its
+    /// seed nodes, comma-separated (`redis://a:6379,redis://b:6379`), or one seed with `cluster`.
     pub url: String,
+    /// The Redis at `url` is a Redis Cluster (implied when `url` lists several nodes).
+    pub cluster: bool,
     /// Prefix of every key wsgw writes.
     pub prefix: String,
     /// A node that stops refreshing its entry for this long is dead: its sessions stop being
@@ -45,10 +48,23 @@ pub struct RedisConfig {
     pub queue: usize,
 }
 
+impl RedisConfig {
+    /// The Redis URLs of `url` (none when it is empty).
+    pub fn urls(&self) -> Vec<String> {
+        self.url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
+    }
+
+    /// Whether `url` names a Redis Cluster: `cluster` is set or several nodes are listed.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster || self.urls().len() > 1
+    }
+}
+
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
+            cluster: false,
             prefix: "wsgw:".into(),
             session_ttl: Duration::from_secs(15),
             inbox_max: 100,
@@ -117,6 +133,11 @@ pub struct KafkaConfig {
     /// Presence events buffered while Kafka is slow or down; beyond, events are dropped and
     /// counted.
     pub presence_buffer: usize,
+    /// Further librdkafka properties for every Kafka client of the node (e.g.
+    /// `security.protocol`, `sasl.*`, `ssl.*`, `debug`), applied after wsgw's own settings.
+    /// Values may be written as strings, numbers or booleans.
+    #[serde(deserialize_with = "scalar_map")]
+    pub properties: BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -131,6 +152,7 @@ impl Default for KafkaConfig {
             dead_letter_topic: String::new(),
             presence_topic: "gateway_users_action".into(),
             presence_buffer: 100_000,
+            properties: BTreeMap::new(),
         }
     }
 }
@@ -140,10 +162,16 @@ impl ClusterConfig {
     pub(super) fn problems(&self) -> Vec<(&'static str, &'static str)> {
         let mut p = Vec::new();
         let r = &self.redis;
-        let url_ok =
-            r.url.is_empty() || r.url.starts_with("redis://") || r.url.starts_with("unix://");
+        let urls = r.urls();
+        let url_ok = urls.iter().all(|u| u.starts_with("redis://") || u.starts_with("unix://"));
         if !url_ok {
-            p.push(("cluster.redis.url", "must be redis://host:port[/db] or empty"));
+            p.push((
+                "cluster.redis.url",
+                "must be redis://host:port[/db] (comma-separated for a Redis Cluster) or empty",
+            ));
+        }
+        if r.is_cluster() && urls.iter().any(|u| u.starts_with("unix://")) {
+            p.push(("cluster.redis.url", "a Redis Cluster is reached over redis://, not unix://"));
         }
         if r.session_ttl < Duration::from_secs(1) {
             p.push(("cluster.redis.session_ttl", "must be at least 1s"));
@@ -190,4 +218,31 @@ impl ClusterConfig {
         }
         p
     }
+}
+
+/// A map whose values are YAML scalars (string, number, boolean), kept as their text.
+fn scalar_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    let map = BTreeMap::<String, Scalar>::deserialize(d)?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Scalar::Text(s) => s,
+                Scalar::Int(n) => n.to_string(),
+                Scalar::Float(f) => f.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
 }

@@ -269,6 +269,18 @@ mod tests {
     }
 
     #[test]
+    fn kafka_properties_take_any_scalar_as_text() {
+        let f = yaml(
+            "cluster:\n  kafka:\n    properties: { debug: cgrp, log_level: 7, \"enable.idempotence\": true }\n",
+        );
+        let c = load(Some(f.path()), env(&[])).expect("valid");
+        let p = &c.cluster.kafka.properties;
+        assert_eq!(p.get("debug").map(String::as_str), Some("cgrp"));
+        assert_eq!(p.get("log_level").map(String::as_str), Some("7"));
+        assert_eq!(p.get("enable.idempotence").map(String::as_str), Some("true"));
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once_with_its_key() {
         let f = yaml(
             "server:\n  websocket:\n    listen: nowhere\n    bogus: 1\nlimits:\n  ping_interval: soon\n\

@@ -68,16 +68,17 @@ pub(super) fn build(
     let (events_tx, events) = mpsc::channel(EVENTS);
     let mut tasks: Vec<Task> = Vec::new();
     let presence = !c.kafka.brokers.is_empty() && !c.kafka.presence_topic.is_empty();
-    let directory: Arc<dyn SessionDirectory> = match c.redis.url.as_str() {
-        "" => Arc::new(LocalDirectory::new(
+    let directory: Arc<dyn SessionDirectory> = match c.redis.urls() {
+        urls if urls.is_empty() => Arc::new(LocalDirectory::new(
             node_id.to_owned(),
             links.clone(),
             metrics.clone(),
             presence.then_some(events_tx),
         )),
-        url => {
+        urls => {
             let settings = DirectorySettings {
-                url: url.to_owned(),
+                cluster: c.redis.is_cluster(),
+                urls,
                 prefix: c.redis.prefix.clone(),
                 node_id: node_id.to_owned(),
                 grpc: at.grpc(),

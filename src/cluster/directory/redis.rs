@@ -25,6 +25,15 @@
 //! node writes its whole part of the directory again from its live connections and delivers the
 //! inboxes of its users.
 //!
+//! **Redis Cluster** (`cluster.redis.url` listing several seed nodes, or `cluster: true`): every
+//! script touches only its user's slot (`{biz:user}`); the node's own tables (`conns:`, `users:`)
+//! are written beside the scripts as separate commands, and which nodes live is a table this node
+//! reads on every refresh (`redis/nodes.rs`) rather than a read inside ROUTE. A batch of updates
+//! writes the node's table entries of new connections first, then the scripts, then removes the
+//! table entries of departed connections (`replies::build`; on a cluster the three groups go one
+//! after the other, `redis/conn.rs`), so a crash in between never leaves a user's field that the
+//! sweep of the dead node cannot find.
+//!
 //! The inbox is the durable record of delivery. ROUTE records a push (atomically with the
 //! lookup of the user's nodes) before anyone delivers it or tells the producer "accepted"; a
 //! push already there under the same key keeps its place. Every CONNECT returns the inbox, oldest
@@ -53,7 +62,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use redis::{AsyncCommands, aio::ConnectionManager};
+use redis::AsyncCommands;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -69,10 +78,15 @@ use crate::{
     telemetry::{ClusterEvent, Dependency, Metrics},
 };
 
+mod conn;
+mod nodes;
 mod replies;
 mod scripts;
 mod sessions;
 mod upkeep;
+
+pub use conn::Redis;
+use nodes::NodeTable;
 
 use replies::{
     Dropped, Keys, Update, build, conn_value, interpret, millis, parse_claim, parse_inbox,
@@ -81,7 +95,8 @@ use replies::{
 
 /// The Redis session directory of one node.
 pub struct RedisDirectory {
-    redis: ConnectionManager,
+    redis: Redis,
+    nodes: NodeTable,
     keys: Keys,
     node_id: String,
     node_value: String,
@@ -97,7 +112,9 @@ pub struct RedisDirectory {
 
 /// Where the directory lives and how this node appears in it.
 pub struct DirectorySettings {
-    pub url: String,
+    /// One Redis: its URL; a Redis Cluster: seed nodes.
+    pub urls: Vec<String>,
+    pub cluster: bool,
     pub prefix: String,
     pub node_id: String,
     pub grpc: String,
@@ -123,17 +140,12 @@ impl RedisDirectory {
         metrics: Arc<Metrics>,
         stop: CancellationToken,
     ) -> Result<(Arc<Self>, DirectoryTask), DirectoryError> {
-        let client = redis::Client::open(s.url.as_str())?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let redis = ConnectionManager::new_lazy_with_config(client, config)?;
+        let redis = Redis::open(&s.urls, s.cluster)?;
         let (updates, rx) = mpsc::channel(s.queue);
         let node_value = serde_json::json!({ "grpc": s.grpc, "ws": s.ws }).to_string();
         let dir = Arc::new(Self {
             redis,
+            nodes: NodeTable::default(),
             keys: Keys { prefix: s.prefix, node: s.node_id.clone() },
             node_id: s.node_id,
             node_value,
@@ -179,12 +191,12 @@ impl RedisDirectory {
     async fn route(&self, msg: &PushMessage) -> Result<Route, DirectoryError> {
         let id = Identity { biz_id: msg.biz_id, user_id: msg.receiver_id };
         let mut call = scripts::ROUTE.key(self.keys.user(id));
-        call.key(&self.keys.inbox(id)).arg(&self.keys.prefix);
+        call.key(&self.keys.inbox(id));
         self.record_args(&mut call, msg);
         let r: redis::RedisResult<Vec<String>> = call.invoke_async(&mut self.redis.clone()).await;
-        let (route, dropped) = parse_route(self.observe(r)?);
+        let (nodes, dropped) = parse_route(self.observe(r)?);
         self.recorded(msg, dropped);
-        Ok(route)
+        self.resolve(nodes).await
     }
 
     /// The arguments of an inbox record (see `scripts.rs`): key, JSON, bounds, TTL.
@@ -265,13 +277,12 @@ impl RedisDirectory {
 
     async fn write(&self, batch: &mut Vec<Update>, events: &mpsc::Sender<DirectoryEvent>) {
         let pipe = build(&self.keys, batch, self.inbox_ttl.as_millis() as u64);
-        let mut redis = self.redis.clone();
-        let mut r: redis::RedisResult<Vec<Vec<String>>> = pipe.query_async(&mut redis).await;
+        let mut r: redis::RedisResult<Vec<Vec<String>>> = self.redis.run(&pipe).await;
         if r.as_ref().is_err_and(is_noscript) {
             // A fresh or restarted Redis: load the scripts and try once more.
-            let loaded = load_scripts(&mut redis).await;
+            let loaded = load_scripts(&mut self.redis.clone()).await;
             r = match loaded {
-                Ok(()) => pipe.query_async(&mut redis).await,
+                Ok(()) => self.redis.run(&pipe).await,
                 Err(e) => Err(e),
             };
         }
@@ -397,7 +408,7 @@ fn is_noscript(e: &redis::RedisError) -> bool {
     e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
 
-async fn load_scripts(redis: &mut ConnectionManager) -> redis::RedisResult<()> {
+async fn load_scripts(redis: &mut Redis) -> redis::RedisResult<()> {
     for script in scripts::pipelined() {
         script.prepare_invoke().load_async(redis).await?;
     }

@@ -127,7 +127,7 @@ async fn a_rebuild_hands_on_the_inbox_of_a_user_whose_connect_update_was_lost() 
     let m = client.recv_msg_within(JSON, Duration::from_secs(20)).await.expect("the rebuild");
     assert!(is_push(&m, "while-lost", b"found"), "{m:?}");
     client.ack("while-lost", JSON).await;
-    let mut conn = redis_conn(&scope).await;
+    let mut conn = scope.redis_conn();
     let inbox = format!("{}:inbox:{{9:6}}", scope.name);
     crate::assert_eventually!(
         redis::AsyncCommands::hlen::<_, usize>(&mut conn, &inbox).await.expect("hlen") == 0,
@@ -258,14 +258,6 @@ async fn a_full_inbox_drops_its_oldest_pushes_and_counts_them() {
     assert!(is_push(&m, "large", &large), "only the newest fits: {m:?}");
 }
 
-async fn redis_conn(scope: &Scope) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(scope.redis.as_str())
-        .expect("redis")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect")
-}
-
 #[tokio::test]
 async fn a_push_never_acked_on_one_node_reaches_the_user_on_another_and_one_ack_clears_it() {
     let scope = Scope::new("inbox-anywhere");
@@ -287,7 +279,7 @@ async fn a_push_never_acked_on_one_node_reaches_the_user_on_another_and_one_ack_
     }
     on_b.ack("first", JSON).await;
     on_b.ack("second", JSON).await;
-    let mut conn = redis_conn(&scope).await;
+    let mut conn = scope.redis_conn();
     let inbox = format!("{}:inbox:{{9:5}}", scope.name);
     crate::assert_eventually!(
         redis::AsyncCommands::hlen::<_, usize>(&mut conn, &inbox).await.expect("hlen") == 0,
@@ -334,7 +326,7 @@ async fn an_inbox_keeps_one_entry_per_key_and_forgets_expired_and_acknowledged_p
     let expired =
         "websocket_gateway_cluster_events_total{event=\"inbox_expired\",service=\"redis\"}";
     assert_eq!(a.metric(expired).await, 1.0, "the old one expired");
-    let mut conn = redis_conn(&scope).await;
+    let mut conn = scope.redis_conn();
     let key = |k: &str| format!("{}:{k}:{{9:3}}", scope.name);
     let (len, size): (usize, usize) = redis::pipe()
         .hlen(key("inbox"))

@@ -59,6 +59,11 @@ async fn a_killed_node_leaves_the_registry_and_the_directory_after_its_ttl() {
         "the child node registered"
     );
 
+    let mut redis = scope.redis_conn();
+    let user_key = format!("{}:user:{{9:5}}", scope.name);
+    let fields = redis::AsyncCommands::hlen::<_, usize>(&mut redis, &user_key).await;
+    assert_eq!(fields.expect("hlen"), 1, "the victim's session is in the directory");
+
     victim.child.kill().await.expect("SIGKILL");
     drop(client.closed().await);
     crate::assert_within!(
@@ -71,12 +76,6 @@ async fn a_killed_node_leaves_the_registry_and_the_directory_after_its_ttl() {
     let r = survivor.push(5, 9, "after-death", b"x").await.expect("stored");
     assert_eq!(r, 0);
     // The survivor's sweep removes the dead node's entries for good.
-    let mut redis = redis::Client::open(cluster::REDIS)
-        .expect("redis")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
-    let user_key = format!("{}:user:9:5", scope.name);
     crate::assert_within!(
         15,
         redis::AsyncCommands::hlen::<_, usize>(&mut redis, &user_key).await.expect("hlen") == 0,

@@ -24,6 +24,10 @@ use super::free_port;
 use super::node::{Builder, TestNode};
 
 pub const REDIS: &str = "redis://127.0.0.1:6379";
+/// Set to run the cluster tests on another Redis, e.g. the Redis Cluster `scripts/services.sh`
+/// starts: `WSGW_TEST_REDIS=redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003`
+/// (several URLs mean a Redis Cluster).
+pub const REDIS_ENV: &str = "WSGW_TEST_REDIS";
 pub const ETCD: &str = "127.0.0.1:2379";
 pub const KAFKA: &str = "127.0.0.1:9092";
 
@@ -40,7 +44,9 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 impl Scope {
     /// A fresh scope on the shared services; panics with a hint when they are not running.
     pub fn new(test: &str) -> Scope {
-        for (what, addr) in [("redis", "127.0.0.1:6379"), ("etcd", ETCD), ("kafka", KAFKA)] {
+        let redis = std::env::var(REDIS_ENV).unwrap_or_else(|_| REDIS.into());
+        let first = redis.split(',').next().unwrap_or_default().trim_start_matches("redis://");
+        for (what, addr) in [("redis", first), ("etcd", ETCD), ("kafka", KAFKA)] {
             assert!(
                 std::net::TcpStream::connect(addr).is_ok(),
                 "{what} is not running on {addr}: start the services with scripts/services.sh start"
@@ -48,7 +54,7 @@ impl Scope {
         }
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("{test}-{}-{n}", std::process::id());
-        Scope { name, redis: REDIS.into(), kafka: KAFKA.into() }
+        Scope { name, redis, kafka: KAFKA.into() }
     }
 
     pub fn push_topic(&self) -> String {
@@ -83,6 +89,13 @@ impl Scope {
         let scope = self.clone();
         let id = id.to_owned();
         TestNode::builder().config(move |c| scope.apply(c, &id))
+    }
+
+    /// A connection to this scope's Redis (one, or a Redis Cluster when it lists several).
+    pub fn redis_conn(&self) -> wsgw::cluster::directory::Redis {
+        let urls: Vec<String> = self.redis.split(',').map(String::from).collect();
+        let cluster = urls.len() > 1;
+        wsgw::cluster::directory::Redis::open(&urls, cluster).expect("redis")
     }
 
     /// Creates this scope's topics (one partition each).

@@ -1,5 +1,5 @@
 //! What the directory sends to Redis and what Redis answers, as pure functions: the key names
-//! ([`Keys`]), the writer's pipeline of CONNECT / DISCONNECT / ACK scripts ([`build`]) and the
+//! ([`Keys`]), the writer's batch of CONNECT / DISCONNECT / ACK scripts ([`build`]) and the
 //! meaning of the scripts' replies ([`interpret`], [`parse_route`], [`parse_inbox`],
 //! [`parse_claim`]). No I/O here; the tests below need no Redis.
 
@@ -10,8 +10,11 @@ use std::{
 
 use bytes::Bytes;
 
+use redis::Cmd;
+
 use super::{
-    super::{DirectoryEvent, Inbox, Route, UpstreamClaim},
+    super::{DirectoryEvent, Inbox, UpstreamClaim},
+    conn::Batch,
     scripts,
 };
 use crate::{auth::Identity, links::Link};
@@ -58,6 +61,11 @@ impl Keys {
         ]
     }
 
+    /// The set of every node id that registered.
+    pub(super) fn nodes(&self) -> String {
+        self.key(format_args!("nodes"))
+    }
+
     pub(super) fn node(&self, node: &str) -> String {
         self.key(format_args!("node:{node}"))
     }
@@ -85,50 +93,53 @@ pub(super) fn parse_claim(value: Vec<u8>) -> UpstreamClaim {
     }
 }
 
-/// One pipeline of CONNECT / DISCONNECT / ACK scripts for `batch`, in order.
-pub(super) fn build(keys: &Keys, batch: &[Update], inbox_ttl_ms: u64) -> redis::Pipeline {
-    let mut pipe = redis::pipe();
+/// One batch for `batch`: the node's own table entries of the new connections, then per update
+/// in order one CONNECT / DISCONNECT / ACK script (touching only its user's slot; their replies
+/// are what [`interpret`] reads), then the removal of the departed connections' table entries.
+/// So a crash in between leaves, at most, table entries without the user's field, which the
+/// sweep of a dead node still finds and removes, never a field the sweep cannot find. A user who
+/// leaves and comes back within the batch stays in the node's `users:` set.
+pub(super) fn build(keys: &Keys, batch: &[Update], inbox_ttl_ms: u64) -> Batch {
+    let mut out = Batch::new();
+    let (conns, users) = (keys.conns(&keys.node), keys.users(&keys.node));
+    let user = |id: Identity| format!("{}:{}", id.biz_id, id.user_id);
+    for u in batch {
+        if let Update::Up(link, _) = u {
+            let since = millis(link.connected_at);
+            out.add(Cmd::hset(&conns, link.id, conn_value(link, since))).ignore();
+            out.add(Cmd::sadd(&users, user(link.identity))).ignore();
+        }
+    }
+    out.barrier();
     for u in batch {
         match u {
-            Update::Up(link, _) => {
-                let id = link.identity;
-                let since = millis(link.connected_at);
-                pipe.invoke_script(
-                    scripts::CONNECT
-                        .key(keys.user(id))
-                        .key(keys.conns(&keys.node))
-                        .key(keys.users(&keys.node))
-                        .key(&keys.inbox(id))
-                        .arg(keys.field(link))
-                        .arg(since)
-                        .arg(link.id)
-                        .arg(conn_value(link, since))
-                        .arg(format!("{}:{}", id.biz_id, id.user_id))
-                        .arg(inbox_ttl_ms),
-                );
+            Update::Up(link, _) => out.script(
+                scripts::CONNECT
+                    .key(keys.user(link.identity))
+                    .key(&keys.inbox(link.identity))
+                    .arg(keys.field(link))
+                    .arg(millis(link.connected_at))
+                    .arg(inbox_ttl_ms),
+            ),
+            Update::Down(link, _) => {
+                out.script(scripts::DISCONNECT.key(keys.user(link.identity)).arg(keys.field(link)))
             }
-            Update::Down(link, last) => {
-                let id = link.identity;
-                let user = match last {
-                    true => format!("{}:{}", id.biz_id, id.user_id),
-                    false => String::new(),
-                };
-                pipe.invoke_script(
-                    scripts::DISCONNECT
-                        .key(keys.user(id))
-                        .key(keys.conns(&keys.node))
-                        .key(keys.users(&keys.node))
-                        .arg(keys.field(link))
-                        .arg(link.id)
-                        .arg(user),
-                );
-            }
-            Update::Acked(id, key) => {
-                pipe.invoke_script(scripts::ACK.key(&keys.inbox(*id)).arg(key));
+            Update::Acked(id, key) => out.script(scripts::ACK.key(&keys.inbox(*id)).arg(key)),
+        };
+    }
+    out.barrier();
+    for (i, u) in batch.iter().enumerate() {
+        if let Update::Down(link, last) = u {
+            out.add(Cmd::hdel(&conns, link.id)).ignore();
+            let back = batch[i + 1..]
+                .iter()
+                .any(|l| matches!(l, Update::Up(l, _) if l.identity == link.identity));
+            if *last && !back {
+                out.add(Cmd::srem(&users, user(link.identity))).ignore();
             }
         }
     }
-    pipe
+    out
 }
 
 /// What the inbox scripts dropped while recording or reading: pushed out by the bounds
@@ -194,26 +205,19 @@ pub(super) fn parse_inbox(who: Identity, reply: impl IntoIterator<Item = String>
     (Inbox::read(who, rest), expired)
 }
 
-/// The ROUTE script's reply: `[dropped, expired, node id, its node: value, …]` for the live
-/// nodes holding the user; none means the push waits in the inbox.
-pub(super) fn parse_route(flat: Vec<String>) -> (Route, Dropped) {
+/// The ROUTE script's reply: `[dropped, expired, node id, …]`, the nodes with a field in the
+/// user's hash (live or not: the caller's node table decides).
+pub(super) fn parse_route(flat: Vec<String>) -> (Vec<String>, Dropped) {
     let dropped = parse_store(&flat);
-    let nodes: Vec<(String, String)> = flat
-        .get(2..)
+    (flat.into_iter().skip(2).collect(), dropped)
+}
+
+/// A node's `node:` entry: its gRPC address (empty when the entry is unreadable).
+pub(super) fn grpc_of(entry: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(entry)
+        .ok()
+        .and_then(|v| v.get("grpc")?.as_str().map(str::to_owned))
         .unwrap_or_default()
-        .chunks_exact(2)
-        .map(|p| {
-            let grpc = serde_json::from_str::<serde_json::Value>(&p[1])
-                .ok()
-                .and_then(|v| v.get("grpc")?.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            (p[0].clone(), grpc)
-        })
-        .collect();
-    match nodes.is_empty() {
-        true => (Route::Stored, dropped),
-        false => (Route::Nodes(nodes), dropped),
-    }
 }
 
 /// The STORE script's reply (and the head of ROUTE's): `[dropped, expired]`.
@@ -358,23 +362,20 @@ mod tests {
     }
 
     #[test]
-    fn route_replies_name_live_nodes_or_mean_stored() {
+    fn route_replies_name_the_users_nodes_and_what_was_dropped() {
         let none = Dropped::default();
-        assert_eq!(parse_route(Vec::new()), (Route::Stored, none));
+        assert_eq!(parse_route(Vec::new()), (Vec::new(), none));
         let out = Dropped { overflow: 3, expired: 2 };
-        assert_eq!(parse_route(strings(&["3", "2"])), (Route::Stored, out), "3 out, 2 expired");
-        assert_eq!(parse_route(strings(&["x", ""])), (Route::Stored, none));
-        let flat = strings(&[
-            "0",
-            "0",
-            "n1",
-            r#"{"grpc":"10.0.0.1:9004","ws":"10.0.0.1:9002"}"#,
-            "n2",
-            "garbled",
-            "odd one out",
-        ]);
-        let want = vec![("n1".into(), "10.0.0.1:9004".into()), ("n2".into(), String::new())];
-        assert_eq!(parse_route(flat), (Route::Nodes(want), none));
+        assert_eq!(parse_route(strings(&["3", "2"])), (Vec::new(), out), "3 out, 2 expired");
+        assert_eq!(parse_route(strings(&["x", ""])), (Vec::new(), none));
+        assert_eq!(parse_route(strings(&["0", "1", "n1", "n2"])).0, strings(&["n1", "n2"]));
+    }
+
+    #[test]
+    fn node_entries_give_their_grpc_address() {
+        assert_eq!(grpc_of(r#"{"grpc":"10.0.0.1:9004","ws":"10.0.0.1:9002"}"#), "10.0.0.1:9004");
+        assert_eq!(grpc_of("garbled"), "");
+        assert_eq!(grpc_of("{}"), "");
     }
 
     #[test]
@@ -385,19 +386,32 @@ mod tests {
         let batch =
             [Update::Up(a.clone(), true), Update::Down(a.clone(), true), acked(who(9, 1), "k")];
         let pipe = build(&keys, &batch, 60_000);
-        let cmds: Vec<Vec<u8>> = pipe.cmd_iter().map(|c| c.get_packed_command()).collect();
-        assert_eq!(cmds.len(), 3);
+        let cmds: Vec<Vec<u8>> = pipe.commands().map(|c| c.get_packed_command()).collect();
+        // The connect's HSET conns, SADD users; CONNECT, DISCONNECT, ACK; HDEL, SREM.
+        assert_eq!(cmds.len(), 7);
         let text = |c: &[u8]| String::from_utf8_lossy(c).into_owned();
-        let connect = text(&cmds[0]);
+        let connect = text(&cmds[2]);
         assert!(connect.starts_with("*") && connect.contains("EVALSHA"), "by SHA, not by text");
         assert!(connect.contains(scripts::CONNECT.get_hash()));
         for key in ["p:user:{9:1}", "p:inbox:{9:1}", "p:inbox-order:{9:1}", "p:inbox-meta:{9:1}"] {
             assert!(connect.contains(key), "{key}: one hash tag per user");
         }
-        assert!(text(&cmds[1]).contains(scripts::DISCONNECT.get_hash()));
-        assert!(text(&cmds[1]).contains(&format!("n1|{}", a.id)), "the link's field");
+        assert!(!connect.contains("p:conns:n1"), "the node's tables are another slot");
+        assert!(text(&cmds[0]).contains("p:conns:n1") && text(&cmds[1]).contains("p:users:n1"));
+        assert!(text(&cmds[3]).contains(scripts::DISCONNECT.get_hash()));
+        assert!(text(&cmds[3]).contains(&format!("n1|{}", a.id)), "the link's field");
         assert!(
-            text(&cmds[2]).contains(scripts::ACK.get_hash()) && text(&cmds[2]).ends_with("k\r\n")
+            text(&cmds[4]).contains(scripts::ACK.get_hash()) && text(&cmds[4]).ends_with("k\r\n")
         );
+        assert!(text(&cmds[5]).contains("HDEL"), "table entries go after the user's field");
+        assert!(text(&cmds[6]).contains("SREM") && text(&cmds[6]).contains("9:1"));
+
+        // Leaving and coming back within one batch: the user stays in the node's set.
+        let b = link(who(9, 1));
+        let batch = [Update::Down(a.clone(), true), Update::Up(b, true)];
+        let pipe = build(&keys, &batch, 60_000);
+        let cmds: Vec<String> = pipe.commands().map(|c| text(&c.get_packed_command())).collect();
+        assert_eq!(cmds.len(), 5, "{cmds:?}");
+        assert!(cmds[1].contains("SADD") && !cmds.iter().any(|c| c.contains("SREM")));
     }
 }

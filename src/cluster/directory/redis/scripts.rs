@@ -71,12 +71,13 @@ local function read(ttl)
 end
 "#;
 
-/// KEYS: user hash, inbox (3 keys). ARGV: key prefix, then the record's (push key, JSON, inbox
-/// max, inbox TTL ms, inbox max bytes). Records the push (every accepted push, whoever holds the
-/// user) and returns `[dropped, expired, node, node entry, …]` for every live node holding the
-/// user (none: it waits in the inbox). Fields of dead nodes are skipped.
+/// KEYS: user hash, inbox (3 keys): one slot. ARGV: the record's (push key, JSON, inbox max,
+/// inbox TTL ms, inbox max bytes). Records the push (every accepted push, whoever holds the
+/// user) and returns `[dropped, expired, node, node, …]`: every node with a field in the user's
+/// hash, once each (none: it waits in the inbox). Which of them live is the caller's table of
+/// nodes (`redis/nodes.rs`): a script may only touch keys of its own slot.
 pub static ROUTE_SOURCE: LazyLock<String> =
-    LazyLock::new(|| format!("local INBOX, R = 2, 2\n{INBOX}{ROUTE_BODY}"));
+    LazyLock::new(|| format!("local INBOX, R = 2, 1\n{INBOX}{ROUTE_BODY}"));
 
 const ROUTE_BODY: &str = r#"
 local kept = record()
@@ -86,11 +87,7 @@ for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
   local node = string.match(f, '^(.*)|[^|]*$')
   if node and not seen[node] then
     seen[node] = true
-    local entry = redis.call('GET', ARGV[1] .. 'node:' .. node)
-    if entry then
-      out[#out + 1] = node
-      out[#out + 1] = entry
-    end
+    out[#out + 1] = node
   end
 end
 return out
@@ -114,29 +111,24 @@ pub static ACK_SOURCE: LazyLock<String> = LazyLock::new(|| {
 pub static READ_SOURCE: LazyLock<String> =
     LazyLock::new(|| format!("local INBOX, R = 1, 1\n{INBOX}return read(tonumber(ARGV[1]))"));
 
-/// KEYS: user hash, node's conns hash, node's users set, inbox (3 keys).
-/// ARGV: field (`node|conn`), connected-at ms, conn id, conn entry, `biz:user`, inbox TTL ms.
-/// Returns `[connections of the user cluster-wide, expired, key, JSON, …]`: the user's inbox,
-/// oldest first, left as it is (entries go only when acknowledged, expired or pushed out).
+/// KEYS: user hash, inbox (3 keys): one slot. ARGV: field (`node|conn`), connected-at ms,
+/// inbox TTL ms. Returns `[connections of the user cluster-wide, expired, key, JSON, …]`: the
+/// user's inbox, oldest first, left as it is (entries go only when acknowledged, expired or
+/// pushed out). The node's own tables (`conns:`, `users:`) are written beside it (another slot).
 pub static CONNECT_SOURCE: LazyLock<String> =
-    LazyLock::new(|| format!("local INBOX, R = 4, 1\n{INBOX}{CONNECT_BODY}"));
+    LazyLock::new(|| format!("local INBOX, R = 2, 1\n{INBOX}{CONNECT_BODY}"));
 
 const CONNECT_BODY: &str = r#"
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-redis.call('SADD', KEYS[3], ARGV[5])
-local inbox = read(tonumber(ARGV[6]))
+local inbox = read(tonumber(ARGV[3]))
 table.insert(inbox, 1, tostring(redis.call('HLEN', KEYS[1])))
 return inbox
 "#;
 
-/// KEYS: user hash, node's conns hash, node's users set.
-/// ARGV: field (`node|conn`), conn id, `biz:user` when it was the user's last on the node, or ''.
-/// Returns `[connections of the user left cluster-wide]`.
+/// KEYS: user hash. ARGV: field (`node|conn`). Returns `[connections of the user left
+/// cluster-wide]`.
 pub const DISCONNECT_SOURCE: &str = r#"
 redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[2])
-if ARGV[3] ~= '' then redis.call('SREM', KEYS[3], ARGV[3]) end
 return { tostring(redis.call('HLEN', KEYS[1])) }
 "#;
 

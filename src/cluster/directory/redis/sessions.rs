@@ -10,15 +10,7 @@ use super::{DirectoryError, RedisDirectory, SessionEntry, SessionQuery};
 impl RedisDirectory {
     /// The ids of live nodes (those that refreshed their entry within the TTL).
     pub async fn live_nodes(&self) -> Result<Vec<String>, DirectoryError> {
-        let mut redis = self.redis.clone();
-        let ids: Vec<String> =
-            self.observe(redis.smembers(self.keys.key(format_args!("nodes"))).await)?;
-        let keys: Vec<String> = ids.iter().map(|n| self.keys.node(n)).collect();
-        if keys.is_empty() {
-            return Ok(ids);
-        }
-        let alive: Vec<Option<String>> = self.observe(redis.mget(&keys).await)?;
-        Ok(ids.into_iter().zip(alive).filter_map(|(id, v)| v.map(|_| id)).collect())
+        Ok(self.live_entries().await?.into_keys().collect())
     }
 
     /// The sessions matching `query`, on live nodes only, ordered by node and connection.

@@ -5,13 +5,13 @@
 
 use std::{collections::HashSet, sync::atomic::Ordering};
 
-use redis::AsyncCommands;
+use redis::{AsyncCommands, Cmd};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{
-    DirectoryError, DirectoryEvent, Inbox, PIPELINE, RedisDirectory, conn_value, is_noscript,
-    millis, parse_inbox, parse_user, scripts,
+    DirectoryError, DirectoryEvent, Inbox, PIPELINE, RedisDirectory, conn::Batch, conn_value,
+    is_noscript, millis, parse_inbox, parse_user, scripts,
 };
 use crate::{auth::Identity, links::LinkRegistry, telemetry::ClusterEvent};
 
@@ -24,18 +24,20 @@ impl RedisDirectory {
         events: &mpsc::Sender<DirectoryEvent>,
     ) {
         let ttl = self.ttl.as_millis() as u64;
-        let r: redis::RedisResult<(Option<String>,)> = redis::pipe()
-            .cmd("SET")
-            .arg(self.keys.node(&self.node_id))
-            .arg(&self.node_value)
-            .arg("XX")
-            .arg("PX")
-            .arg(ttl)
-            .pexpire(self.keys.conns(&self.node_id), ttl as i64)
-            .ignore()
-            .query_async(&mut self.redis.clone())
-            .await;
+        let mut batch = Batch::new();
+        batch.add(
+            redis::cmd("SET")
+                .arg(self.keys.node(&self.node_id))
+                .arg(&self.node_value)
+                .arg("XX")
+                .arg("PX")
+                .arg(ttl)
+                .to_owned(),
+        );
+        batch.add(Cmd::pexpire(self.keys.conns(&self.node_id), ttl as i64)).ignore();
+        let r: redis::RedisResult<(Option<String>,)> = self.redis.run(&batch).await;
         let Ok((set,)) = self.observe(r) else { return };
+        self.reload_nodes().await;
         if (set.is_none() || self.rebuild.swap(false, Ordering::Relaxed))
             && let Err(e) = self.rebuild(links, events).await
         {
@@ -53,35 +55,40 @@ impl RedisDirectory {
         events: &mpsc::Sender<DirectoryEvent>,
     ) -> Result<(), DirectoryError> {
         let ttl = self.ttl.as_millis() as u64;
-        let mut redis = self.redis.clone();
-        let r: redis::RedisResult<()> = redis::pipe()
-            .cmd("SET")
-            .arg(self.keys.node(&self.node_id))
-            .arg(&self.node_value)
-            .arg("PX")
-            .arg(ttl)
-            .ignore()
-            .sadd(self.keys.key(format_args!("nodes")), &self.node_id)
-            .ignore()
-            .query_async(&mut redis)
-            .await;
+        let mut batch = Batch::new();
+        batch
+            .add(
+                redis::cmd("SET")
+                    .arg(self.keys.node(&self.node_id))
+                    .arg(&self.node_value)
+                    .arg("PX")
+                    .arg(ttl)
+                    .to_owned(),
+            )
+            .ignore();
+        batch.add(Cmd::sadd(self.keys.nodes(), &self.node_id)).ignore();
+        let r: redis::RedisResult<()> = self.redis.run(&batch).await;
         self.observe(r)?;
         let all = links.all();
         let mut keep = HashSet::with_capacity(all.len());
         for chunk in all.chunks(PIPELINE) {
-            let mut pipe = redis::pipe();
+            let mut batch = Batch::new();
+            let (conns, users) = (self.keys.conns(&self.node_id), self.keys.users(&self.node_id));
+            // The node's tables first: the sweep finds every user field through them.
             for link in chunk {
                 let id = link.identity;
                 let since = millis(link.connected_at);
-                keep.insert(self.keys.field(link));
-                pipe.hset(self.keys.user(id), self.keys.field(link), since).ignore();
-                pipe.hset(self.keys.conns(&self.node_id), link.id, conn_value(link, since))
-                    .ignore();
-                pipe.sadd(self.keys.users(&self.node_id), format!("{}:{}", id.biz_id, id.user_id))
-                    .ignore();
+                batch.add(Cmd::hset(&conns, link.id, conn_value(link, since))).ignore();
+                batch.add(Cmd::sadd(&users, format!("{}:{}", id.biz_id, id.user_id))).ignore();
             }
-            pipe.pexpire(self.keys.conns(&self.node_id), ttl as i64).ignore();
-            let r: redis::RedisResult<()> = pipe.query_async(&mut redis).await;
+            batch.add(Cmd::pexpire(&conns, ttl as i64)).ignore().barrier();
+            for link in chunk {
+                let since = millis(link.connected_at);
+                keep.insert(self.keys.field(link));
+                batch.add(Cmd::hset(self.keys.user(link.identity), self.keys.field(link), since));
+                batch.ignore();
+            }
+            let r: redis::RedisResult<()> = self.redis.run(&batch).await;
             self.observe(r)?;
         }
         let (removed, _) = self.sweep(&self.node_id, Some(&keep)).await?;
@@ -100,19 +107,17 @@ impl RedisDirectory {
 
     /// The non-empty inboxes of `users`, oldest first.
     async fn read_inboxes(&self, users: Vec<Identity>) -> Result<Vec<Inbox>, DirectoryError> {
-        let mut redis = self.redis.clone();
         let ttl = self.inbox_ttl.as_millis() as u64;
         let mut found = Vec::new();
         for chunk in users.chunks(PIPELINE) {
-            let mut pipe = redis::pipe();
+            let mut batch = Batch::new();
             for who in chunk {
-                pipe.invoke_script(scripts::READ.key(&self.keys.inbox(*who)).arg(ttl));
+                batch.script(scripts::READ.key(&self.keys.inbox(*who)).arg(ttl));
             }
-            let mut replies: redis::RedisResult<Vec<Vec<String>>> =
-                pipe.query_async(&mut redis).await;
+            let mut replies: redis::RedisResult<Vec<Vec<String>>> = self.redis.run(&batch).await;
             if replies.as_ref().is_err_and(is_noscript) {
-                scripts::READ.prepare_invoke().load_async(&mut redis).await.ok();
-                replies = pipe.query_async(&mut redis).await;
+                scripts::READ.prepare_invoke().load_async(&mut self.redis.clone()).await.ok();
+                replies = self.redis.run(&batch).await;
             }
             for (who, reply) in chunk.iter().zip(self.observe(replies)?) {
                 let (inbox, expired) = parse_inbox(*who, reply);
@@ -131,7 +136,7 @@ impl RedisDirectory {
         events: &mpsc::Sender<DirectoryEvent>,
     ) -> Result<(), DirectoryError> {
         let mut redis = self.redis.clone();
-        let nodes_key = self.keys.key(format_args!("nodes"));
+        let nodes_key = self.keys.nodes();
         let ids: Vec<String> = self.observe(redis.smembers(&nodes_key).await)?;
         for id in ids.into_iter().filter(|id| *id != self.node_id) {
             let alive: bool = self.observe(redis.exists(self.keys.node(&id)).await)?;
@@ -157,16 +162,7 @@ impl RedisDirectory {
             for who in gone {
                 let _ = events.try_send(DirectoryEvent::Offline(who));
             }
-            let r: redis::RedisResult<()> = redis::pipe()
-                .del(self.keys.users(&id))
-                .ignore()
-                .del(self.keys.conns(&id))
-                .ignore()
-                .srem(&nodes_key, &id)
-                .ignore()
-                .query_async(&mut redis)
-                .await;
-            self.observe(r)?;
+            self.forget_node(&id).await?;
             info!(node = %id, sessions = removed, "removed a dead node from the session directory");
             self.metrics.cluster_event(ClusterEvent::NodeSwept);
         }
@@ -185,12 +181,12 @@ impl RedisDirectory {
         let prefix = format!("{node}|");
         let (mut removed, mut gone) = (0, Vec::new());
         for chunk in users.chunks(PIPELINE) {
-            let mut pipe = redis::pipe();
+            let mut read = Batch::new();
             for u in chunk {
-                pipe.hkeys(self.keys.user_of(u));
+                read.add(Cmd::hkeys(self.keys.user_of(u)));
             }
-            let fields: Vec<Vec<String>> = self.observe(pipe.query_async(&mut redis).await)?;
-            let mut del = redis::pipe();
+            let fields: Vec<Vec<String>> = self.observe(self.redis.run(&read).await)?;
+            let mut del = Batch::new();
             let mut counted = Vec::new();
             for (u, fields) in chunk.iter().zip(fields) {
                 let (kept, stale): (Vec<String>, Vec<String>) = fields
@@ -200,17 +196,17 @@ impl RedisDirectory {
                 if !stale.is_empty() {
                     removed += stale.len();
                     let key = self.keys.user_of(u);
-                    del.hdel(&key, stale).ignore().hlen(&key);
+                    del.add(Cmd::hdel(&key, stale)).ignore().add(Cmd::hlen(&key));
                     counted.push(u);
                 }
                 if keep.is_some() && kept.is_empty() {
-                    del.srem(self.keys.users(node), u).ignore();
+                    del.add(Cmd::srem(self.keys.users(node), u)).ignore();
                 }
             }
-            if del.cmd_iter().next().is_none() {
+            if del.is_empty() {
                 continue; // nothing stale here (Redis refuses an empty pipeline)
             }
-            let left: Vec<usize> = self.observe(del.query_async(&mut redis).await)?;
+            let left: Vec<usize> = self.observe(self.redis.run(&del).await)?;
             let emptied = counted.into_iter().zip(left).filter(|(_, n)| *n == 0);
             gone.extend(emptied.filter_map(|(u, _)| parse_user(u)));
         }
@@ -220,18 +216,19 @@ impl RedisDirectory {
     /// Removes this node and every one of its entries (graceful shutdown).
     pub(super) async fn leave(&self) -> Result<(), DirectoryError> {
         self.sweep(&self.node_id, Some(&HashSet::new())).await?;
-        let mut redis = self.redis.clone();
-        let r: redis::RedisResult<()> = redis::pipe()
-            .del(self.keys.node(&self.node_id))
-            .ignore()
-            .del(self.keys.users(&self.node_id))
-            .ignore()
-            .del(self.keys.conns(&self.node_id))
-            .ignore()
-            .srem(self.keys.key(format_args!("nodes")), &self.node_id)
-            .ignore()
-            .query_async(&mut redis)
-            .await;
-        self.observe(r).map(|_| ())
+        let r: redis::RedisResult<()> = self.redis.clone().del(self.keys.node(&self.node_id)).await;
+        self.observe(r)?;
+        self.forget_node(&self.node_id).await
+    }
+
+    /// Removes `node`'s tables and its id from the set of nodes (each its own command: on a
+    /// Redis Cluster they live in different slots).
+    async fn forget_node(&self, node: &str) -> Result<(), DirectoryError> {
+        let mut batch = Batch::new();
+        batch.add(Cmd::del(self.keys.users(node))).ignore();
+        batch.add(Cmd::del(self.keys.conns(node))).ignore();
+        batch.add(Cmd::srem(self.keys.nodes(), node)).ignore();
+        let r: redis::RedisResult<()> = self.redis.run(&batch).await;
+        self.observe(r)
     }
 }
