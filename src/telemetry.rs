@@ -7,6 +7,7 @@
 pub mod events;
 pub mod logging;
 pub mod metrics;
+pub mod process;
 
 pub use events::{ClusterEvent, Dependency, PushEvent};
 pub use metrics::{BizMetrics, Direction, Metrics, Totals};

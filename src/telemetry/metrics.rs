@@ -15,9 +15,10 @@ use prometheus::{
 };
 
 use super::events::{ClusterEvent, Dependency, PushEvent};
+use super::process::ProcessGauges;
 use crate::protocol::CommandType;
 
-const PREFIX: &str = "websocket_gateway";
+pub(super) const PREFIX: &str = "websocket_gateway";
 
 /// Latency buckets, in seconds: 250 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 14] =
@@ -104,6 +105,7 @@ pub struct Metrics {
     pushes: IntCounterVec,
     cluster_events: IntCounterVec,
     dependency_up: IntGaugeVec,
+    process: ProcessGauges,
     biz: DashMap<i64, Arc<BizMetrics>>,
 }
 
@@ -255,6 +257,7 @@ impl Metrics {
             connections_open,
             outbound_dropped,
             decode_errors,
+            process: ProcessGauges::new(&r),
             biz: DashMap::new(),
             registry: r,
         }
@@ -372,6 +375,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.process.update();
         let mut out = Vec::new();
         // Encoding into a Vec only fails on invalid metric families, which we never register.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
