@@ -33,7 +33,8 @@ use wsgw::{
 ///   verify     (alone) users that reconnect with back-off and follow REDIRECT; keyed pushes
 ///              at --push-rate through every --push-addr in turn and, with --kafka-brokers,
 ///              half through --kafka-topic; accounts for every key (accepted, delivered,
-///              duplicates, lost) and exits 1 when an accepted push never arrived (--settle)
+///              duplicates, lost) and exits 1 when an accepted push never arrived (--settle);
+///              with --upstream-rate, users also send upstream messages (resent until acked)
 ///
 /// The run ramps up the connections, measures for --duration (or until every counted message
 /// is answered), and stops by itself. Latency is end to end: each key carries its send time.
@@ -116,6 +117,16 @@ pub struct Args {
     /// verify: how long to wait after the last push for every accepted one to arrive.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     settle: Duration,
+    /// verify: upstream messages per second per user (0: none); each user resends its message,
+    /// same key, after an error or a reconnect until it is acknowledged.
+    #[arg(long, default_value_t = 0.0)]
+    upstream_rate: f64,
+    /// verify: users who drop their connection and reconnect, per second in total (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    reconnect_rate: f64,
+    /// verify: write the keys of the acknowledged upstream messages to this file, one per line.
+    #[arg(long)]
+    upstream_keys: Option<PathBuf>,
     /// Report this server process's RSS (idle memory per connection).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -185,12 +196,18 @@ fn verify(args: &Args, plan: Plan, runtime: &tokio::runtime::Runtime) -> anyhow:
         kafka: args.kafka_brokers.clone(),
         topic: args.kafka_topic.clone(),
         settle: args.settle,
+        upstream_rate: args.upstream_rate,
+        reconnect_rate: args.reconnect_rate,
     };
     let report = runtime.block_on(loadtest::verify::run(plan, v))?;
     let text = serde_json::to_string_pretty(&report).context("cannot encode the report")?;
     println!("{text}");
     if let Some(path) = &args.json {
         std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.upstream_keys {
+        let keys: String = report.upstream_acked_keys.iter().map(|k| format!("{k}\n")).collect();
+        std::fs::write(path, keys).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(exit::yes_or_no(report.lost == 0))
 }

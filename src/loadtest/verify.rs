@@ -51,6 +51,12 @@ pub struct VerifyPlan {
     pub topic: String,
     /// How long to wait after the last push for every accepted one to arrive.
     pub settle: Duration,
+    /// Upstream messages per second per user (0: none). Each user has one message in flight
+    /// and resends it, same key, after an error or a reconnect until its UPSTREAM_ACK.
+    pub upstream_rate: f64,
+    /// Users who drop their connection (and reconnect like after any other loss) per second,
+    /// in total (0: none); each connection lives an exponentially distributed time.
+    pub reconnect_rate: f64,
 }
 
 /// What a verifying run found. `lost` must be 0.
@@ -73,6 +79,15 @@ pub struct VerifyReport {
     pub max_gap_kafka_ms: u64,
     /// From the last push until every accepted push had arrived (or the settle time ran out).
     pub settled_ms: u64,
+    /// Upstream: distinct keys sent, acknowledged, sends of a key already sent (after an error
+    /// or a reconnect), and errors / rate limits received.
+    pub upstream_sent: u64,
+    pub upstream_acked: u64,
+    pub upstream_resent: u64,
+    pub upstream_errors: u64,
+    /// The keys of the acknowledged upstream messages (not in the JSON report).
+    #[serde(skip)]
+    pub upstream_acked_keys: Vec<String>,
 }
 
 /// Every key's fate.
@@ -86,6 +101,10 @@ struct Ledger {
     redirects: AtomicU64,
     /// Per path (gRPC, Kafka): the last acceptance and the longest gap between two.
     gaps: Mutex<[(Option<Instant>, Duration); 2]>,
+    up_sent: AtomicU64,
+    up_acked: Mutex<Vec<String>>,
+    up_resent: AtomicU64,
+    up_errors: AtomicU64,
 }
 
 impl Ledger {
@@ -116,6 +135,7 @@ impl Ledger {
         let duplicates =
             accepted.keys().filter_map(|k| seen.get(k)).map(|n| u64::from(n - 1)).sum();
         let [grpc_gap, kafka_gap] = lock(&self.gaps).map(|(_, gap)| gap.as_millis() as u64);
+        let acked_keys = lock(&self.up_acked).clone();
         VerifyReport {
             accepted_grpc: accepted.len() as u64 - kafka,
             accepted_kafka: kafka,
@@ -130,6 +150,11 @@ impl Ledger {
             max_gap_grpc_ms: grpc_gap,
             max_gap_kafka_ms: kafka_gap,
             settled_ms: settled.as_millis() as u64,
+            upstream_sent: self.up_sent.load(Ordering::Relaxed),
+            upstream_acked: acked_keys.len() as u64,
+            upstream_resent: self.up_resent.load(Ordering::Relaxed),
+            upstream_errors: self.up_errors.load(Ordering::Relaxed),
+            upstream_acked_keys: acked_keys,
         }
     }
 }
@@ -149,7 +174,11 @@ pub async fn run(plan: Plan, v: VerifyPlan) -> Result<VerifyReport, LoadtestErro
     let users = TaskTracker::new();
     for i in 0..plan.connections {
         let token = token_for(&plan, plan.first_user + i as i64)?;
-        users.spawn(user(i, token, plan.clone(), ledger.clone(), stop.clone()));
+        let up = (v.upstream_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / v.upstream_rate));
+        let life = (v.reconnect_rate > 0.0)
+            .then(|| Duration::from_secs_f64(plan.connections as f64 / v.reconnect_rate));
+        let behaviour = Behaviour { upstream: up, mean_life: life };
+        users.spawn(user(i, token, plan.clone(), behaviour, ledger.clone(), stop.clone()));
         tokio::time::sleep(Duration::from_secs_f64(1.0 / plan.ramp.max(1.0))).await;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -175,10 +204,14 @@ async fn user(
     index: usize,
     token: String,
     plan: Arc<Plan>,
+    behaviour: Behaviour,
     ledger: Arc<Ledger>,
     stop: CancellationToken,
 ) {
+    let Behaviour { upstream, mean_life } = behaviour;
     let (mut next, mut backoff, mut redirect) = (index, Duration::from_millis(100), None);
+    let id = plan.first_user + index as i64;
+    let mut up = Upstream { every: upstream, user: id, sent: 0, pending: None };
     while !stop.is_cancelled() {
         let url = redirect.take().unwrap_or_else(|| {
             next += 1;
@@ -192,7 +225,9 @@ async fn user(
         };
         if let Ok(ws) = ws {
             ledger.connects.fetch_add(1, Ordering::Relaxed);
-            redirect = session(ws, &plan, &ledger, &stop).await;
+            // An exponentially distributed lifetime, when users churn.
+            let life = mean_life.map(|m| m.mul_f64(-(1.0 - rand::random::<f64>()).ln()));
+            redirect = session(ws, &plan, &mut up, life, &ledger, &stop).await;
             if began.elapsed() > Duration::from_secs(2) {
                 backoff = Duration::from_millis(100);
             }
@@ -211,13 +246,31 @@ async fn user(
 async fn session(
     mut ws: WebSocketStream<TcpStream>,
     plan: &Plan,
+    up: &mut Upstream,
+    life: Option<Duration>,
     ledger: &Ledger,
     stop: &CancellationToken,
 ) -> Option<String> {
     let mut redirect = None;
+    let ends = tokio::time::sleep(life.unwrap_or(Duration::from_secs(86_400 * 365)));
+    tokio::pin!(ends);
+    let period = up.every.unwrap_or(Duration::from_secs(3600));
+    let mut tick =
+        tokio::time::interval_at(Instant::now() + period.mul_f64(rand::random()), period);
     loop {
         let frame = tokio::select! {
             frame = ws.next() => frame,
+            _ = &mut ends => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                return None;
+            }
+            _ = tick.tick(), if up.every.is_some() => {
+                let msg = up.next(ledger);
+                if ws.send(WsMessage::Binary(plan.serializer.encode(&msg))).await.is_err() {
+                    return redirect;
+                }
+                continue;
+            }
             _ = stop.cancelled() => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
                 return None;
@@ -237,6 +290,10 @@ async fn session(
                 let ack = Message { cmd, key: msg.key, body: Bytes::new() };
                 let _ = ws.send(WsMessage::Binary(plan.serializer.encode(&ack))).await;
             }
+            Ok(CommandType::UpstreamAck) => up.acked(&msg.key, ledger),
+            Ok(CommandType::Error | CommandType::RateLimitExceeded) => {
+                ledger.up_errors.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(CommandType::Redirect) => {
                 ledger.redirects.fetch_add(1, Ordering::Relaxed);
                 let nodes = plan.serializer.decode::<NodeList>(&msg.body).ok();
@@ -245,6 +302,51 @@ async fn session(
                     .map(|n| format!("ws://{}:{}/", n.ip, n.port));
             }
             _ => {}
+        }
+    }
+}
+
+/// How a simulated user behaves besides acknowledging pushes.
+#[derive(Clone, Copy)]
+struct Behaviour {
+    /// Send an upstream message this often.
+    upstream: Option<Duration>,
+    /// Drop the connection after this long on average.
+    mean_life: Option<Duration>,
+}
+
+/// One user's upstream messages: at most one in flight, resent with its key until acknowledged.
+struct Upstream {
+    every: Option<Duration>,
+    user: i64,
+    sent: u64,
+    pending: Option<String>,
+}
+
+impl Upstream {
+    /// The message to send now: the unacknowledged one again, or a new one.
+    fn next(&mut self, ledger: &Ledger) -> Message {
+        let key = match &self.pending {
+            Some(key) => {
+                ledger.up_resent.fetch_add(1, Ordering::Relaxed);
+                key.clone()
+            }
+            None => {
+                self.sent += 1;
+                ledger.up_sent.fetch_add(1, Ordering::Relaxed);
+                let key = format!("u{}-{}", self.user, self.sent);
+                self.pending = Some(key.clone());
+                key
+            }
+        };
+        let cmd = CommandType::UpstreamMessage.into();
+        Message { cmd, key, body: Bytes::from_static(b"verify") }
+    }
+
+    fn acked(&mut self, key: &str, ledger: &Ledger) {
+        if self.pending.as_deref() == Some(key) {
+            self.pending = None;
+            lock(&ledger.up_acked).push(key.to_owned());
         }
     }
 }
