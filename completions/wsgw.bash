@@ -194,7 +194,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__loadtest)
-            opts="-n -c -h -V --url --connections --ramp --secret --config --token-file --biz --first-user --source --serializer --scenario --duration --rate --messages --body-size --push-addr --push-token --push-rate --pushes --broadcasts --broadcast-interval --churn-rate --kafka-brokers --kafka-topic --settle --server-pid --json --log-format --help --version"
+            opts="-n -c -h -V --url --connections --ramp --secret --config --token-file --biz --first-user --source --serializer --scenario --duration --rate --messages --body-size --push-addr --push-token --push-rate --pushes --broadcasts --broadcast-interval --churn-rate --kafka-brokers --kafka-topic --settle --upstream-rate --reconnect-rate --upstream-keys --server-pid --json --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -305,6 +305,18 @@ _wsgw() {
                     return 0
                     ;;
                 --settle)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --upstream-rate)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --reconnect-rate)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --upstream-keys)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -136,6 +136,9 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l churn-rate -d 'ch
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l kafka-brokers -d 'verify: Kafka bootstrap servers; half of the pushes go through the push topic' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l kafka-topic -d 'verify: the push topic' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l settle -d 'verify: how long to wait after the last push for every accepted one to arrive' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l upstream-rate -d 'verify: upstream messages per second per user (0: none); each user resends its message, same key, after an error or a reconnect until it is acknowledged' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l reconnect-rate -d 'verify: users who drop their connection and reconnect, per second in total (0: none)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l upstream-keys -d 'verify: write the keys of the acknowledged upstream messages to this file, one per line' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l server-pid -d 'Report this server process\'s RSS (idle memory per connection)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l json -d 'Also write the report as JSON to this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l log-format -d 'Log format (overrides `log.format`)' -r -f -a "human\t''
