@@ -39,7 +39,7 @@ while [ $# -gt 0 ]; do
   case $a in
     --short) seconds=15 users=100 rate=100 ;;
     --soak)
-      soak=1 users=10000 rate=200 up_rate=0.01 reconnect=20 faults=(soak)
+      soak=1 users=10000 rate=150 up_rate=0.01 reconnect=20 faults=(soak)
       seconds=$(( ${1:-30} * 60 )); [[ ${1:-} =~ ^[0-9]+$ ]] && shift
       ;;
     -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
@@ -54,7 +54,7 @@ rm -rf "$state" && mkdir -p "$state"
 scripts/services.sh tools
 bin=${CHAOS_BIN:-$root/target/debug/wsgw}
 [ -x "$bin" ] || cargo build --locked --bin wsgw
-backend_bin=${CHAOS_BACKEND:-$(dirname "$bin")/examples/backend}
+backend_bin=${CHAOS_BACKEND:-$root/target/debug/examples/backend}
 [ -x "$backend_bin" ] || cargo build --locked --example backend
 tansu=$root/target/tools/bin/tansu
 secret=chaos-harness-secret-0123456789abcdef
@@ -194,7 +194,7 @@ failed=0
 # Soak mode: every 30 s, per node: RSS, open files, live tasks, error counters; and Redis keys.
 sample() {
   local t0=$1
-  echo "secs,node,rss_kb,fds,tasks,errors,redis_keys" >"$state/soak.csv"
+  echo "secs,node,rss_kb,fds,tasks,errors,conns,redis_keys" >"$state/soak.csv"
   while :; do
     local keys now
     keys=$(redis-cli -p $redis dbsize 2>/dev/null || echo -1)
@@ -207,7 +207,8 @@ sample() {
         /^websocket_gateway_runtime_tasks / {t = $2}
         /^websocket_gateway_(backend_errors_total|decode_errors_total|outbound_dropped_total)/ {e += $2}
         /^websocket_gateway_cluster_events_total.*(error|dropped)/ {e += $2}
-        END {printf "%d,%d", t, e}')
+        /^websocket_gateway_connections_open / {c = $2}
+        END {printf "%d,%d,%d", t, e, c}')
       echo "$now,$n,$rss,$fds,$tasks,$keys" >>"$state/soak.csv"
     done
     sleep 30
@@ -278,6 +279,8 @@ for r in rows:
 EOF
 cat "$state/results.md"
 if [ $soak = 1 ]; then
-  python3 scripts/chaos/soak.py "$state/soak.csv" | tee "$state/soak.md"
+  # Warm-up: past the upstream dedup window (10 min), whose keys fill Redis until then.
+  python3 scripts/chaos/soak.py "$state/soak.csv" $((seconds > 1200 ? 720 : seconds / 4)) |
+    tee "$state/soak.md"
 fi
 exit $failed

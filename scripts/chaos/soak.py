@@ -27,8 +27,15 @@ def main():
         t = int(row["secs"])
         if t < warm:
             continue
-        for metric in ("rss_kb", "fds", "tasks", "errors"):
-            series[(metric, row["node"])].append((t, float(row[metric])))
+        for metric in ("rss_kb", "fds", "tasks", "errors", "conns"):
+            if metric in row:
+                series[(metric, row["node"])].append((t, float(row[metric])))
+        if "conns" in row:
+            # What is not explained by the connections held at that moment (one task and one
+            # descriptor each): a leak shows here even while users move between nodes.
+            conns = float(row["conns"])
+            series[("tasks - conns", row["node"])].append((t, float(row["tasks"]) - conns))
+            series[("fds - conns", row["node"])].append((t, float(row["fds"]) - conns))
         if row["node"] == "n1":
             series[("redis_keys", "redis")].append((t, float(row["redis_keys"])))
     if not series:
