@@ -120,8 +120,10 @@ impl Ledger {
     }
 
     fn lost(&self) -> Vec<String> {
+        // `accepted` before `seen`, in the same order as `report`.
+        let accepted = lock(&self.accepted);
         let seen = lock(&self.seen);
-        lock(&self.accepted).keys().filter(|k| !seen.contains_key(*k)).cloned().collect()
+        accepted.keys().filter(|k| !seen.contains_key(*k)).cloned().collect()
     }
 
     fn report(&self, settled: Duration) -> VerifyReport {

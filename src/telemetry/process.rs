@@ -39,7 +39,7 @@ impl ProcessGauges {
             .ok()
             .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok())
         {
-            self.rss.set(pages * page_size());
+            self.rss.set(pages * PAGE_SIZE);
         }
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
             self.fds.set(dir.count() as i64);
@@ -58,9 +58,8 @@ impl ProcessGauges {
 /// USER_HZ: 100 on every Linux architecture wsgw builds for.
 const CLOCK_TICKS: f64 = 100.0;
 
-fn page_size() -> i64 {
-    4096
-}
+/// The page size of every Linux architecture wsgw builds for.
+const PAGE_SIZE: i64 = 4096;
 
 /// utime + stime (fields 14 and 15) of a `/proc/…/stat` line; the command name in parentheses
 /// may hold spaces, so fields are counted after its closing parenthesis.
