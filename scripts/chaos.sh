@@ -22,6 +22,7 @@
 # long until every node was ready again. A lost push makes it exit 1.
 #
 #   scripts/chaos.sh [--short] [fault ...]     default: every fault, 40 s each; --short: 15 s
+#                                               (rolling: at least 45 s)
 #   scripts/chaos.sh --soak [minutes]           no fault: 10,000 users with churn, upstream and
 #                                               pushes for 30 minutes; samples every node's RSS,
 #                                               open files, tasks and the Redis keys (soak.md)
@@ -62,7 +63,7 @@ log() { printf 'chaos: %s\n' "$*" >&2; }
 
 # Ports: services, proxies, nodes (n1..n3: ws 19i2, governor 19i3, grpc 19i4).
 redis=19001 redis_slow=19011 etcd=19002 etcd_peer=19003 kafka=19004 kafka_proxy=19014
-backend=19005
+backend=19005 partitions=3
 pids=()
 declare -A pid_of
 cleanup() {
@@ -98,8 +99,12 @@ proxy() { # listen target state-file
 }
 
 node_config() { # n i
-  local n=$1 i=$2 redis_port=$redis
+  local n=$1 i=$2 redis_port=$redis props="" level=info
   [ "$n" = n2 ] && redis_port=$redis_slow
+  # Quoted: the debug contexts are comma-separated, and this is a YAML flow mapping.
+  if [ -n "${CHAOS_KAFKA_DEBUG:-}" ]; then
+    props="debug: \"$CHAOS_KAFKA_DEBUG\", log_level: \"7\"" level=info,librdkafka=debug
+  fi
   cat <<EOF
 node: { id: $n }
 server:
@@ -110,7 +115,7 @@ auth: { jwt: { secret: "$secret" } }
 backends: [{ biz_id: 9, endpoints: ["127.0.0.1:$backend"] }]
 downstream: { retry_interval: 2s, max_retries: 5 }
 shutdown: { drain_timeout: 10s, ack_wait: 2s }
-log: { format: json }
+log: { format: json, level: "$level" }
 cluster:
   redis: { url: "redis://127.0.0.1:$redis_port", prefix: "chaos:", session_ttl: 6s, inbox_max: 1000 }
   etcd: { endpoints: ["127.0.0.1:$etcd"], prefix: "/chaos", lease_ttl: 5s }
@@ -121,7 +126,7 @@ cluster:
     presence_topic: ""
     start_from: earliest
     route_timeout: 10s
-    properties: { ${CHAOS_KAFKA_DEBUG:+debug: "$CHAOS_KAFKA_DEBUG", log_level: "7"} }
+    properties: { $props }
 EOF
 }
 start_backend() {
@@ -146,6 +151,23 @@ wait_ready() { # seconds nodes...
   done
   return 1
 }
+# Partitions of the push topic held across the nodes (websocket_gateway_kafka_partitions_assigned).
+partitions_held() {
+  local sum=0 n held
+  for n in n1 n2 n3; do
+    held=$(curl -sf "http://127.0.0.1:191${n#n}3/metrics" | awk '/^websocket_gateway_kafka_partitions_assigned / {print $2}')
+    sum=$((sum + ${held:-0}))
+  done
+  echo $sum
+}
+# Waits until every partition is held again. tansu 0.6 never completes a rebalance whose
+# leader left while the group was still forming (its Forming::leave keeps the departed leader,
+# docs/reliability.md, finding 2), so the harness, like a careful deploy, lets each rebalance
+# finish before stopping the next member.
+wait_group() { # seconds
+  for _ in $(seq $(($1 * 5))); do [ "$(partitions_held)" -ge $partitions ] && return 0; sleep 0.2; done
+  log "the push topic's consumer group did not settle within $1 s"; return 1
+}
 stop_node() { # n signal
   local p=${pid_of[$1]}
   kill "-$2" "$p" 2>/dev/null || true
@@ -164,18 +186,23 @@ proxy $redis_slow $redis "$state/redis-path"
 pids+=($!)
 wait_port $kafka
 proxy $kafka_proxy $kafka "$state/kafka-path"
-"$tansu" topic create chaos-push --broker tcp://127.0.0.1:$kafka --partitions 3 >/dev/null
+"$tansu" topic create chaos-push --broker tcp://127.0.0.1:$kafka --partitions $partitions >/dev/null
 start_backend
 for n in n1 n2 n3; do start_node $n; done
 wait_ready 60 n1 n2 n3 || { log "nodes did not become ready"; tail -n 5 "$state"/n*.log; exit 1; }
+wait_group 60 || exit 1
 
 inject() { # fault; prints nothing; sets fault_end
   case $1 in
     none) ;;
     kill9) stop_node n1 KILL; sleep 2; start_node n1 ;;
-    # A deploy tool's rolling restart: the next node only after this one is ready and settled
-    # (its Kafka consumer back in the group; minReadySeconds in Kubernetes terms).
-    rolling) for n in n1 n2 n3; do stop_node $n TERM; start_node $n; wait_ready 30 $n || true; sleep 3; done ;;
+    # A deploy tool's rolling restart: the next node only after this one is ready and the
+    # push topic's consumer group has settled again (every partition held by some node; see
+    # wait_group), plus 3 s (minReadySeconds in Kubernetes terms).
+    rolling)
+      for n in n1 n2 n3; do
+        stop_node $n TERM; start_node $n; wait_ready 30 $n || true; wait_group 60 || true; sleep 3
+      done ;;
     redis) stop_node redis KILL; sleep 3; start_redis ;;
     etcd) stop_node etcd KILL; sleep 3; start_etcd ;;
     kafka) echo cut >"$state/kafka-path"; sleep 6; echo open >"$state/kafka-path" ;;
@@ -216,18 +243,22 @@ sample() {
 }
 
 for fault in "${faults[@]}"; do
-  log "fault: $fault (${seconds}s of pushes at ${rate}/s to $users users)"
+  # A rolling restart waits for the group to settle after each node (about 10 s with tansu):
+  # pushes keep flowing until the last node is back.
+  secs=$seconds
+  [ "$fault" = rolling ] && [ "$secs" -lt 45 ] && secs=45
+  log "fault: $fault (${secs}s of pushes at ${rate}/s to $users users)"
   backend_from=$(wc -l <"$state/backend-keys.log")
-  timeout $((seconds + 300)) "$bin" loadtest --scenario verify "${urls[@]}" -n $users --ramp 500 --secret "$secret" \
+  timeout $((secs + 300)) "$bin" loadtest --scenario verify "${urls[@]}" -n $users --ramp 500 --secret "$secret" \
     --biz 9 --first-user $((RANDOM * 1000)) --push-addr "$addrs" --push-rate $rate \
     --kafka-brokers 127.0.0.1:$kafka_proxy --kafka-topic chaos-push \
     --upstream-rate $up_rate --upstream-keys "$state/$fault.upstream" --reconnect-rate $reconnect \
-    --duration "${seconds}s" --settle 60s --json "$state/$fault.json" \
+    --duration "${secs}s" --settle 60s --json "$state/$fault.json" \
     >"$state/$fault.out" 2>"$state/$fault.err" &
   driver=$!
   sampler=
   if [ $soak = 1 ]; then sample "$(date +%s)" & sampler=$!; fi
-  sleep $((seconds / 3))
+  sleep $((secs / 3))
   began=$(date +%s.%N)
   inject "$fault"
   injected=$(date +%s.%N)

@@ -16,6 +16,8 @@
 //! produced in the background; librdkafka buffers and retries them for up to five minutes while
 //! brokers are down, so a brief outage loses nothing. Must never block a connection.
 
+mod group;
+
 use std::{sync::Arc, time::Duration};
 
 use base64::Engine as _;
@@ -113,7 +115,11 @@ impl<S: PushSink> PushConsumer<S> {
     }
 
     pub async fn run(self, stop: CancellationToken) {
-        let consumer: StreamConsumer = match with_properties(
+        let observer = group::GroupObserver {
+            metrics: self.metrics.clone(),
+            topic: self.config.push_topic.clone(),
+        };
+        let consumer: StreamConsumer<group::GroupObserver> = match with_properties(
             client_config(&self.config)
                 .set("group.id", &self.config.group_id)
                 .set("enable.auto.commit", "true")
@@ -122,10 +128,11 @@ impl<S: PushSink> PushConsumer<S> {
                 .set("auto.offset.reset", &self.config.start_from)
                 .set("session.timeout.ms", "10000")
                 .set("max.poll.interval.ms", "30000")
-                .set("fetch.wait.max.ms", "50"),
+                .set("fetch.wait.max.ms", "50")
+                .set("statistics.interval.ms", group::STATS_INTERVAL_MS),
             &self.config,
         )
-        .create()
+        .create_with_context(observer)
         {
             Ok(c) => c,
             Err(e) => {
@@ -169,6 +176,8 @@ impl<S: PushSink> PushConsumer<S> {
         let _ =
             tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync))
                 .await;
+        self.metrics.kafka_partitions.set(0);
+        self.metrics.kafka_lag.reset();
     }
 
     /// Routes one record; true when its offset may be committed.

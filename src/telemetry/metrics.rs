@@ -105,6 +105,10 @@ pub struct Metrics {
     pushes: IntCounterVec,
     cluster_events: IntCounterVec,
     dependency_up: IntGaugeVec,
+    /// Partitions of the push topic this node's Kafka consumer holds.
+    pub kafka_partitions: IntGauge,
+    /// Records of each held partition not yet done (high watermark minus stored offset).
+    pub kafka_lag: IntGaugeVec,
     process: ProcessGauges,
     biz: DashMap<i64, Arc<BizMetrics>>,
 }
@@ -248,6 +252,21 @@ impl Metrics {
                         "1 while a configured service (redis, etcd, kafka) answers.",
                     ),
                     &["service"],
+                ),
+            ),
+            kafka_partitions: gauge(
+                &r,
+                "kafka_partitions_assigned",
+                "Partitions of the push topic assigned to this node's consumer.",
+            ),
+            kafka_lag: registered(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        format!("{PREFIX}_kafka_consumer_lag"),
+                        "Push records per assigned partition not yet routed and stored.",
+                    ),
+                    &["partition"],
                 ),
             ),
             commands: command_series(&r),

@@ -17,13 +17,24 @@ async fn consumer_and_holder(test: &str) -> (Scope, TestNode, TestNode, Client) 
 
 #[tokio::test]
 async fn a_push_from_kafka_reaches_a_user_on_another_node() {
-    let (scope, consumer_node, _holder, mut client) = consumer_and_holder("kafka-other-node").await;
+    let (scope, consumer_node, holder, mut client) = consumer_and_holder("kafka-other-node").await;
 
     let producer = cluster::producer(&scope.kafka);
     cluster::produce_push(&producer, &scope.push_topic(), "k-1", 9, 7, b"from kafka").await;
     let m = client.recv_msg_within(JSON, KAFKA_WAIT).await.expect("the push arrives");
     assert!(is_push(&m, "k-1", b"from kafka"), "{m:?}");
     assert_eq!(consumer_node.handle.connections(), 0, "the consuming node holds nobody");
+    // The group as operators see it: the consumer holds the topic's one partition, the other
+    // node none, and the partition's lag (from librdkafka's statistics) drops to 0.
+    let held = "websocket_gateway_kafka_partitions_assigned";
+    assert_eq!(consumer_node.metric(held).await, 1.0);
+    assert_eq!(holder.metric(held).await, 0.0);
+    let caught_up = "websocket_gateway_kafka_consumer_lag{partition=\"0\"} 0\n";
+    crate::assert_within!(
+        20,
+        consumer_node.get("/metrics").await.1.contains(caught_up),
+        "no lag series for partition 0 at 0"
+    );
 }
 
 #[tokio::test]
