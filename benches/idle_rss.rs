@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use tokio::{net::TcpListener, sync::Semaphore};
 use wsgw::auth::{self, Identity, TokenSpec};
 
-const SECRET: &str = "bench-secret";
+const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

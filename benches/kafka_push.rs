@@ -30,12 +30,12 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use wsgw::{
     auth::{self, Identity, TokenSpec},
-    config::Config,
+    config::{Config, RoleTokens},
     node::Node,
     protocol::{CommandType, Message, Serializer},
 };
 
-const SECRET: &str = "bench-secret";
+const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
 const BIZ: i64 = 9;
 
 struct Opts {
@@ -171,11 +171,16 @@ async fn run(o: Opts) {
 async fn node(o: &Opts, tag: &str, id: &str, topic: &str) -> std::net::SocketAddr {
     let mut c = Config::default();
     c.node.id = id.into();
-    c.server.websocket.listen = "127.0.0.1:0".parse().expect("addr");
+    c.server.websocket.listen = Some("127.0.0.1:0".parse().expect("addr"));
     c.server.governor.listen = "127.0.0.1:0".parse().expect("addr");
     c.server.grpc.listen = "127.0.0.1:0".parse().expect("addr");
     c.auth.jwt.secret = SECRET.into();
     c.log.level = "warn".into();
+    c.server.grpc.tokens = RoleTokens {
+        backend: "bench-backend".into(),
+        peer: "bench-peer".into(),
+        operator: "bench-operator".into(),
+    };
     c.cluster.redis.url = o.redis.clone();
     c.cluster.redis.prefix = format!("{tag}:");
     c.cluster.kafka.brokers = o.brokers.clone();

@@ -32,7 +32,7 @@ use wsgw::{
     },
 };
 
-const SECRET: &str = "bench-secret";
+const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
 const BIZ: i64 = 9999;
 
 struct Fast;

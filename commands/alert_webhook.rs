@@ -2,13 +2,13 @@
 //! See `wsgw::admin::webhook` for what it does with each alert; `scripts/grafana/` has the
 //! scrape config, dashboard and alert rule that point at it.
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use tracing::info;
 use wsgw::admin::webhook::{self, WebhookConfig};
 
-use crate::nodes::TargetArgs;
+use crate::{nodes::TargetArgs, secrets};
 
 /// Grafana contact point: POST /webhook/v1 redirects a share of an alerting node's clients.
 #[derive(clap::Args)]
@@ -21,14 +21,23 @@ pub struct Args {
     to: TargetArgs,
     /// Token webhook requests must carry (Authorization: Bearer TOKEN; Grafana's
     /// "Authorization header - Credentials").
-    #[arg(long, default_value = "")]
-    token: String,
+    #[arg(long, env = "WSGW_WEBHOOK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Read the webhook token from this file.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Or basic auth credentials requests must carry, as user:password.
-    #[arg(long, default_value = "")]
-    basic_auth: String,
-    /// The nodes' gRPC token (server.grpc.token).
-    #[arg(long, default_value = "")]
-    admin_token: String,
+    #[arg(long, env = "WSGW_WEBHOOK_BASIC_AUTH", hide_env_values = true)]
+    basic_auth: Option<String>,
+    /// Read the basic auth credentials (user:password) from this file.
+    #[arg(long, value_name = "FILE")]
+    basic_auth_file: Option<PathBuf>,
+    /// The nodes' operator token (server.grpc.tokens.operator; else WSGW_SERVER__GRPC__TOKEN).
+    #[arg(long, env = "WSGW_SERVER__GRPC__TOKENS__OPERATOR", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Read the nodes' operator token from this file.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Share of the alerting node's connections to redirect (0 < p ≤ 1).
     #[arg(long, default_value_t = 0.5)]
     percent: f64,
@@ -41,7 +50,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.token.is_empty() && args.basic_auth.is_empty() {
+    let token = secrets::read(args.token.as_deref(), args.token_file.as_deref())?;
+    let basic_auth = secrets::read(args.basic_auth.as_deref(), args.basic_auth_file.as_deref())?;
+    let admin_token = secrets::token(args.admin_token.as_deref(), args.admin_token_file.as_ref())?;
+    if token.is_empty() && basic_auth.is_empty() {
         bail!("give --token or --basic-auth: the webhook never acts on unauthenticated requests");
     }
     if !(args.percent > 0.0 && args.percent <= 1.0) {
@@ -51,9 +63,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let target = args.to.target();
     let config = WebhookConfig {
         target,
-        admin_token: args.admin_token,
-        token: args.token,
-        basic_auth: args.basic_auth,
+        admin_token,
+        token,
+        basic_auth,
         fraction: args.percent,
         label: args.label,
         cooldown: args.cooldown,

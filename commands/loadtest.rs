@@ -4,7 +4,7 @@
 //! Exit codes: 0 all connections opened and no errors; 1 some connections failed or errors
 //! were answered; 2 bad arguments or no connection at all.
 
-use crate::exit;
+use crate::{exit, secrets};
 use std::{
     io::IsTerminal, net::IpAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration,
 };
@@ -54,6 +54,9 @@ pub struct Args {
     /// Mint tokens with this secret (default: the --config / WSGW_AUTH__JWT__SECRET secret).
     #[arg(long, conflicts_with = "token_file")]
     secret: Option<String>,
+    /// Read the secret to mint tokens with from this file.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["token_file", "secret"])]
+    secret_file: Option<PathBuf>,
     /// Node config to take the JWT secret from.
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -90,9 +93,13 @@ pub struct Args {
     /// push/broadcast: the node's gRPC address (verify: the nodes', comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:9004")]
     push_addr: Vec<String>,
-    /// push/broadcast: bearer token of the gRPC API.
-    #[arg(long, env = "WSGW_SERVER__GRPC__TOKEN", hide_env_values = true)]
+    /// push/broadcast/verify: the backend token (server.grpc.tokens.backend; else
+    /// WSGW_SERVER__GRPC__TOKEN).
+    #[arg(long, env = "WSGW_SERVER__GRPC__TOKENS__BACKEND", hide_env_values = true)]
     push_token: Option<String>,
+    /// Read the backend token from this file.
+    #[arg(long, value_name = "FILE")]
+    push_token_file: Option<PathBuf>,
     /// push: pushes per second in total.
     #[arg(long, default_value_t = 1000.0)]
     push_rate: f64,
@@ -154,9 +161,14 @@ enum SerializerArg {
 /// Longest measurement accepted, so that a run always ends.
 const MAX_DURATION: Duration = Duration::from_secs(3600);
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     if args.duration > MAX_DURATION {
         bail!("--duration is at most 1h");
+    }
+    let token = secrets::token(args.push_token.as_deref(), args.push_token_file.as_ref())?;
+    args.push_token = (!token.is_empty()).then_some(token);
+    if let Some(path) = &args.secret_file {
+        args.secret = Some(secrets::read(None, Some(path))?);
     }
     let plan = plan(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -8,6 +8,7 @@ mod kick;
 mod loadtest;
 mod nodes;
 mod push;
+mod secrets;
 mod serve;
 mod sessions;
 mod token;

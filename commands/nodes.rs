@@ -1,7 +1,7 @@
 //! The flags every operator subcommand shares: which node(s) to talk to, and the token.
 
-use crate::exit;
-use std::process::ExitCode;
+use crate::{exit, secrets};
+use std::{path::PathBuf, process::ExitCode};
 
 use wsgw::admin::client::{self, NodeClient, Target};
 
@@ -38,12 +38,20 @@ impl TargetArgs {
 pub struct NodeArgs {
     #[command(flatten)]
     pub to: TargetArgs,
-    /// Bearer token (server.grpc.token).
-    #[arg(long, default_value = "")]
-    pub token: String,
+    /// The operator token (server.grpc.tokens.operator; else WSGW_SERVER__GRPC__TOKEN).
+    #[arg(long, env = "WSGW_SERVER__GRPC__TOKENS__OPERATOR", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Read the operator token from this file.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl NodeArgs {
+    /// The operator token from the flag, its variable or its file.
+    pub fn token(&self) -> anyhow::Result<String> {
+        secrets::token(self.token.as_deref(), self.token_file.as_ref())
+    }
+
     pub fn target(&self) -> Target {
         self.to.target()
     }
@@ -54,7 +62,11 @@ impl NodeArgs {
 
     /// Clients for the addressed nodes, or the exit code after printing why there are none.
     pub async fn clients(&self) -> Result<Vec<NodeClient>, ExitCode> {
-        client::nodes(&self.target(), &self.token).await.map_err(|e| {
+        let token = self.token().map_err(|e| {
+            eprintln!("error: {e:#}");
+            exit::failed()
+        })?;
+        client::nodes(&self.target(), &token).await.map_err(|e| {
             eprintln!("error: {e}");
             exit::failed()
         })

@@ -8,7 +8,7 @@
 //! connection, single node; or a broadcast reached nobody); 2 refused or failed (bad arguments,
 //! wrong token, node unreachable, overloaded).
 
-use crate::exit;
+use crate::{exit, secrets};
 use std::{io::Read as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use crate::nodes::TargetArgs;
@@ -39,9 +39,12 @@ pub struct Args {
     /// least-loaded node and reaches the user wherever they are; --all broadcasts on every node.
     #[command(flatten)]
     to: TargetArgs,
-    /// Bearer token (server.grpc.token).
-    #[arg(long, env = "WSGW_SERVER__GRPC__TOKEN", hide_env_values = true)]
+    /// The backend token (server.grpc.tokens.backend; else WSGW_SERVER__GRPC__TOKEN).
+    #[arg(long, env = "WSGW_SERVER__GRPC__TOKENS__BACKEND", hide_env_values = true)]
     token: Option<String>,
+    /// Read the backend token from this file.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Read the body from this file.
     #[arg(long, conflicts_with = "text")]
     file: Option<PathBuf>,
@@ -52,8 +55,9 @@ pub struct Args {
     text: Option<String>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     let body = body(&args)?;
+    args.token = Some(secrets::token(args.token.as_deref(), args.token_file.as_ref())?);
     let key = args.key.clone().unwrap_or_else(random_key);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,5 +1,6 @@
 //! `wsgw token`: mint a JWT that a node accepts (for development, tests and load tests).
 
+use crate::secrets;
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
@@ -23,6 +24,9 @@ pub struct Args {
     /// HMAC secret; defaults to the node's `auth.jwt.secret` from --config or WSGW_AUTH__JWT__SECRET.
     #[arg(long, conflicts_with = "config")]
     secret: Option<String>,
+    /// Read the HMAC secret from this file.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "secret"])]
+    secret_file: Option<PathBuf>,
     /// Take secret, issuer, audience and algorithm from this node config.
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -54,7 +58,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("cannot load the configuration")?
         .auth
         .jwt;
-    let secret = args.secret.unwrap_or(jwt.secret);
+    let secret = match &args.secret_file {
+        Some(path) => secrets::read(None, Some(path))?,
+        None => args.secret.unwrap_or(jwt.secret),
+    };
     if secret.is_empty() {
         bail!(
             "no secret: pass --secret (a node without one prints its ephemeral secret at start) or --config"

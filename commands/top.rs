@@ -152,7 +152,8 @@ async fn rediscover(nodes: NodeArgs, tx: mpsc::Sender<Event>, stop: Cancellation
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
-        if let Ok(found) = client::nodes(&nodes.target(), &nodes.token).await {
+        let Ok(token) = nodes.token() else { continue };
+        if let Ok(found) = client::nodes(&nodes.target(), &token).await {
             let _ = tx.send(Event::Nodes(found)).await;
         }
     }

@@ -68,7 +68,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__alert__subcmd__webhook)
-            opts="-h -V --listen --addr --etcd --etcd-prefix --token --basic-auth --admin-token --percent --label --cooldown --log-format --help --version"
+            opts="-h -V --listen --addr --etcd --etcd-prefix --token --token-file --basic-auth --basic-auth-file --admin-token --admin-token-file --percent --label --cooldown --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -94,11 +94,23 @@ _wsgw() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --basic-auth)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --basic-auth-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --admin-token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --admin-token-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -144,7 +156,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__kick)
-            opts="-h -V --addr --etcd --etcd-prefix --token --user --biz --conn --reason --json --log-format --help --version"
+            opts="-h -V --addr --etcd --etcd-prefix --token --token-file --user --biz --conn --reason --json --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -163,6 +175,10 @@ _wsgw() {
                     return 0
                     ;;
                 --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -194,7 +210,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__loadtest)
-            opts="-n -c -h -V --url --connections --ramp --secret --config --token-file --biz --first-user --source --serializer --scenario --duration --rate --messages --body-size --push-addr --push-token --push-rate --pushes --broadcasts --broadcast-interval --churn-rate --kafka-brokers --kafka-topic --settle --upstream-rate --reconnect-rate --upstream-keys --server-pid --json --log-format --help --version"
+            opts="-n -c -h -V --url --connections --ramp --secret --secret-file --config --token-file --biz --first-user --source --serializer --scenario --duration --rate --messages --body-size --push-addr --push-token --push-token-file --push-rate --pushes --broadcasts --broadcast-interval --churn-rate --kafka-brokers --kafka-topic --settle --upstream-rate --reconnect-rate --upstream-keys --server-pid --json --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -217,6 +233,10 @@ _wsgw() {
                     return 0
                     ;;
                 --secret)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --secret-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -273,6 +293,10 @@ _wsgw() {
                     return 0
                     ;;
                 --push-token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --push-token-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -340,7 +364,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__push)
-            opts="-h -V --user --all --biz --key --addr --etcd --etcd-prefix --token --file --timeout --log-format --help --version"
+            opts="-h -V --user --all --biz --key --addr --etcd --etcd-prefix --token --token-file --file --timeout --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -371,6 +395,10 @@ _wsgw() {
                     return 0
                     ;;
                 --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -420,7 +448,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__sessions)
-            opts="-h -V --addr --etcd --etcd-prefix --token --biz --user --node --json --log-format --help --version"
+            opts="-h -V --addr --etcd --etcd-prefix --token --token-file --biz --user --node --json --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -439,6 +467,10 @@ _wsgw() {
                     return 0
                     ;;
                 --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -466,7 +498,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__token)
-            opts="-c -h -V --user --biz --ttl --secret --config --issuer --audience --alg --log-format --help --version"
+            opts="-c -h -V --user --biz --ttl --secret --secret-file --config --issuer --audience --alg --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -485,6 +517,10 @@ _wsgw() {
                     return 0
                     ;;
                 --secret)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --secret-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -520,7 +556,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__top)
-            opts="-h -V --addr --etcd --etcd-prefix --token --interval --log-format --help --version"
+            opts="-h -V --addr --etcd --etcd-prefix --token --token-file --interval --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -539,6 +575,10 @@ _wsgw() {
                     return 0
                     ;;
                 --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -49,7 +49,8 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l key -d 'Message key (
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
-complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l token -d 'Bearer token (server.grpc.token)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l token -d 'The backend token (server.grpc.tokens.backend; else WSGW_SERVER__GRPC__TOKEN)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l token-file -d 'Read the backend token from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l file -d 'Read the body from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l timeout -d 'Give up after this long' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l log-format -d 'Log format (overrides `log.format`)' -r -f -a "human\t''
@@ -60,7 +61,8 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand push" -s V -l version -d 'Prin
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
-complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l token -d 'Bearer token (server.grpc.token)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l token -d 'The operator token (server.grpc.tokens.operator; else WSGW_SERVER__GRPC__TOKEN)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l token-file -d 'Read the operator token from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l biz -d 'Only this business' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l user -d 'Only this user (with --biz)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l node -d 'Only connections on this node id' -r
@@ -72,7 +74,8 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -s V -l version -d '
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
-complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l token -d 'Bearer token (server.grpc.token)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l token -d 'The operator token (server.grpc.tokens.operator; else WSGW_SERVER__GRPC__TOKEN)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l token-file -d 'Read the operator token from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l user -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l biz -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l conn -d 'Only this connection (see `wsgw sessions`)' -r
@@ -85,7 +88,8 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -s V -l version -d 'Prin
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
-complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l token -d 'Bearer token (server.grpc.token)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l token -d 'The operator token (server.grpc.tokens.operator; else WSGW_SERVER__GRPC__TOKEN)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l token-file -d 'Read the operator token from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l interval -d 'Refresh interval' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l log-format -d 'Log format (overrides `log.format`)' -r -f -a "human\t''
 json\t''"
@@ -96,8 +100,11 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l addr -d 'One
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l token -d 'Token webhook requests must carry (Authorization: Bearer TOKEN; Grafana\'s "Authorization header - Credentials")' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l token-file -d 'Read the webhook token from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l basic-auth -d 'Or basic auth credentials requests must carry, as user:password' -r
-complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l admin-token -d 'The nodes\' gRPC token (server.grpc.token)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l basic-auth-file -d 'Read the basic auth credentials (user:password) from this file' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l admin-token -d 'The nodes\' operator token (server.grpc.tokens.operator; else WSGW_SERVER__GRPC__TOKEN)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l admin-token-file -d 'Read the nodes\' operator token from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l percent -d 'Share of the alerting node\'s connections to redirect (0 < p ≤ 1)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l label -d 'Alert label that names the node (tried after node_id, before instance)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l cooldown -d 'The same alert is not acted on again within this time' -r
@@ -109,6 +116,7 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l url -d 'WebSocket
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -s n -l connections -d 'Connections to open (each one a distinct user)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l ramp -d 'New connections per second while ramping up' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l secret -d 'Mint tokens with this secret (default: the --config / WSGW_AUTH__JWT__SECRET secret)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l secret-file -d 'Read the secret to mint tokens with from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -s c -l config -d 'Node config to take the JWT secret from' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l token-file -d 'Use the token in this file for every connection' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l biz -d 'Business id of the simulated users' -r
@@ -127,7 +135,8 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l rate -d 'upstream
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l messages -d 'upstream: messages per connection; the run ends when all are answered' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l body-size -d 'Body size of upstream, push and broadcast messages, in bytes' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l push-addr -d 'push/broadcast: the node\'s gRPC address (verify: the nodes\', comma-separated)' -r
-complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l push-token -d 'push/broadcast: bearer token of the gRPC API' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l push-token -d 'push/broadcast/verify: the backend token (server.grpc.tokens.backend; else WSGW_SERVER__GRPC__TOKEN)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l push-token-file -d 'Read the backend token from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l push-rate -d 'push: pushes per second in total' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l pushes -d 'push: pushes in total; the run ends when all are delivered or failed' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand loadtest" -l broadcasts -d 'broadcast: how many broadcasts' -r
@@ -149,6 +158,7 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l user -d 'User id (cl
 complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l biz -d 'Business id (claim `biz_id`)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l ttl -d 'Lifetime of the token ("1h", "30m", ...)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l secret -d 'HMAC secret; defaults to the node\'s `auth.jwt.secret` from --config or WSGW_AUTH__JWT__SECRET' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l secret-file -d 'Read the HMAC secret from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand token" -s c -l config -d 'Take secret, issuer, audience and algorithm from this node config' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l issuer -d 'Claim `iss` (default: the config\'s auth.jwt.issuer)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l audience -d 'Claim `aud` (default: the config\'s auth.jwt.audience)' -r

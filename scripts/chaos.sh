@@ -59,6 +59,9 @@ backend_bin=${CHAOS_BACKEND:-$root/target/debug/examples/backend}
 [ -x "$backend_bin" ] || cargo build --locked --example backend
 tansu=$root/target/tools/bin/tansu
 secret=chaos-harness-secret-0123456789abcdef
+# A token per role (required in cluster mode); the driver reads the backend one from here.
+export WSGW_SERVER__GRPC__TOKENS__BACKEND=chaos-backend-token
+peer_token=chaos-peer-token operator_token=chaos-operator-token
 log() { printf 'chaos: %s\n' "$*" >&2; }
 
 # Ports: services, proxies, nodes (n1..n3: ws 19i2, governor 19i3, grpc 19i4).
@@ -110,7 +113,9 @@ node: { id: $n }
 server:
   websocket: { listen: "127.0.0.1:191${i}2" }
   governor: { listen: "127.0.0.1:191${i}3" }
-  grpc: { listen: "127.0.0.1:191${i}4" }
+  grpc:
+    listen: "127.0.0.1:191${i}4"
+    tokens: { backend: "$WSGW_SERVER__GRPC__TOKENS__BACKEND", peer: "$peer_token", operator: "$operator_token" }
 auth: { jwt: { secret: "$secret" } }
 backends: [{ biz_id: 9, endpoints: ["127.0.0.1:$backend"] }]
 downstream: { retry_interval: 2s, max_retries: 5 }

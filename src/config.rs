@@ -6,6 +6,7 @@
 //! start anything or read the environment beyond what [`load`] is given.
 
 mod cluster;
+mod credentials;
 mod load;
 mod validate;
 
@@ -61,22 +62,80 @@ pub struct ServerConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct GrpcConfig {
-    /// Where the node serves `PushService` (and, later, the admin API).
+    /// Where the node serves `PushService`, `NodeService` and `AdminService`.
     pub listen: SocketAddr,
-    /// When set, every call must carry `authorization: Bearer <token>`.
+    /// One token for every role without its own (the original's single token). When set, every
+    /// call must carry `authorization: Bearer <token>`.
     pub token: String,
+    /// A separate token per role (required in cluster mode and beyond loopback).
+    pub tokens: RoleTokens,
 }
 
 impl Default for GrpcConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9004)), token: String::new() }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9004)),
+            token: String::new(),
+            tokens: RoleTokens::default(),
+        }
+    }
+}
+
+/// Who calls the gRPC API, each with its own credential: a push token cannot kick or drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrpcRole {
+    /// Business backends: `PushService` (Push, Broadcast).
+    Backend,
+    /// Other nodes: `NodeService` (Deliver).
+    Peer,
+    /// Operators: `AdminService` (sessions, kick, redirect, drain).
+    Operator,
+}
+
+impl GrpcRole {
+    pub const ALL: [GrpcRole; 3] = [GrpcRole::Backend, GrpcRole::Peer, GrpcRole::Operator];
+
+    /// The config key of this role's token.
+    pub fn key(self) -> &'static str {
+        match self {
+            GrpcRole::Backend => "server.grpc.tokens.backend",
+            GrpcRole::Peer => "server.grpc.tokens.peer",
+            GrpcRole::Operator => "server.grpc.tokens.operator",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RoleTokens {
+    pub backend: String,
+    pub peer: String,
+    pub operator: String,
+}
+
+impl GrpcConfig {
+    /// The token `role`'s calls must carry: its own, else the shared `token` (empty: none).
+    pub fn token_for(&self, role: GrpcRole) -> &str {
+        let own = self.token_for_own(role);
+        if own.is_empty() { &self.token } else { own }
+    }
+
+    /// `role`'s own token (`tokens.*`), empty when it has none.
+    pub fn token_for_own(&self, role: GrpcRole) -> &str {
+        match role {
+            GrpcRole::Backend => &self.tokens.backend,
+            GrpcRole::Peer => &self.tokens.peer,
+            GrpcRole::Operator => &self.tokens.operator,
+        }
     }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct WebSocketConfig {
-    pub listen: SocketAddr,
+    /// Where clients connect. None (the default): 0.0.0.0:9002 when a JWT secret is configured,
+    /// 127.0.0.1:9002 otherwise (the ephemeral development secret stays on this host).
+    pub listen: Option<SocketAddr>,
     /// Time a client has from TCP accept to a completed WebSocket upgrade.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
@@ -95,13 +154,24 @@ pub struct WebSocketConfig {
 impl Default for WebSocketConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 9002)),
+            listen: None,
             handshake_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),
             max_connections: 100_000,
             retry_after: Duration::from_secs(5),
             conformance_echo: false,
         }
+    }
+}
+
+impl WebSocketConfig {
+    /// The port clients connect to unless `listen` says otherwise.
+    pub const PORT: u16 = 9002;
+
+    /// The address to listen on, given whether a JWT secret is configured.
+    pub fn listen_addr(&self, has_secret: bool) -> SocketAddr {
+        let any = if has_secret { [0, 0, 0, 0] } else { [127, 0, 0, 1] };
+        self.listen.unwrap_or_else(|| SocketAddr::from((any, Self::PORT)))
     }
 }
 
@@ -385,6 +455,11 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// Where the WebSocket listener binds (`server.websocket.listen`, or its default).
+    pub fn websocket_listen(&self) -> SocketAddr {
+        self.server.websocket.listen_addr(!self.auth.jwt.secret.is_empty())
+    }
+
     /// The node id, or the host name when none is configured.
     pub fn node_id(&self) -> String {
         if !self.node.id.is_empty() {

@@ -20,7 +20,7 @@ use crate::{
     admin::{AdminApi, NodeView, Sampler},
     auth::{BearerAuth, EmptySecret, TokenVerifier},
     cluster::{Advertised, DirectoryError, SessionDirectory},
-    config::Config,
+    config::{Config, GrpcConfig, GrpcRole},
     downstream::{Downstream, Fallback},
     gateway::{self, Gateway},
     governor::{self, GovernorView},
@@ -98,7 +98,7 @@ struct Services {
     admin: Arc<NodeView>,
     governor: GovernorView,
     router: Arc<Router>,
-    grpc_token: String,
+    grpc_tokens: GrpcConfig,
     drain_timeout: std::time::Duration,
     ack_wait: std::time::Duration,
     /// Connection tasks and the backend calls they start.
@@ -162,7 +162,7 @@ impl Node {
             configured => (configured.to_owned(), None),
         };
         let listeners = Listeners {
-            ws: bind("websocket", config.server.websocket.listen).await?,
+            ws: bind("websocket", config.websocket_listen()).await?,
             governor: bind("governor", config.server.governor.listen).await?,
             grpc: bind("grpc", config.server.grpc.listen).await?,
         };
@@ -241,7 +241,7 @@ impl Services {
             self.admin.clone(),
             self.sampler.clone(),
             self.router.clone(),
-            self.grpc_token.clone(),
+            self.grpc_tokens.clone(),
             stop,
         ));
         [governor, grpc]
@@ -406,7 +406,7 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
     );
     let routing = TaskTracker::new();
     let peers = Peers::new(
-        Bearer::new(&config.server.grpc.token)?,
+        Bearer::new(config.server.grpc.token_for(GrpcRole::Peer))?,
         routing.clone(),
         lifecycle.token(Stage::StopRouting),
     );
@@ -458,7 +458,7 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
         admin,
         governor,
         router,
-        grpc_token: config.server.grpc.token.clone(),
+        grpc_tokens: config.server.grpc.clone(),
         drain_timeout: config.shutdown.drain_timeout,
         ack_wait: config.shutdown.ack_wait,
         connections,
@@ -474,16 +474,20 @@ async fn serve_grpc(
     view: Arc<NodeView>,
     sampler: Arc<Sampler>,
     router: Arc<Router>,
-    token: String,
+    tokens: GrpcConfig,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    let auth = BearerAuth::new(&token);
+    // One credential per role: a backend's push token cannot kick or drain.
+    let auth = |role| BearerAuth::new(tokens.token_for(role));
     let push = PushServiceServer::with_interceptor(
         PushApi::new(router.clone(), view.downstream.clone()),
-        auth.clone(),
+        auth(GrpcRole::Backend),
     );
-    let node = NodeServiceServer::with_interceptor(NodeApi::new(router), auth.clone());
-    let admin = AdminServiceServer::with_interceptor(AdminApi::new(view, sampler), auth);
+    let node = NodeServiceServer::with_interceptor(NodeApi::new(router), auth(GrpcRole::Peer));
+    let admin = AdminServiceServer::with_interceptor(
+        AdminApi::new(view, sampler),
+        auth(GrpcRole::Operator),
+    );
     tonic::transport::Server::builder()
         .add_service(push)
         .add_service(node)

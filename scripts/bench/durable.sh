@@ -27,6 +27,9 @@ bin=${BENCH_BIN:-target/release/wsgw}
 [ -x "$bin" ] || cargo build --release --locked --bin wsgw
 out=target/bench && mkdir -p $out && : >$out/durable.jsonl
 secret=bench-durable-secret-0123456789abcdef
+# Cluster mode (durable) needs a token per role; loadtest reads the backend one from here too.
+export WSGW_SERVER__GRPC__TOKENS__BACKEND=bench-backend WSGW_SERVER__GRPC__TOKENS__PEER=bench-peer
+export WSGW_SERVER__GRPC__TOKENS__OPERATOR=bench-operator
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 

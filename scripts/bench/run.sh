@@ -44,9 +44,9 @@ start() {
       bin=target/release/wsgw
       [ "$name" = base ] && bin=${BASE_BIN:?BASE_BIN names the wsgw binary to compare with}
       WSGW_SERVER__WEBSOCKET__LISTEN=127.0.0.1:9702 WSGW_SERVER__GOVERNOR__LISTEN=127.0.0.1:9703 \
-      WSGW_SERVER__GRPC__LISTEN=127.0.0.1:9704 WSGW_AUTH__JWT__SECRET=bench WSGW_LOG__LEVEL=warn \
+      WSGW_SERVER__GRPC__LISTEN=127.0.0.1:9704 WSGW_AUTH__JWT__SECRET=bench-secret-0123456789abcdef0123456789 WSGW_LOG__LEVEL=warn \
         taskset -c 0 "$bin" serve & pids=($!)
-      url=ws://127.0.0.1:9702/ publish=wsgw:127.0.0.1:9704 port=9702 extra=(--token-secret bench) ;;
+      url=ws://127.0.0.1:9702/ publish=wsgw:127.0.0.1:9704 port=9702 extra=(--token-secret bench-secret-0123456789abcdef0123456789) ;;
     nchan)
       mkdir -p "$scratch/nchan/logs" "$scratch/nchan/tmp"
       sed "s#@DIR@#$scratch#g" "$peers/nchan-nginx.conf" >"$scratch/nchan/nginx.conf"

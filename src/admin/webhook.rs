@@ -25,6 +25,7 @@ use axum::{
 };
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
 
 use super::client::{self, NodeClient, Target};
 use crate::{cluster::NodeEntry, protocol::admin_pb::RedirectRequest};
@@ -120,13 +121,14 @@ impl Webhook {
             return false;
         };
         let c = &self.config;
+        // Constant-time comparisons: the answer's timing says nothing about a guess.
         if let Some(token) = given.strip_prefix("Bearer ") {
-            return !c.token.is_empty() && token == c.token;
+            return !c.token.is_empty() && bool::from(token.as_bytes().ct_eq(c.token.as_bytes()));
         }
         if let Some(basic) = given.strip_prefix("Basic ") {
             let decoded = base64::engine::general_purpose::STANDARD.decode(basic.trim());
-            let pair = decoded.ok().and_then(|d| String::from_utf8(d).ok());
-            return !c.basic_auth.is_empty() && pair.as_deref() == Some(c.basic_auth.as_str());
+            let pair = decoded.unwrap_or_default();
+            return !c.basic_auth.is_empty() && bool::from(pair.ct_eq(c.basic_auth.as_bytes()));
         }
         false
     }

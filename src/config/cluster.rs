@@ -158,6 +158,11 @@ impl Default for KafkaConfig {
 }
 
 impl ClusterConfig {
+    /// Whether this node is part of a cluster (a session directory or a registry is configured).
+    pub fn is_enabled(&self) -> bool {
+        !self.redis.url.is_empty() || !self.etcd.endpoints.is_empty()
+    }
+
     /// Problems with this section, as (key, message).
     pub(super) fn problems(&self) -> Vec<(&'static str, &'static str)> {
         let mut p = Vec::new();

@@ -237,7 +237,7 @@ mod tests {
     #[test]
     fn no_file_and_no_env_gives_defaults() {
         let c = load(None, env(&[])).expect("defaults are valid");
-        assert_eq!(c.server.websocket.listen.port(), 9002);
+        assert_eq!(c.websocket_listen().to_string(), "127.0.0.1:9002", "no secret: loopback");
         assert_eq!(c.server.governor.listen.port(), 9003);
         assert_eq!(c.limits.max_message_size.as_u64(), 64 * 1024);
     }
@@ -259,7 +259,7 @@ mod tests {
             ]),
         )
         .expect("valid");
-        assert_eq!(c.server.websocket.listen.to_string(), "127.0.0.1:9102");
+        assert_eq!(c.websocket_listen().to_string(), "127.0.0.1:9102");
         assert_eq!(c.node.id, "123");
         assert_eq!(c.auth.jwt.algorithms.len(), 2);
         assert_eq!(c.server.websocket.max_connections, 7);
@@ -343,7 +343,13 @@ mod tests {
             ["cluster.kafka.push_topic"]
         );
         let redis = ("WSGW_CLUSTER__REDIS__URL", "redis://127.0.0.1:6379");
-        assert!(load(None, env(&[kafka, redis])).is_ok(), "with Redis it is fine");
+        let tokens = [
+            ("WSGW_SERVER__GRPC__TOKENS__BACKEND", "b"),
+            ("WSGW_SERVER__GRPC__TOKENS__PEER", "p"),
+            ("WSGW_SERVER__GRPC__TOKENS__OPERATOR", "o"),
+        ];
+        let clustered = [&[kafka, redis][..], &tokens].concat();
+        assert!(load(None, env(&clustered)).is_ok(), "with Redis it is fine");
         let presence_only = ("WSGW_CLUSTER__KAFKA__PUSH_TOPIC", "");
         assert!(load(None, env(&[kafka, presence_only])).is_ok(), "presence alone needs no Redis");
     }
@@ -370,9 +376,27 @@ mod tests {
     }
 
     #[test]
-    fn documented_cluster_config_is_valid() {
+    fn documented_cluster_config_is_valid_once_its_placeholders_are_replaced() {
         let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/cluster.yaml");
-        let c = load(Some(&doc), env(&[])).expect("config/cluster.yaml is valid");
+        let Err(ConfigError::Invalid(p)) = load(Some(&doc), env(&[])) else {
+            panic!("the placeholders must be refused");
+        };
+        let mut keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        keys.sort();
+        let placeholders = [
+            "auth.jwt.secret",
+            "server.grpc.tokens.backend",
+            "server.grpc.tokens.operator",
+            "server.grpc.tokens.peer",
+        ];
+        assert_eq!(keys, placeholders, "{p:?}");
+        let secrets = env(&[
+            ("WSGW_AUTH__JWT__SECRET", "0123456789abcdef0123456789abcdef"),
+            ("WSGW_SERVER__GRPC__TOKENS__BACKEND", "backend-5f2a"),
+            ("WSGW_SERVER__GRPC__TOKENS__PEER", "peer-91c3"),
+            ("WSGW_SERVER__GRPC__TOKENS__OPERATOR", "operator-77d0"),
+        ]);
+        let c = load(Some(&doc), secrets).expect("config/cluster.yaml is valid");
         assert_eq!(c.cluster.etcd.endpoints, ["127.0.0.1:2379"]);
         assert_eq!(c.cluster.redis.url, "redis://127.0.0.1:6379");
         assert_eq!(c.cluster.kafka.brokers, "127.0.0.1:9092");

@@ -5,7 +5,6 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 use super::{Config, EncryptionAlgorithm, Problem};
-use crate::grpc::Bearer;
 
 const MIN_MESSAGE_SIZE: u64 = 128;
 
@@ -19,15 +18,11 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
     };
     let ws = &c.server.websocket;
     let limits = &c.limits;
+    let ws_listen = c.websocket_listen();
     check(
-        ws.listen != c.server.governor.listen || ws.listen.port() == 0,
+        ws_listen != c.server.governor.listen || ws_listen.port() == 0,
         "server.governor.listen",
         "must differ from server.websocket.listen",
-    );
-    check(
-        Bearer::new(&c.server.grpc.token).is_ok(),
-        "server.grpc.token",
-        "must be printable ASCII without spaces (it is sent as a gRPC header)",
     );
     check(
         ws.handshake_timeout > Duration::ZERO,
@@ -79,6 +74,7 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
     p.extend(validate_backends(c));
     p.extend(validate_traffic(c));
     p.extend(c.cluster.problems().into_iter().map(|(k, m)| Problem::new(k, m)));
+    p.extend(super::credentials::problems(c));
     p
 }
 

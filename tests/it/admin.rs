@@ -11,12 +11,12 @@ use wsgw::{
     },
     protocol::{
         CommandType, Serializer,
-        admin_pb::{InfoRequest, RedirectRequest, WatchStatsRequest},
+        admin_pb::{DrainRequest, InfoRequest, RedirectRequest, WatchStatsRequest},
         pb::NodeList,
     },
 };
 
-use crate::support::{TestNode, cluster::Scope, code, run_wsgw};
+use crate::support::{OPERATOR_TOKEN, TestNode, cluster::Scope, code, run_wsgw};
 
 const JSON: Serializer = Serializer::Json;
 
@@ -115,10 +115,53 @@ async fn wrong_or_missing_tokens_are_refused() {
 }
 
 #[tokio::test]
+async fn each_role_token_opens_its_own_service_only() {
+    let node = TestNode::builder()
+        .config(|c| {
+            c.server.grpc.tokens.backend = "role-backend".into();
+            c.server.grpc.tokens.peer = "role-peer".into();
+            c.server.grpc.tokens.operator = "role-operator".into();
+        })
+        .spawn()
+        .await;
+    let _user = node.connect(5, 9).await;
+    let addr = node.grpc_addr.to_string();
+    let push = |token: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let args = ["push", "--addr", &addr, "--token", token, "--user", "5", "--biz", "9"];
+            run_wsgw(&[&args[..], &["hi"]].concat()).await
+        }
+    };
+    for other in ["role-operator", "role-peer"] {
+        let (rc, _, err) = push(other).await;
+        assert_eq!(rc, 2, "a push with the {other} token: {err}");
+        assert!(err.contains("Unauthenticated"), "{err}");
+    }
+    assert_eq!(push("role-backend").await.0, 0, "the backend token pushes");
+    for other in ["role-backend", "role-peer"] {
+        let (rc, _, err) = run_wsgw(&["sessions", "--addr", &addr, "--token", other]).await;
+        assert_eq!(rc, 2, "sessions with the {other} token: {err}");
+    }
+    let backend = client::node("n", &addr, "role-backend").expect("client");
+    let drain = backend.client.clone().drain(backend.request(DrainRequest {})).await;
+    assert_eq!(drain.expect_err("a push token cannot drain").code(), tonic::Code::Unauthenticated);
+    // No secret on the command line: the operator token from a file (or its variable).
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("operator-token");
+    std::fs::write(&file, "role-operator\n").expect("write");
+    let file = file.to_string_lossy();
+    let (rc, out, err) = run_wsgw(&["sessions", "--addr", &addr, "--token-file", &file]).await;
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains('5'), "{out}");
+    assert_eq!(node.handle.connections(), 1, "still serving");
+}
+
+#[tokio::test]
 async fn stats_and_the_stats_feed_report_the_node() {
     let node = TestNode::spawn().await;
     let _c = node.connect(1, 9).await;
-    let n = client::node("n", &node.grpc_addr.to_string(), "").expect("client");
+    let n = client::node("n", &node.grpc_addr.to_string(), OPERATOR_TOKEN).expect("client");
     let mut admin = n.client.clone();
     crate::assert_within!(
         5,
@@ -168,11 +211,11 @@ async fn pair(test: &str) -> Pair {
 #[tokio::test]
 async fn redirect_moves_the_asked_share_of_clients_to_a_live_peer() {
     let Pair { a, b, mut clients, .. } = pair("admin-redirect").await;
-    let n = client::node("a", &a.grpc_addr.to_string(), "").expect("client");
+    let n = client::node("a", &a.grpc_addr.to_string(), OPERATOR_TOKEN).expect("client");
     let r = n
         .client
         .clone()
-        .redirect(RedirectRequest { fraction: 0.5, count: 0 })
+        .redirect(n.request(RedirectRequest { fraction: 0.5, count: 0 }))
         .await
         .expect("redirect");
     let r = r.into_inner();
@@ -195,7 +238,7 @@ async fn redirect_moves_the_asked_share_of_clients_to_a_live_peer() {
 async fn webhook_on(target: Target) -> String {
     let config = WebhookConfig {
         target,
-        admin_token: String::new(),
+        admin_token: OPERATOR_TOKEN.into(),
         token: "hook-token".into(),
         basic_auth: "grafana:pw".into(),
         fraction: 0.5,
@@ -284,8 +327,9 @@ fn base64_of(s: &str) -> String {
 #[tokio::test]
 async fn drain_through_the_admin_api_stops_the_node() {
     let mut node = TestNode::spawn().await;
-    let n = client::node("n", &node.grpc_addr.to_string(), "").expect("client");
-    n.client.clone().drain(wsgw::protocol::admin_pb::DrainRequest {}).await.expect("drain");
+    let n = client::node("n", &node.grpc_addr.to_string(), OPERATOR_TOKEN).expect("client");
+    let drain = n.request(DrainRequest {});
+    n.client.clone().drain(drain).await.expect("drain");
     let task = node.task();
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("stopped in time").expect("ok");
 }

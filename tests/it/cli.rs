@@ -9,6 +9,9 @@ use wsgw::{auth::TokenVerifier, config::JwtConfig};
 
 use crate::support::{Client, code, free_port, wsgw};
 
+/// A JWT secret long enough for a node to accept it.
+const CHILD_SECRET: &str = "child-process-secret-0123456789abcdef";
+
 #[test]
 fn token_prints_a_jwt_the_node_accepts() {
     let out = wsgw()
@@ -47,6 +50,39 @@ fn serve_check_validates_and_names_every_bad_key() {
     for key in ["limits.ping_interval", "bogus", "server.websocket.listen"] {
         assert!(err.contains(key), "{key} not named in:\n{err}");
     }
+}
+
+#[test]
+fn serve_refuses_missing_role_tokens_placeholders_and_weak_secrets() {
+    let check = |envs: &[(&str, &str)]| {
+        let mut cmd = wsgw();
+        cmd.args(["serve", "--check"]).envs(envs.iter().copied());
+        for role in ["BACKEND", "PEER", "OPERATOR"] {
+            cmd.env_remove(format!("WSGW_SERVER__GRPC__TOKENS__{role}"));
+        }
+        let out = cmd.output().expect("run");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (rc, err) = check(&[
+        ("WSGW_CLUSTER__REDIS__URL", "redis://127.0.0.1:6379"),
+        ("WSGW_AUTH__JWT__SECRET", "too-short"),
+        ("WSGW_SERVER__GRPC__TOKEN", "change-me-cluster-token"),
+    ]);
+    assert_eq!(rc, Some(2), "{err}");
+    for key in [
+        "server.grpc.tokens.backend",
+        "server.grpc.tokens.peer",
+        "server.grpc.tokens.operator",
+        "server.grpc.token: is a placeholder",
+        "auth.jwt.secret: is 9 bytes",
+    ] {
+        assert!(err.contains(key), "{key} not named in:\n{err}");
+    }
+    // The ephemeral development secret stays behind a loopback listener.
+    let (rc, err) = check(&[("WSGW_SERVER__WEBSOCKET__LISTEN", "0.0.0.0:9002")]);
+    assert_eq!(rc, Some(2), "{err}");
+    assert!(err.contains("auth.jwt.secret: is required"), "{err}");
+    assert_eq!(check(&[]).0, Some(0), "no config at all: a loopback development node");
 }
 
 /// A `wsgw serve` child process on free loopback ports.
@@ -110,8 +146,8 @@ fn mint(secret: &str) -> String {
 
 #[tokio::test]
 async fn serve_with_embedded_defaults_drains_on_sigterm_and_exits_zero() {
-    let mut node = Served::spawn(&[("WSGW_AUTH__JWT__SECRET", "child-secret")], Stdio::null());
-    let mut client = node.connect(&mint("child-secret")).await;
+    let mut node = Served::spawn(&[("WSGW_AUTH__JWT__SECRET", CHILD_SECRET)], Stdio::null());
+    let mut client = node.connect(&mint(CHILD_SECRET)).await;
     node.signal("-TERM");
     assert_eq!(code(&client.closed().await), (1001, "going away".into()));
     assert_eq!(node.exit_code().await, Some(0));
@@ -120,12 +156,12 @@ async fn serve_with_embedded_defaults_drains_on_sigterm_and_exits_zero() {
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
     let envs = [
-        ("WSGW_AUTH__JWT__SECRET", "child-secret"),
+        ("WSGW_AUTH__JWT__SECRET", CHILD_SECRET),
         ("WSGW_SHUTDOWN__DRAIN_TIMEOUT", "60s"),
         ("WSGW_LIMITS__PONG_TIMEOUT", "60s"),
     ];
     let mut node = Served::spawn(&envs, Stdio::null());
-    let _deaf = node.connect(&mint("child-secret")).await; // never answers the close
+    let _deaf = node.connect(&mint(CHILD_SECRET)).await; // never answers the close
     node.signal("-TERM");
     for _ in 0..100 {
         if node.ready_status().await == 503 {

@@ -8,7 +8,7 @@ mod process;
 
 pub use backend::{Behaviour, TestBackend, dead_addr};
 pub use client::{Client, code};
-pub use node::{SECRET, TestNode};
+pub use node::{BACKEND_TOKEN, OPERATOR_TOKEN, PEER_TOKEN, SECRET, TestNode};
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
@@ -21,6 +21,11 @@ pub fn free_port() -> u16 {
 pub fn wsgw() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wsgw"));
     cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    // The role tokens of cluster-scope nodes, as an operator's shell would hold them (child
+    // `serve` processes take them as config); a `--token` flag wins over them.
+    cmd.env("WSGW_SERVER__GRPC__TOKENS__BACKEND", BACKEND_TOKEN)
+        .env("WSGW_SERVER__GRPC__TOKENS__PEER", PEER_TOKEN)
+        .env("WSGW_SERVER__GRPC__TOKENS__OPERATOR", OPERATOR_TOKEN);
     cmd
 }
 

@@ -18,7 +18,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
     {Offset, TopicPartitionList},
 };
-use wsgw::config::Config;
+use wsgw::config::{Config, RoleTokens};
 
 use super::free_port;
 use super::node::{Builder, TestNode};
@@ -68,6 +68,11 @@ impl Scope {
     /// Cluster settings of a node `id` in this scope, with short TTLs for tests.
     pub fn apply(&self, c: &mut Config, id: &str) {
         c.node.id = id.into();
+        c.server.grpc.tokens = RoleTokens {
+            backend: super::BACKEND_TOKEN.into(),
+            peer: super::PEER_TOKEN.into(),
+            operator: super::OPERATOR_TOKEN.into(),
+        };
         let cl = &mut c.cluster;
         cl.redis.url = self.redis.clone();
         cl.redis.prefix = format!("{}:", self.name);

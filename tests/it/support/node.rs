@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
 use wsgw::{
     auth::{self, Identity, TokenSpec},
     config::{BackendConfig, Config},
@@ -13,7 +14,23 @@ use wsgw::{
 
 use super::Client;
 
-pub const SECRET: &str = "integration-test-secret";
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+
+/// The role tokens of cluster-scope nodes (`Scope::apply`); `wsgw()` children carry the backend
+/// and operator ones in their environment, test clients the backend one.
+pub const BACKEND_TOKEN: &str = "test-backend-token";
+pub const PEER_TOKEN: &str = "test-peer-token";
+pub const OPERATOR_TOKEN: &str = "test-operator-token";
+
+/// A `PushService` client that sends [`BACKEND_TOKEN`] (ignored by nodes without tokens).
+pub type PushClient = PushServiceClient<InterceptedService<Channel, BackendAuth>>;
+type BackendAuth = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+
+fn backend_auth(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    let value = format!("Bearer {BACKEND_TOKEN}").parse().expect("ascii token");
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
+}
 
 pub struct TestNode {
     pub at: Endpoints,
@@ -69,11 +86,12 @@ impl Builder {
 
 impl Endpoints {
     /// A `PushService` client for this node.
-    pub async fn push_client(&self) -> PushServiceClient<tonic::transport::Channel> {
+    pub async fn push_client(&self) -> PushClient {
         let endpoint =
             tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc_addr))
                 .expect("endpoint");
-        PushServiceClient::new(endpoint.connect().await.expect("grpc connect"))
+        let channel = endpoint.connect().await.expect("grpc connect");
+        PushServiceClient::with_interceptor(channel, backend_auth as BackendAuth)
     }
 
     /// Pushes `body` to (user, biz) with `key`: Ok(connections) or the gRPC status.
@@ -126,7 +144,7 @@ impl TestNode {
     pub fn builder() -> Builder {
         let mut config = Config::default();
         config.node.id = "test-node".into();
-        config.server.websocket.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.server.websocket.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         config.server.governor.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.server.grpc.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.auth.jwt.secret = SECRET.into();

@@ -32,7 +32,7 @@ impl Builder {
         let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
         let at = Endpoints { ws_addr: port(), governor_addr: port(), grpc_addr: port() };
         let mut config = self.into_config();
-        config.server.websocket.listen = at.ws_addr;
+        config.server.websocket.listen = Some(at.ws_addr);
         config.server.governor.listen = at.governor_addr;
         config.server.grpc.listen = at.grpc_addr;
         let dir = tempfile::tempdir().expect("tmp");
