@@ -7,7 +7,9 @@
 //! Each server runs as its own process (pinned to CPU 0 when `taskset` exists); this process is
 //! the load (pinned to CPU 1). RSS is read from /proc/PID/status before and after N clients
 //! connect and sit idle; the figure is (after − before) / N. Also prints the connection setup
-//! rate (including JWT verification for wsgw). A benchmark: nothing fails on a number.
+//! rate (including JWT verification for wsgw). A third run measures wsgw with `wss://` (a
+//! certificate generated for the run; TLS 1.3 handshakes included in the rate). A benchmark:
+//! nothing fails on a number.
 
 use std::{
     net::SocketAddr,
@@ -17,7 +19,14 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
+use tokio_rustls::{
+    TlsConnector,
+    rustls::{self, ClientConfig, RootCertStore, pki_types::ServerName},
+};
 use wsgw::auth::{self, Identity, TokenSpec};
 
 const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
@@ -32,30 +41,47 @@ fn main() {
     let wsgw = flag(&args, "--wsgw").unwrap_or_else(|| "target/release/wsgw".into());
     let me = std::env::current_exe().expect("own path");
     runtime().block_on(async {
-        let bare = measure("bare tokio-tungstenite", conns, 19402, |port| {
+        let bare = measure("bare tokio-tungstenite", conns, 19402, None, |port| {
             pinned(&me.to_string_lossy()).args(["--bare-server", &port.to_string()]).spawn()
         })
         .await;
-        let ours = measure("wsgw serve", conns, 19412, |port| {
+        let serve = |port: u16, tls: &[(&str, String)]| {
             pinned(&wsgw)
                 .arg("serve")
                 .env("WSGW_SERVER__WEBSOCKET__LISTEN", format!("127.0.0.1:{port}"))
                 .env("WSGW_SERVER__GOVERNOR__LISTEN", format!("127.0.0.1:{}", port + 1))
+                .env("WSGW_SERVER__GRPC__LISTEN", "127.0.0.1:0")
                 .env("WSGW_AUTH__JWT__SECRET", SECRET)
                 .env("WSGW_LOG__LEVEL", "warn")
+                .envs(tls.iter().map(|(k, v)| (k, v)))
                 .spawn()
-        })
-        .await;
+        };
+        let ours = measure("wsgw serve", conns, 19412, None, |port| serve(port, &[])).await;
+        let (dir, client) = certificate();
+        let files = [
+            ("WSGW_SERVER__WEBSOCKET__TLS__CERT", dir.path().join("cert.pem")),
+            ("WSGW_SERVER__WEBSOCKET__TLS__KEY", dir.path().join("key.pem")),
+        ]
+        .map(|(k, v)| (k, v.to_string_lossy().into_owned()));
+        let tls =
+            measure("wsgw serve, wss://", conns, 19422, Some(client), |port| serve(port, &files))
+                .await;
         println!();
         println!("| server | RSS per idle connection | connects/s |");
         println!("|---|---|---|");
-        for r in [&bare, &ours] {
+        for r in [&bare, &ours, &tls] {
             println!("| {} | {:.2} KiB | {:.0} |", r.name, r.per_conn / 1024.0, r.rate);
         }
         println!(
             "\nwsgw / bare: memory {:.2}x, connect rate {:.2}x ({conns} connections)",
             ours.per_conn / bare.per_conn,
             ours.rate / bare.rate
+        );
+        println!(
+            "wsgw wss:// / ws://: memory {:.2}x (+{:.2} KiB per connection), connect rate {:.2}x",
+            tls.per_conn / ours.per_conn,
+            (tls.per_conn - ours.per_conn) / 1024.0,
+            tls.rate / ours.rate
         );
     });
 }
@@ -66,10 +92,47 @@ struct Result {
     rate: f64,
 }
 
+/// A self-signed certificate for localhost in a temporary directory (cert.pem, key.pem), and a
+/// client configuration that trusts it.
+fn certificate() -> (tempfile::TempDir, Arc<ClientConfig>) {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("cert.pem"), c.cert.pem()).expect("cert");
+    std::fs::write(dir.path().join("key.pem"), c.signing_key.serialize_pem()).expect("key");
+    let mut roots = RootCertStore::empty();
+    roots.add(c.cert.der().clone()).expect("root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (dir, Arc::new(config))
+}
+
+/// A client WebSocket over plain TCP or TLS; kept open until dropped.
+type Held = Box<dyn Send>;
+
+async fn open(url: String, tls: Option<Arc<ClientConfig>>) -> std::result::Result<Held, String> {
+    let Some(tls) = tls else {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.map_err(|e| e.to_string())?;
+        return Ok(Box::new(ws));
+    };
+    let port = url.split(':').nth(2).and_then(|p| p.split('/').next()).unwrap_or_default();
+    let tcp = TcpStream::connect(format!("127.0.0.1:{port}")).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("localhost").expect("name");
+    let stream = TlsConnector::from(tls).connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let (ws, _) = tokio_tungstenite::client_async(url.replacen("ws://", "wss://", 1), stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Box::new(ws))
+}
+
 async fn measure(
     name: &'static str,
     conns: usize,
     port: u16,
+    tls: Option<Arc<ClientConfig>>,
     spawn: impl FnOnce(u16) -> std::io::Result<Child>,
 ) -> Result {
     let mut child = Guard(spawn(port).expect("start server"));
@@ -82,7 +145,7 @@ async fn measure(
     // Warm up: one connection in and out, so lazily built state is not counted per connection.
     let mut warm = None;
     for _ in 0..200 {
-        if let Ok((ws, _)) = tokio_tungstenite::connect_async(url(0)).await {
+        if let Ok(ws) = open(url(0), tls.clone()).await {
             warm = Some(ws);
             break;
         }
@@ -98,10 +161,10 @@ async fn measure(
     let tasks: Vec<_> = urls
         .into_iter()
         .map(|u| {
-            let gate = gate.clone();
+            let (gate, tls) = (gate.clone(), tls.clone());
             tokio::spawn(async move {
                 let _permit = gate.acquire_owned().await.expect("semaphore");
-                tokio_tungstenite::connect_async(u).await.expect("connect").0
+                open(u, tls).await.expect("connect")
             })
         })
         .collect();

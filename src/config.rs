@@ -149,6 +149,32 @@ pub struct WebSocketConfig {
     /// Test switch: serve a plain echo endpoint (no auth, no protocol) on the same WebSocket
     /// stack and limits, for the Autobahn conformance suite. Never enable in production.
     pub conformance_echo: bool,
+    /// TLS for clients (`wss://`); off while `cert` is empty.
+    pub tls: TlsConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain (leaf first); empty: plain `ws://`.
+    pub cert: String,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// How often the two files are checked for changes (SIGHUP reloads at once).
+    #[serde(with = "humantime_serde")]
+    pub reload_check: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self { cert: String::new(), key: String::new(), reload_check: Duration::from_secs(10) }
+    }
+}
+
+impl TlsConfig {
+    pub fn is_enabled(&self) -> bool {
+        !self.cert.is_empty()
+    }
 }
 
 impl Default for WebSocketConfig {
@@ -160,6 +186,7 @@ impl Default for WebSocketConfig {
             max_connections: 100_000,
             retry_after: Duration::from_secs(5),
             conformance_echo: false,
+            tls: TlsConfig::default(),
         }
     }
 }

@@ -27,6 +27,16 @@ mod connection;
 mod dispatch;
 mod handshake;
 mod listener;
+mod tls;
+
+pub use tls::{Tls, TlsError};
+
+/// A client's byte stream: plain TCP, or TLS over TCP.
+pub(crate) trait Stream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
 use std::sync::Arc;
 
@@ -58,6 +68,8 @@ pub struct Gateway {
     pub downstream: Arc<Downstream>,
     pub directory: Arc<dyn SessionDirectory>,
     pub metrics: Arc<Metrics>,
+    /// The TLS acceptor when clients connect with `wss://`.
+    pub tls: Option<Arc<Tls>>,
     /// Cancelled when the node drains: every connection says goodbye and ends.
     pub drain: CancellationToken,
     /// Cancelled when the drain deadline passes: every connection ends at once.

@@ -22,7 +22,7 @@ use crate::{
     cluster::{Advertised, DirectoryError, SessionDirectory},
     config::{Config, GrpcConfig, GrpcRole},
     downstream::{Downstream, Fallback},
-    gateway::{self, Gateway},
+    gateway::{self, Gateway, Tls, TlsError},
     governor::{self, GovernorView},
     grpc::{Bearer, GrpcError},
     links::LinkRegistry,
@@ -61,6 +61,8 @@ pub enum NodeError {
     Cipher(#[from] CipherError),
     #[error("server.grpc.token: {0}")]
     Token(#[from] GrpcError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cluster: {0}")]
     Cluster(#[from] DirectoryError),
 }
@@ -421,6 +423,14 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
     let wired = adapters.wire(&config, &router, &upstream, &links, &metrics, &lifecycle);
     let mut tasks: Vec<Task> = vec![Box::pin(batchers), Box::pin(retries)];
     tasks.extend(wired.background);
+    let tls = match &config.server.websocket.tls {
+        t if t.is_enabled() => Some(Arc::new(Tls::load(t)?)),
+        _ => None,
+    };
+    if let Some(tls) = &tls {
+        let every = config.server.websocket.tls.reload_check;
+        tasks.push(Box::pin(tls.clone().watch(every, metrics.clone(), background.clone())));
+    }
 
     let gateway = Arc::new(Gateway {
         ws_config: Gateway::ws_config(&config),
@@ -431,6 +441,7 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
         downstream: downstream.clone(),
         directory: directory.clone(),
         metrics: metrics.clone(),
+        tls: tls.clone(),
         drain: lifecycle.token(Stage::TellClients),
         abort: lifecycle.token(Stage::DropClients),
         config: config.clone(),

@@ -30,6 +30,16 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
         "must be positive",
     );
     check(ws.max_connections > 0, "server.websocket.max_connections", "must be at least 1");
+    check(
+        ws.tls.cert.is_empty() == ws.tls.key.is_empty(),
+        "server.websocket.tls.key",
+        "cert and key are set together (both empty: plain ws://)",
+    );
+    check(
+        ws.tls.reload_check > Duration::ZERO,
+        "server.websocket.tls.reload_check",
+        "must be positive",
+    );
     for (i, origin) in ws.allowed_origins.iter().enumerate() {
         check(
             origin.starts_with("http://") || origin.starts_with("https://") || origin == "null",

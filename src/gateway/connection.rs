@@ -18,7 +18,7 @@ use tokio_tungstenite::{
 use tracing::debug;
 
 use super::{
-    CloseReason, Gateway, Link,
+    CloseReason, Gateway, Link, Stream,
     dispatch::{Reply, dispatch},
     handshake,
 };
@@ -29,9 +29,27 @@ use crate::{
     wire::command,
 };
 
-/// Serves one accepted TCP connection from handshake to close.
+/// Serves one accepted TCP connection from handshake (TLS first, when configured) to close.
 pub(super) async fn serve(stream: TcpStream, remote: SocketAddr, gw: Arc<Gateway>) {
     let _ = stream.set_nodelay(true);
+    let Some(tls) = &gw.tls else { return serve_stream(stream, remote, &gw).await };
+    // Boxed like the upgrade below: only needed until the session is up. The TLS handshake
+    // has `handshake_timeout` too, then the upgrade.
+    let within = gw.config.server.websocket.handshake_timeout;
+    let secured = match timeout(within, Box::pin(tls.acceptor().accept(stream))).await {
+        Ok(Ok(secured)) => secured,
+        Ok(Err(e)) => {
+            gw.metrics.handshake("tls_failed");
+            return debug!(%remote, error = %e, "TLS handshake failed");
+        }
+        Err(_) => return gw.metrics.handshake("timeout"),
+    };
+    serve_stream(secured, remote, &gw).await
+}
+
+/// Serves one client byte stream from the WebSocket upgrade to close.
+async fn serve_stream<S: Stream>(stream: S, remote: SocketAddr, gw: &Arc<Gateway>) {
+    let gw = gw.clone();
     // Boxed: the handshake's state is large and only needed until the upgrade; keeping it out of
     // this task's future keeps every idle connection small.
     let (ws, accepted) = match Box::pin(handshake::accept(stream, &gw)).await {
@@ -70,14 +88,14 @@ pub(super) async fn serve(stream: TcpStream, remote: SocketAddr, gw: Arc<Gateway
     drop(accepted.slot);
 }
 
-struct Connection<'a> {
-    ws: WebSocketStream<TcpStream>,
+struct Connection<'a, S> {
+    ws: WebSocketStream<S>,
     link: Arc<Link>,
     gw: &'a Gateway,
     biz: Arc<BizMetrics>,
 }
 
-impl Connection<'_> {
+impl<S: Stream> Connection<'_, S> {
     /// Runs until the connection must end, and says why.
     async fn serve(&mut self, idle: bool) -> CloseReason {
         let gw = self.gw;

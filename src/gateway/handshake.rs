@@ -2,14 +2,13 @@
 //! decided before the `101 Switching Protocols` is sent. Refusals are plain HTTP answers with a
 //! one-line reason (401 bad token, 403 origin, 503 + Retry-After at capacity or while draining).
 
-use tokio::net::TcpStream;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::handshake::server::{ErrorResponse, Request, Response},
     tungstenite::http::{HeaderValue, StatusCode, header},
 };
 
-use super::Gateway;
+use super::{Gateway, Stream};
 use crate::auth::{AuthError, Identity};
 use crate::links::Slot;
 
@@ -23,10 +22,10 @@ pub(super) struct Accepted<'a> {
 
 /// Performs the handshake within `server.websocket.handshake_timeout`. On refusal returns the
 /// handshake-outcome label (the client has already been answered when it could be).
-pub(super) async fn accept<'a>(
-    stream: TcpStream,
+pub(super) async fn accept<'a, S: Stream>(
+    stream: S,
     gw: &'a Gateway,
-) -> Result<(WebSocketStream<TcpStream>, Accepted<'a>), &'static str> {
+) -> Result<(WebSocketStream<S>, Accepted<'a>), &'static str> {
     let mut decision: Option<Result<Accepted<'a>, &'static str>> = None;
     // The callback's error type is tungstenite's (a full HTTP response).
     #[allow(clippy::result_large_err)]

@@ -109,6 +109,7 @@ pub struct Metrics {
     pub kafka_partitions: IntGauge,
     /// Records of each held partition not yet done (high watermark minus stored offset).
     pub kafka_lag: IntGaugeVec,
+    tls_reloads: IntCounterVec,
     process: ProcessGauges,
     biz: DashMap<i64, Arc<BizMetrics>>,
 }
@@ -269,6 +270,12 @@ impl Metrics {
                     &["partition"],
                 ),
             ),
+            tls_reloads: counter_vec(
+                &r,
+                "tls_reloads_total",
+                "Reloads of the client TLS certificate, by outcome (ok, failed).",
+                &["outcome"],
+            ),
             commands: command_series(&r),
             handshakes: counter_vec(&r, "handshakes_total", "Handshakes by outcome.", &["outcome"]),
             closes: counter_vec(&r, "closes_total", "Closed connections.", &["code", "reason"]),
@@ -312,6 +319,11 @@ impl Metrics {
     }
 
     /// Counts one handshake outcome (`ok`, `bad_token`, `capacity`, ...).
+    /// A reload of the client TLS certificate: applied, or failed (the old one stays).
+    pub fn tls_reload(&self, ok: bool) {
+        self.tls_reloads.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
+    }
+
     pub fn handshake(&self, outcome: &str) {
         self.handshakes.with_label_values(&[outcome]).inc();
     }

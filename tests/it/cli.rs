@@ -238,3 +238,36 @@ fn generated_docs_are_current() {
         }
     }
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_tls_certificate() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, c.cert.pem()).expect("cert");
+    std::fs::write(&key, c.signing_key.serialize_pem()).expect("key");
+    let envs = [
+        ("WSGW_AUTH__JWT__SECRET", CHILD_SECRET),
+        ("WSGW_SERVER__WEBSOCKET__TLS__CERT", &*cert.to_string_lossy()),
+        ("WSGW_SERVER__WEBSOCKET__TLS__KEY", &*key.to_string_lossy()),
+        ("WSGW_SERVER__WEBSOCKET__TLS__RELOAD_CHECK", "1h"),
+    ];
+    let mut node = Served::spawn(&envs, Stdio::null());
+    let reloads = || async {
+        let url = format!("http://127.0.0.1:{}/metrics", node.gov);
+        let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+        Some(text.contains("websocket_gateway_tls_reloads_total{outcome=\"ok\"} 1"))
+    };
+    for _ in 0..100 {
+        if node.ready_status().await == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reloads().await, Some(false), "nothing reloaded before the signal");
+    node.signal("-HUP");
+    crate::assert_eventually!(reloads().await == Some(true), "SIGHUP reloaded the files");
+    assert_eq!(node.ready_status().await, 200, "still serving");
+    node.signal("-TERM");
+    assert_eq!(node.exit_code().await, Some(0));
+}

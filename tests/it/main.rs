@@ -13,4 +13,5 @@ mod layers;
 mod lifecycle;
 mod loadtest;
 mod protocol;
+mod tls;
 mod upstream;

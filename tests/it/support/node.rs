@@ -56,7 +56,7 @@ impl std::ops::Deref for TestNode {
 }
 
 pub struct Builder {
-    config: Config,
+    pub config: Config,
 }
 
 impl Builder {
