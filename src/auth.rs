@@ -1,8 +1,9 @@
 //! Client authentication: verifying the handshake JWT and minting tokens (for `wsgw token`).
 //!
 //! Owns: the claims contract of SPEC §3 (`user_id`, `biz_id` positive integers, as JSON numbers
-//! or numeric strings; `exp` checked when present; `iss`/`aud` when configured) and the short,
-//! client-safe reason for each failure. Must never log or return the secret or the token.
+//! or numeric strings; `exp` required unless `require_exp` is off, and at most `max_lifetime`
+//! away; `nbf` honoured; `iss`/`aud` when configured) and the short, client-safe reason for
+//! each failure. Must never log or return the secret or the token.
 
 mod bearer;
 
@@ -29,6 +30,10 @@ pub enum AuthError {
     Missing,
     #[error("token expired")]
     Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("token lifetime exceeds the allowed maximum")]
+    TooLong,
     #[error("invalid token issuer")]
     Issuer,
     #[error("invalid token audience")]
@@ -45,7 +50,8 @@ impl AuthError {
         match self {
             Self::Missing => "missing_token",
             Self::Expired => "expired",
-            Self::Issuer | Self::Audience | Self::Claims(_) => "bad_claims",
+            Self::NotYetValid => "not_yet_valid",
+            Self::Issuer | Self::Audience | Self::Claims(_) | Self::TooLong => "bad_claims",
             Self::Invalid => "bad_token",
         }
     }
@@ -60,6 +66,15 @@ pub struct EmptySecret;
 pub struct TokenVerifier {
     key: DecodingKey,
     validation: Validation,
+    /// Longest accepted distance from now to `exp`, in seconds (none: no limit).
+    max_lifetime: Option<u64>,
+}
+
+/// A verified token: whom it is for, and until when (`exp`, Unix seconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub identity: Identity,
+    pub expires: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +83,8 @@ struct Claims {
     user_id: Option<i64>,
     #[serde(default, deserialize_with = "id")]
     biz_id: Option<i64>,
+    #[serde(default)]
+    exp: Option<f64>,
 }
 
 impl TokenVerifier {
@@ -75,6 +92,10 @@ impl TokenVerifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = config.algorithms.iter().copied().map(algorithm).collect();
         validation.required_spec_claims.clear();
+        if config.require_exp {
+            validation.required_spec_claims.insert("exp".into());
+        }
+        validation.validate_nbf = true;
         validation.leeway = config.leeway.as_secs();
         if let Some(iss) = &config.issuer {
             validation.set_issuer(&[iss]);
@@ -88,11 +109,18 @@ impl TokenVerifier {
             None => validation.validate_aud = false,
         }
         let key = DecodingKey::from_secret(secret).map_err(|_| EmptySecret)?;
-        Ok(Self { key, validation })
+        let max_lifetime =
+            (!config.max_lifetime.is_zero()).then_some(config.max_lifetime.as_secs());
+        Ok(Self { key, validation, max_lifetime })
     }
 
     /// Checks `token` (an optional `Bearer ` prefix is tolerated) and returns who it is for.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_token(token).map(|v| v.identity)
+    }
+
+    /// Like [`verify`](Self::verify), with the token's expiry.
+    pub fn verify_token(&self, token: &str) -> Result<Verified, AuthError> {
         let token = strip_bearer(token);
         if token.is_empty() {
             return Err(AuthError::Missing);
@@ -100,6 +128,10 @@ impl TokenVerifier {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::MissingRequiredClaim(c) if c == "exp" => {
+                    AuthError::Claims("exp is required")
+                }
                 ErrorKind::InvalidIssuer => AuthError::Issuer,
                 ErrorKind::InvalidAudience => AuthError::Audience,
                 ErrorKind::MissingRequiredClaim(c) if c == "iss" => AuthError::Issuer,
@@ -112,7 +144,13 @@ impl TokenVerifier {
         )?;
         let user_id = data.claims.user_id.ok_or(AuthError::Claims("user_id is required"))?;
         let biz_id = data.claims.biz_id.ok_or(AuthError::Claims("biz_id is required"))?;
-        Ok(Identity { biz_id, user_id })
+        let expires = data.claims.exp.map(|e| e.max(0.0) as u64);
+        if let (Some(exp), Some(max)) = (expires, self.max_lifetime)
+            && exp > now_secs() + max + self.validation.leeway
+        {
+            return Err(AuthError::TooLong);
+        }
+        Ok(Verified { identity: Identity { biz_id, user_id }, expires })
     }
 }
 
@@ -186,10 +224,15 @@ struct MintClaims<'a> {
     aud: Option<&'a str>,
 }
 
+/// Seconds since the Unix epoch.
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
 /// Signs a token the gateway accepts.
 pub fn mint(spec: &TokenSpec, secret: &[u8]) -> Result<String, jsonwebtoken::errors::Error> {
     let key = EncodingKey::from_secret(secret)?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let now = now_secs();
     let claims = MintClaims {
         user_id: spec.identity.user_id,
         biz_id: spec.identity.biz_id,
@@ -214,6 +257,11 @@ mod tests {
         jsonwebtoken::encode(&Header::new(alg), &claims, &key).expect("sign")
     }
 
+    /// An `exp` an hour from now.
+    fn soon() -> u64 {
+        now_secs() + 3600
+    }
+
     fn verifier(f: impl FnOnce(&mut JwtConfig)) -> TokenVerifier {
         let mut c = JwtConfig::default();
         f(&mut c);
@@ -225,18 +273,19 @@ mod tests {
         let v = verifier(|_| {});
         let want = Identity { biz_id: 9999, user_id: 42 };
         for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
-            let t = sign(json!({"user_id": 42, "biz_id": 9999}), alg, SECRET);
+            let t = sign(json!({"user_id": 42, "biz_id": 9999, "exp": soon()}), alg, SECRET);
             assert_eq!(v.verify(&t), Ok(want));
             assert_eq!(v.verify(&format!("Bearer {t}")), Ok(want));
         }
-        let t = sign(json!({"user_id": "42", "biz_id": 9999.0}), Algorithm::HS256, SECRET);
+        let claims = json!({"user_id": "42", "biz_id": 9999.0, "exp": soon()});
+        let t = sign(claims, Algorithm::HS256, SECRET);
         assert_eq!(v.verify(&t), Ok(want));
     }
 
     #[test]
     fn refuses_with_a_reason() {
         let v = verifier(|_| {});
-        let ok = json!({"user_id": 1, "biz_id": 2});
+        let ok = json!({"user_id": 1, "biz_id": 2, "exp": soon()});
         assert_eq!(v.verify(""), Err(AuthError::Missing));
         assert_eq!(v.verify("Bearer "), Err(AuthError::Missing));
         assert_eq!(v.verify("not.a.jwt"), Err(AuthError::Invalid));
@@ -247,12 +296,12 @@ mod tests {
         let expired = json!({"user_id": 1, "biz_id": 2, "exp": 1_000_000});
         assert_eq!(v.verify(&sign(expired, Algorithm::HS256, SECRET)), Err(AuthError::Expired));
         for bad in [
-            json!({"biz_id": 2}),
-            json!({"user_id": 1}),
-            json!({"user_id": 0, "biz_id": 2}),
-            json!({"user_id": -5, "biz_id": 2}),
-            json!({"user_id": "x", "biz_id": 2}),
-            json!({"user_id": 1.5, "biz_id": 2}),
+            json!({"biz_id": 2, "exp": soon()}),
+            json!({"user_id": 1, "exp": soon()}),
+            json!({"user_id": 0, "biz_id": 2, "exp": soon()}),
+            json!({"user_id": -5, "biz_id": 2, "exp": soon()}),
+            json!({"user_id": "x", "biz_id": 2, "exp": soon()}),
+            json!({"user_id": 1.5, "biz_id": 2, "exp": soon()}),
         ] {
             let got = v.verify(&sign(bad.clone(), Algorithm::HS256, SECRET));
             assert!(matches!(got, Err(AuthError::Claims(_))), "{bad}: {got:?}");
@@ -266,13 +315,32 @@ mod tests {
             c.issuer = Some("im".into());
             c.audience = Some("gw".into());
         });
-        let good = json!({"user_id": 1, "biz_id": 2, "iss": "im", "aud": "gw"});
+        let good = json!({"user_id": 1, "biz_id": 2, "iss": "im", "aud": "gw", "exp": soon()});
         assert!(v.verify(&sign(good.clone(), Algorithm::HS512, SECRET)).is_ok());
         assert_eq!(v.verify(&sign(good, Algorithm::HS256, SECRET)), Err(AuthError::Invalid));
-        let no_iss = json!({"user_id": 1, "biz_id": 2, "aud": "gw"});
+        let no_iss = json!({"user_id": 1, "biz_id": 2, "aud": "gw", "exp": soon()});
         assert_eq!(v.verify(&sign(no_iss, Algorithm::HS512, SECRET)), Err(AuthError::Issuer));
-        let bad_aud = json!({"user_id": 1, "biz_id": 2, "iss": "im", "aud": "x"});
+        let bad_aud = json!({"user_id": 1, "biz_id": 2, "iss": "im", "aud": "x", "exp": soon()});
         assert_eq!(v.verify(&sign(bad_aud, Algorithm::HS512, SECRET)), Err(AuthError::Audience));
+    }
+
+    #[test]
+    fn exp_is_required_bounded_and_nbf_honoured() {
+        let v = verifier(|c| c.leeway = Duration::ZERO);
+        let sign256 = |c: serde_json::Value| sign(c, Algorithm::HS256, SECRET);
+        let no_exp = json!({"user_id": 1, "biz_id": 2});
+        assert_eq!(v.verify(&sign256(no_exp.clone())), Err(AuthError::Claims("exp is required")));
+        let lenient = verifier(|c| c.require_exp = false);
+        assert_eq!(lenient.verify_token(&sign256(no_exp)).map(|v| v.expires), Ok(None));
+        let year = json!({"user_id": 1, "biz_id": 2, "exp": now_secs() + 365 * 86400});
+        assert_eq!(v.verify(&sign256(year.clone())), Err(AuthError::TooLong));
+        let unbounded = verifier(|c| c.max_lifetime = Duration::ZERO);
+        assert!(unbounded.verify(&sign256(year)).is_ok(), "0s: no limit");
+        let later = json!({"user_id": 1, "biz_id": 2, "exp": soon(), "nbf": now_secs() + 600});
+        assert_eq!(v.verify(&sign256(later)), Err(AuthError::NotYetValid));
+        let exp = soon();
+        let fine = json!({"user_id": 1, "biz_id": 2, "exp": exp, "nbf": now_secs() - 1});
+        assert_eq!(v.verify_token(&sign256(fine)).map(|v| v.expires), Ok(Some(exp)));
     }
 
     #[test]

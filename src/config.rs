@@ -231,9 +231,16 @@ pub struct JwtConfig {
     pub issuer: Option<String>,
     /// Required `aud` claim, when set.
     pub audience: Option<String>,
-    /// Clock skew tolerated when checking `exp`.
+    /// Clock skew tolerated when checking `exp` and `nbf`.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
+    /// Tokens without `exp` are refused (off: accepted, as the original did).
+    pub require_exp: bool,
+    /// Tokens valid for longer than this from now are refused; 0s: no limit.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// A connection is closed (4001 "token expired") when its token's `exp` passes.
+    pub close_on_expiry: bool,
 }
 
 impl Default for JwtConfig {
@@ -244,6 +251,9 @@ impl Default for JwtConfig {
             issuer: None,
             audience: None,
             leeway: Duration::from_secs(30),
+            require_exp: true,
+            max_lifetime: Duration::from_secs(7 * 24 * 3600),
+            close_on_expiry: true,
         }
     }
 }

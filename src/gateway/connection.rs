@@ -73,8 +73,10 @@ async fn serve_stream<S: Stream>(stream: S, remote: SocketAddr, gw: &Arc<Gateway
     debug!(conn = link.id, biz = identity.biz_id, user = identity.user_id, %remote, "connected");
 
     let idle = gw.idle_applies(accepted.auto_close);
+    let expires = accepted.expires.filter(|_| gw.config.auth.jwt.close_on_expiry);
+    let expires = expires.map(|exp| expiry_instant(exp, gw.config.auth.jwt.leeway));
     let mut conn = Connection { ws, link: link.clone(), gw: &gw, biz: biz.clone() };
-    let reason = conn.serve(idle).await;
+    let reason = conn.serve(idle, expires).await;
     Box::pin(conn.goodbye(reason)).await;
 
     gw.metrics.connections_open.dec();
@@ -97,10 +99,11 @@ struct Connection<'a, S> {
 
 impl<S: Stream> Connection<'_, S> {
     /// Runs until the connection must end, and says why.
-    async fn serve(&mut self, idle: bool) -> CloseReason {
+    async fn serve(&mut self, idle: bool, expires: Option<Instant>) -> CloseReason {
         let gw = self.gw;
         let link = self.link.clone();
         let mut clock = Liveness::new(Instant::now(), &gw.config.limits, idle);
+        clock.expires = expires;
         let timer = sleep_until(clock.deadline());
         // The waits live across iterations: re-registering them on every wake-up costs locks
         // (the drain token is gw by every connection) on the fan-out path.
@@ -304,6 +307,15 @@ struct Liveness {
     ping_interval: Duration,
     pong_timeout: Duration,
     idle_timeout: Option<Duration>,
+    /// When the token expires (plus leeway): the connection is closed then.
+    expires: Option<Instant>,
+}
+
+/// The instant `exp` (Unix seconds) plus `leeway` falls on.
+fn expiry_instant(exp: u64, leeway: Duration) -> Instant {
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(exp) + leeway;
+    let left = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    Instant::now() + left
 }
 
 impl Liveness {
@@ -315,6 +327,7 @@ impl Liveness {
             ping_interval: limits.ping_interval,
             pong_timeout: limits.pong_timeout,
             idle_timeout: idle.then_some(limits.idle_timeout),
+            expires: None,
         }
     }
 
@@ -334,13 +347,17 @@ impl Liveness {
             Some(sent) => sent + self.pong_timeout,
             None => self.last_heard + self.ping_interval,
         };
-        match self.idle_timeout {
+        let deadline = match self.idle_timeout {
             Some(idle) => liveness.min(self.last_message + idle),
             None => liveness,
-        }
+        };
+        self.expires.map_or(deadline, |e| deadline.min(e))
     }
 
     fn on_timer(&mut self, now: Instant) -> Tick {
+        if self.expires.is_some_and(|e| now >= e) {
+            return Tick::Close(CloseReason::TokenExpired);
+        }
         if self.idle_timeout.is_some_and(|idle| now >= self.last_message + idle) {
             return Tick::Close(CloseReason::IdleTimeout);
         }
@@ -366,6 +383,18 @@ mod tests {
             idle_timeout: Duration::from_secs(100),
             ..LimitsConfig::default()
         }
+    }
+
+    #[test]
+    fn an_expiring_token_closes_at_its_expiry_before_any_other_deadline() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0, &limits(), false);
+        l.expires = Some(t0 + Duration::from_secs(5));
+        assert_eq!(l.deadline(), t0 + Duration::from_secs(5));
+        assert_eq!(l.on_timer(t0 + Duration::from_secs(4)), Tick::Wait);
+        let expired = l.on_timer(t0 + Duration::from_secs(5));
+        assert_eq!(expired, Tick::Close(CloseReason::TokenExpired));
+        assert_eq!(CloseReason::TokenExpired.code(), Some(4001));
     }
 
     #[test]

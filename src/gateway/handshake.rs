@@ -15,6 +15,8 @@ use crate::links::Slot;
 /// A client that passed the handshake.
 pub(super) struct Accepted<'a> {
     pub identity: Identity,
+    /// The token's `exp` (Unix seconds), when it has one.
+    pub expires: Option<u64>,
     /// The client sent `X-AutoClose: true`: close it when idle.
     pub auto_close: bool,
     pub slot: Slot<'a>,
@@ -111,13 +113,14 @@ fn check<'a>(req: &Request, gw: &'a Gateway) -> Result<Accepted<'a>, Refusal> {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
     if ws.conformance_echo {
         let identity = Identity { biz_id: 0, user_id: 0 };
-        return Ok(Accepted { identity, auto_close, slot });
+        return Ok(Accepted { identity, expires: None, auto_close, slot });
     }
-    let identity = token(req)
+    let verified = token(req)
         .ok_or(AuthError::Missing)
-        .and_then(|t| gw.verifier.verify(&t))
+        .and_then(|t| gw.verifier.verify_token(&t))
         .map_err(|e| Refusal::new(e.outcome(), StatusCode::UNAUTHORIZED, e.to_string()))?;
-    Ok(Accepted { identity, auto_close, slot })
+    let (identity, expires) = (verified.identity, verified.expires);
+    Ok(Accepted { identity, expires, auto_close, slot })
 }
 
 /// The token from the `token` query parameter, else from `Authorization: Bearer …`.

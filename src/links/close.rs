@@ -21,7 +21,12 @@ pub enum CloseReason {
     Kicked,
     /// Sent a REDIRECT to other nodes (operator rebalance).
     Redirected,
+    /// The token's `exp` passed (`auth.jwt.close_on_expiry`): fetch a new token, reconnect.
+    TokenExpired,
 }
+
+/// The close code of [`CloseReason::TokenExpired`] (private-use range, RFC 6455 §7.4.2).
+pub const TOKEN_EXPIRED: u16 = 4001;
 
 impl CloseReason {
     /// The close code sent, or `None` when no close frame is sent.
@@ -34,6 +39,7 @@ impl CloseReason {
             Self::InvalidMessage => Some(1007),
             Self::SlowConsumer | Self::Kicked => Some(1008),
             Self::MessageTooBig => Some(1009),
+            Self::TokenExpired => Some(TOKEN_EXPIRED),
         }
     }
 
@@ -51,6 +57,7 @@ impl CloseReason {
             Self::SlowConsumer => "slow consumer",
             Self::Kicked => "kicked",
             Self::Redirected => "redirected",
+            Self::TokenExpired => "token expired",
         }
     }
 

@@ -4,7 +4,9 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use wsgw::protocol::Serializer;
 
-use crate::support::{Client, SECRET, TestNode};
+use std::time::Duration;
+
+use crate::support::{Client, SECRET, TestNode, code};
 
 /// Connects and returns the HTTP refusal: (status, body, Retry-After).
 async fn refused(url: &str, headers: &[(&str, &str)]) -> (u16, String, Option<String>) {
@@ -20,9 +22,22 @@ async fn refused(url: &str, headers: &[(&str, &str)]) -> (u16, String, Option<St
     }
 }
 
-fn sign(claims: serde_json::Value, secret: &str) -> String {
+/// Signs `claims`, with an `exp` an hour from now unless they have one.
+fn sign(mut claims: serde_json::Value, secret: &str) -> String {
+    if claims.get("exp").is_none() {
+        claims["exp"] = json!(now() + 3600);
+    }
+    sign_raw(claims, secret)
+}
+
+fn sign_raw(claims: serde_json::Value, secret: &str) -> String {
     let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("key");
     jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("sign")
+}
+
+fn now() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.expect("after 1970").as_secs()
 }
 
 async fn heartbeat_works(client: &mut Client) {
@@ -63,6 +78,21 @@ async fn bad_tokens_get_401_with_a_short_reason() {
             "bad_claims",
         ),
         (sign(json!({"user_id": 0, "biz_id": 2}), SECRET), "invalid token claims", "bad_claims"),
+        (
+            sign_raw(json!({"user_id": 1, "biz_id": 2}), SECRET),
+            "invalid token claims: exp is required",
+            "bad_claims",
+        ),
+        (
+            sign(json!({"user_id": 1, "biz_id": 2, "exp": now() + 30 * 86400}), SECRET),
+            "token lifetime exceeds the allowed maximum",
+            "bad_claims",
+        ),
+        (
+            sign(json!({"user_id": 1, "biz_id": 2, "nbf": now() + 600}), SECRET),
+            "token not yet valid",
+            "not_yet_valid",
+        ),
     ];
     for (token, reason, _) in &cases {
         let (status, body, _) = refused(&node.url(&format!("?token={token}")), &[]).await;
@@ -76,9 +106,11 @@ async fn bad_tokens_get_401_with_a_short_reason() {
     );
     assert_eq!(
         node.metric(r#"websocket_gateway_handshakes_total{outcome="bad_claims"}"#).await,
-        2.0
+        4.0
     );
     assert_eq!(node.metric(r#"websocket_gateway_handshakes_total{outcome="expired"}"#).await, 1.0);
+    let immature = r#"websocket_gateway_handshakes_total{outcome="not_yet_valid"}"#;
+    assert_eq!(node.metric(immature).await, 1.0);
     assert_eq!(node.handle.connections(), 0);
 }
 
@@ -127,4 +159,26 @@ async fn at_capacity_the_upgrade_gets_503_with_retry_after() {
     b.ws.close(None).await.expect("close");
     crate::assert_eventually!(node.handle.connections() == 1, "the slot is freed");
     node.connect(3, 1).await;
+}
+
+#[tokio::test]
+async fn a_connection_is_closed_with_4001_when_its_token_expires_unless_configured_off() {
+    let short = || sign(json!({"user_id": 3, "biz_id": 9, "exp": now() + 2}), SECRET);
+    let node = TestNode::builder().config(|c| c.auth.jwt.leeway = Duration::ZERO).spawn().await;
+    let mut c = Client::connect(&node.url(&format!("?token={}", short()))).await.expect("in");
+    heartbeat_works(&mut c).await;
+    assert_eq!(code(&c.closed().await), (4001, "token expired".to_owned()));
+    let closes = r#"websocket_gateway_closes_total{code="4001",reason="token expired"}"#;
+    assert_eq!(node.metric(closes).await, 1.0);
+
+    let lenient = TestNode::builder()
+        .config(|c| {
+            c.auth.jwt.leeway = Duration::ZERO;
+            c.auth.jwt.close_on_expiry = false;
+        })
+        .spawn()
+        .await;
+    let mut c = Client::connect(&lenient.url(&format!("?token={}", short()))).await.expect("in");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    heartbeat_works(&mut c).await;
 }
