@@ -422,6 +422,11 @@ pub struct LimitsConfig {
     /// A write to a client that does not finish within this time closes the connection.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// Data messages per second one connection may send (heartbeats, acks, anything); beyond,
+    /// RATE_LIMIT_EXCEEDED, and a close (1008 `rate limit`) at more than twice the rate. 0: off.
+    pub message_rate: f32,
+    /// Messages a connection may send at once above `message_rate`.
+    pub message_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -434,6 +439,8 @@ impl Default for LimitsConfig {
             idle_timeout: Duration::from_secs(600),
             idle_close: IdleClose::Header,
             write_timeout: Duration::from_secs(10),
+            message_rate: 100.0,
+            message_burst: 200,
         }
     }
 }

@@ -19,6 +19,7 @@
 //! | 1008 | the operator's reason | kicked through the admin API (`wsgw kick`) |
 //! | 1008 | `slow consumer` | the outbound queue exceeded `limits.outbound_queue_bytes`, or a write timed out |
 //! | 1009 | `message too big` | a message larger than `limits.max_message_size` |
+//! | 1008 | `rate limit` | kept sending at more than twice `limits.message_rate` |
 //! | 4001 | `token expired` | the token's `exp` (+ `auth.jwt.leeway`) passed: fetch a new token and reconnect (`auth.jwt.close_on_expiry`) |
 //!
 //! A decodable message with a command a client may not send (or an unknown one) is answered with
@@ -28,6 +29,7 @@ mod connection;
 mod dispatch;
 mod handshake;
 mod listener;
+mod rate;
 mod tls;
 
 pub use tls::{Tls, TlsError};

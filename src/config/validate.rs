@@ -80,6 +80,12 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
         "must be positive (use idle_close: off)",
     );
     check(limits.write_timeout > Duration::ZERO, "limits.write_timeout", "must be positive");
+    check(
+        limits.message_rate >= 0.0 && limits.message_rate.is_finite(),
+        "limits.message_rate",
+        "must be a number of messages per second (0: no limit)",
+    );
+    check(limits.message_burst >= 1, "limits.message_burst", "must be at least 1");
     check(EnvFilter::try_new(&c.log.level).is_ok(), "log.level", "is not a valid tracing filter");
     p.extend(validate_backends(c));
     p.extend(validate_traffic(c));

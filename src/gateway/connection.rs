@@ -21,10 +21,11 @@ use super::{
     CloseReason, Gateway, Link, Stream,
     dispatch::{Reply, dispatch},
     handshake,
+    rate::{RateLimit, Verdict},
 };
 use crate::{
     config::LimitsConfig,
-    protocol::Message,
+    protocol::{CommandType, Message},
     telemetry::{BizMetrics, Direction},
     wire::command,
 };
@@ -75,7 +76,9 @@ async fn serve_stream<S: Stream>(stream: S, remote: SocketAddr, gw: &Arc<Gateway
     let idle = gw.idle_applies(accepted.auto_close);
     let expires = accepted.expires.filter(|_| gw.config.auth.jwt.close_on_expiry);
     let expires = expires.map(|exp| expiry_instant(exp, gw.config.auth.jwt.leeway));
-    let mut conn = Connection { ws, link: link.clone(), gw: &gw, biz: biz.clone() };
+    let burst = gw.config.limits.message_burst as f32;
+    let rate = RateLimit::new(burst, Instant::now());
+    let mut conn = Connection { ws, link: link.clone(), gw: &gw, biz: biz.clone(), rate };
     let reason = conn.serve(idle, expires).await;
     Box::pin(conn.goodbye(reason)).await;
 
@@ -95,6 +98,7 @@ struct Connection<'a, S> {
     link: Arc<Link>,
     gw: &'a Gateway,
     biz: Arc<BizMetrics>,
+    rate: RateLimit,
 }
 
 impl<S: Stream> Connection<'_, S> {
@@ -169,12 +173,22 @@ impl<S: Stream> Connection<'_, S> {
         self.biz.message(Direction::In, data.len());
         self.link.received();
         let gw = self.gw;
+        let verdict = self.within_rate();
+        if verdict == Verdict::Close {
+            return Err(CloseReason::RateLimited);
+        }
         let msg: Message = gw.wire.serializer.decode(&data).map_err(|e| {
             gw.metrics.decode_errors.inc();
             debug!(conn = self.link.id, error = %e, "undecodable message");
             CloseReason::InvalidMessage
         })?;
         gw.metrics.command(Direction::In, command(msg.cmd));
+        if verdict == Verdict::Refuse {
+            gw.metrics.rate_limited.inc();
+            let cmd = CommandType::RateLimitExceeded.into();
+            let limited = Message { cmd, key: msg.key, body: Bytes::new() };
+            return gw.wire.send(&self.link, &limited).map_err(|_| CloseReason::SlowConsumer);
+        }
         match dispatch(msg, &gw.wire) {
             Reply::Send(reply) => {
                 gw.wire.send(&self.link, &reply).map_err(|_| CloseReason::SlowConsumer)
@@ -188,6 +202,16 @@ impl<S: Stream> Connection<'_, S> {
                 Ok(())
             }
         }
+    }
+
+    /// This message against `limits.message_rate` (always passes when it is 0).
+    fn within_rate(&mut self) -> Verdict {
+        let limits = &self.gw.config.limits;
+        if limits.message_rate <= 0.0 {
+            return Verdict::Pass;
+        }
+        let burst = limits.message_burst as f32;
+        self.rate.check(Instant::now(), limits.message_rate, burst)
     }
 
     fn queue(&self, msg: WsMessage) -> Result<(), CloseReason> {

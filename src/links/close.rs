@@ -21,6 +21,8 @@ pub enum CloseReason {
     Kicked,
     /// Sent a REDIRECT to other nodes (operator rebalance).
     Redirected,
+    /// Kept sending above twice `limits.message_rate`.
+    RateLimited,
     /// The token's `exp` passed (`auth.jwt.close_on_expiry`): fetch a new token, reconnect.
     TokenExpired,
 }
@@ -37,7 +39,7 @@ impl CloseReason {
             Self::GoingAway | Self::PongTimeout | Self::Redirected => Some(1001),
             Self::ProtocolError => Some(1002),
             Self::InvalidMessage => Some(1007),
-            Self::SlowConsumer | Self::Kicked => Some(1008),
+            Self::SlowConsumer | Self::Kicked | Self::RateLimited => Some(1008),
             Self::MessageTooBig => Some(1009),
             Self::TokenExpired => Some(TOKEN_EXPIRED),
         }
@@ -58,6 +60,7 @@ impl CloseReason {
             Self::Kicked => "kicked",
             Self::Redirected => "redirected",
             Self::TokenExpired => "token expired",
+            Self::RateLimited => "rate limit",
         }
     }
 

@@ -98,6 +98,8 @@ pub struct Metrics {
     pub decode_errors: IntCounter,
     /// Upstream messages answered from the dedup window instead of calling a backend.
     pub dedup_hits: IntCounter,
+    /// Client messages refused by the per-connection rate (`limits.message_rate`).
+    pub rate_limited: IntCounter,
     /// Pushes awaiting a DOWNSTREAM_ACK.
     pub pushes_pending: IntGauge,
     upstream_latency: HistogramVec,
@@ -211,8 +213,14 @@ impl Metrics {
             "Upstream messages answered from the dedup window.",
         );
         let pushes_pending = gauge(&r, "pushes_pending", "Pushes awaiting acknowledgement.");
+        let rate_limited = counter(
+            &r,
+            "rate_limited_total",
+            "Client messages refused by the per-connection message rate.",
+        );
         Self {
             dedup_hits,
+            rate_limited,
             pushes_pending,
             upstream_latency,
             backend_errors: counter_vec(

@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
+use futures_util::SinkExt as _;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
-use wsgw::protocol::Serializer;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use wsgw::protocol::{CommandType, Serializer};
 
 use crate::support::{Client, TestNode, code};
 
@@ -148,4 +150,42 @@ async fn a_slow_consumer_is_closed_without_blocking_anyone_else() {
     assert!(node.metric("websocket_gateway_outbound_dropped_total").await >= 1.0);
     heartbeat(&mut fast, "after").await;
     assert_eq!(node.handle.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_client_over_its_message_rate_is_refused_then_closed_and_nobody_else_notices() {
+    let node = TestNode::builder()
+        .config(|c| {
+            c.limits.message_rate = 5.0;
+            c.limits.message_burst = 4;
+        })
+        .spawn()
+        .await;
+    let mut calm = node.connect(1, 9).await;
+    let mut flood = node.connect(2, 9).await;
+    // Heartbeats count: the burst passes, the next ones are refused with their keys.
+    for i in 0..4 {
+        flood.send_text(&format!(r#"{{"cmd":"COMMAND_TYPE_HEARTBEAT","key":"ok{i}"}}"#)).await;
+    }
+    for i in 4..8 {
+        flood.send_text(&format!(r#"{{"cmd":"COMMAND_TYPE_HEARTBEAT","key":"over{i}"}}"#)).await;
+    }
+    let mut answers = Vec::new();
+    for _ in 0..8 {
+        let m = flood.recv_msg(Serializer::Json).await;
+        answers.push((CommandType::try_from(m.cmd).expect("known"), m.key));
+    }
+    for (i, (cmd, key)) in answers.iter().enumerate() {
+        let want = if i < 4 { CommandType::Heartbeat } else { CommandType::RateLimitExceeded };
+        assert_eq!(*cmd, want, "{answers:?}");
+        assert_eq!(key, &if i < 4 { format!("ok{i}") } else { format!("over{i}") });
+    }
+    // Still flooding (beyond twice the rate): closed.
+    for i in 0..20 {
+        let beat = format!(r#"{{"cmd":"COMMAND_TYPE_HEARTBEAT","key":"f{i}"}}"#);
+        let _ = flood.ws.send(WsMessage::text(beat)).await; // may fail once closed
+    }
+    assert_eq!(code(&flood.closed().await), (1008, "rate limit".to_owned()));
+    assert_eq!(node.metric("websocket_gateway_rate_limited_total").await, 4.0);
+    heartbeat(&mut calm, "still-here").await;
 }
