@@ -427,6 +427,11 @@ pub struct LimitsConfig {
     pub message_rate: f32,
     /// Messages a connection may send at once above `message_rate`.
     pub message_burst: u32,
+    /// Connections one user may hold on one node; a further handshake is refused (429). 0: no
+    /// limit.
+    pub max_connections_per_user: usize,
+    /// Longest key of an upstream message, in bytes; longer ones get an ERROR.
+    pub max_key_length: usize,
 }
 
 impl Default for LimitsConfig {
@@ -441,6 +446,8 @@ impl Default for LimitsConfig {
             write_timeout: Duration::from_secs(10),
             message_rate: 100.0,
             message_burst: 200,
+            max_connections_per_user: 32,
+            max_key_length: 256,
         }
     }
 }

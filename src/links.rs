@@ -262,6 +262,11 @@ impl LinkRegistry {
         last
     }
 
+    /// How many links the user has on this node.
+    pub fn user_connections(&self, identity: &Identity) -> usize {
+        self.users.get(identity).map_or(0, |c| c.len())
+    }
+
     /// Whether the user has a link on this node.
     pub fn holds(&self, identity: &Identity) -> bool {
         self.users.contains_key(identity)

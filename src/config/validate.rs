@@ -86,6 +86,7 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
         "must be a number of messages per second (0: no limit)",
     );
     check(limits.message_burst >= 1, "limits.message_burst", "must be at least 1");
+    check(limits.max_key_length >= 1, "limits.max_key_length", "must be at least 1");
     check(EnvFilter::try_new(&c.log.level).is_ok(), "log.level", "is not a valid tracing filter");
     p.extend(validate_backends(c));
     p.extend(validate_traffic(c));

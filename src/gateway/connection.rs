@@ -189,7 +189,7 @@ impl<S: Stream> Connection<'_, S> {
             let limited = Message { cmd, key: msg.key, body: Bytes::new() };
             return gw.wire.send(&self.link, &limited).map_err(|_| CloseReason::SlowConsumer);
         }
-        match dispatch(msg, &gw.wire) {
+        match dispatch(msg, &gw.wire, gw.config.limits.max_key_length) {
             Reply::Send(reply) => {
                 gw.wire.send(&self.link, &reply).map_err(|_| CloseReason::SlowConsumer)
             }

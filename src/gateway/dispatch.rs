@@ -19,8 +19,8 @@ pub(super) enum Reply {
     Acked(String),
 }
 
-/// Decides what to do with `msg`.
-pub(super) fn dispatch(msg: Message, wire: &Wire) -> Reply {
+/// Decides what to do with `msg`; upstream keys longer than `max_key` bytes are refused.
+pub(super) fn dispatch(msg: Message, wire: &Wire, max_key: usize) -> Reply {
     let error = |key, code, reason: String| Reply::Send(wire.error(key, code, reason));
     match CommandType::try_from(msg.cmd) {
         Ok(CommandType::Heartbeat) => match wire.open(msg.body) {
@@ -31,6 +31,10 @@ pub(super) fn dispatch(msg: Message, wire: &Wire) -> Reply {
         },
         Ok(CommandType::UpstreamMessage) if msg.key.is_empty() => {
             error(msg.key, ErrorCode::InvalidMessage, "an upstream message needs a key".into())
+        }
+        Ok(CommandType::UpstreamMessage) if msg.key.len() > max_key => {
+            let reason = format!("the key is longer than {max_key} bytes");
+            error(msg.key, ErrorCode::InvalidMessage, reason)
         }
         Ok(CommandType::UpstreamMessage) => match wire.open(msg.body) {
             Ok(body) => Reply::Upstream { key: msg.key, body },
@@ -63,6 +67,8 @@ mod tests {
         telemetry::Metrics,
     };
 
+    const KEY: usize = 256;
+
     fn wire(serializer: Serializer) -> Wire {
         Wire::new(serializer, None, Arc::new(Metrics::new()))
     }
@@ -90,21 +96,30 @@ mod tests {
     #[test]
     fn heartbeat_is_echoed_with_key_and_body() {
         let hb = msg(CommandType::Heartbeat, "k1", b"ping");
-        assert_eq!(dispatch(hb.clone(), &wire(Serializer::Json)), Reply::Send(hb));
+        assert_eq!(dispatch(hb.clone(), &wire(Serializer::Json), KEY), Reply::Send(hb));
     }
 
     #[test]
     fn upstream_and_acks_are_handed_on() {
         let w = wire(Serializer::Proto);
         let up = msg(CommandType::UpstreamMessage, "u1", b"hello");
-        assert_eq!(dispatch(up, &w), Reply::Upstream { key: "u1".into(), body: "hello".into() });
+        let want = Reply::Upstream { key: "u1".into(), body: "hello".into() };
+        assert_eq!(dispatch(up, &w, KEY), want);
         let ack = msg(CommandType::DownstreamAck, "p1", b"");
-        assert_eq!(dispatch(ack, &w), Reply::Acked("p1".into()));
+        assert_eq!(dispatch(ack, &w, KEY), Reply::Acked("p1".into()));
         let keyless = msg(CommandType::UpstreamMessage, "", b"x");
         assert_eq!(
-            error_code(dispatch(keyless, &w), Serializer::Proto).1,
+            error_code(dispatch(keyless, &w, KEY), Serializer::Proto).1,
             ErrorCode::InvalidMessage
         );
+        let long = "k".repeat(KEY + 1);
+        let too_long = msg(CommandType::UpstreamMessage, &long, b"x");
+        assert_eq!(
+            error_code(dispatch(too_long, &w, KEY), Serializer::Proto),
+            (long, ErrorCode::InvalidMessage)
+        );
+        let longest = msg(CommandType::UpstreamMessage, &"k".repeat(KEY), b"x");
+        assert!(matches!(dispatch(longest, &w, KEY), Reply::Upstream { .. }));
     }
 
     #[test]
@@ -112,7 +127,7 @@ mod tests {
         for s in [Serializer::Json, Serializer::Proto] {
             for cmd in [0, 3, 4, 6, 7, 8, 42] {
                 let m = Message { cmd, key: "k".into(), body: Bytes::new() };
-                let (key, code) = error_code(dispatch(m, &wire(s)), s);
+                let (key, code) = error_code(dispatch(m, &wire(s), KEY), s);
                 assert_eq!((key.as_str(), code), ("k", ErrorCode::UnsupportedCommand), "cmd {cmd}");
             }
         }
@@ -122,16 +137,17 @@ mod tests {
     fn encrypted_bodies_are_opened_and_sealed_afresh() {
         let (w, cipher) = encrypted();
         let sent = cipher.seal(b"ping");
-        let Reply::Send(echo) = dispatch(msg(CommandType::Heartbeat, "h", &sent), &w) else {
+        let Reply::Send(echo) = dispatch(msg(CommandType::Heartbeat, "h", &sent), &w, KEY) else {
             panic!("echo expected")
         };
         assert_ne!(echo.body, sent, "a fresh nonce");
         assert_eq!(cipher.open(&echo.body).expect("decrypts").as_ref(), b"ping");
         let up = msg(CommandType::UpstreamMessage, "u", &cipher.seal(b"hello"));
-        assert_eq!(dispatch(up, &w), Reply::Upstream { key: "u".into(), body: "hello".into() });
+        let want = Reply::Upstream { key: "u".into(), body: "hello".into() };
+        assert_eq!(dispatch(up, &w, KEY), want);
         let garbage = msg(CommandType::UpstreamMessage, "u2", b"not encrypted at all, no");
         assert_eq!(
-            error_code(dispatch(garbage, &w), Serializer::Json),
+            error_code(dispatch(garbage, &w, KEY), Serializer::Json),
             ("u2".into(), ErrorCode::BadBody)
         );
     }

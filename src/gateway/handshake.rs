@@ -120,6 +120,11 @@ fn check<'a>(req: &Request, gw: &'a Gateway) -> Result<Accepted<'a>, Refusal> {
         .and_then(|t| gw.verifier.verify_token(&t))
         .map_err(|e| Refusal::new(e.outcome(), StatusCode::UNAUTHORIZED, e.to_string()))?;
     let (identity, expires) = (verified.identity, verified.expires);
+    let per_user = gw.config.limits.max_connections_per_user;
+    if per_user > 0 && gw.links.user_connections(&identity) >= per_user {
+        let too_many = StatusCode::TOO_MANY_REQUESTS;
+        return Err(Refusal::new("user_limit", too_many, "too many connections for this user"));
+    }
     Ok(Accepted { identity, expires, auto_close, slot })
 }
 

@@ -189,3 +189,26 @@ async fn a_client_over_its_message_rate_is_refused_then_closed_and_nobody_else_n
     assert_eq!(node.metric("websocket_gateway_rate_limited_total").await, 4.0);
     heartbeat(&mut calm, "still-here").await;
 }
+
+#[tokio::test]
+async fn a_user_beyond_the_per_user_limit_gets_429_and_the_open_ones_stay() {
+    let node = TestNode::builder().config(|c| c.limits.max_connections_per_user = 2).spawn().await;
+    let mut first = node.connect(7, 9).await;
+    let second = node.connect(7, 9).await;
+    let url = node.url(&format!("?token={}", TestNode::token(7, 9)));
+    match Client::connect(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 429);
+            let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default());
+            assert_eq!(body.trim(), "too many connections for this user");
+        }
+        other => panic!("expected 429, got {:?}", other.map(|_| "a connection")),
+    }
+    let refused = r#"websocket_gateway_handshakes_total{outcome="user_limit"}"#;
+    assert_eq!(node.metric(refused).await, 1.0);
+    node.connect(8, 9).await; // another user is not limited by user 7
+    heartbeat(&mut first, "still-open").await;
+    drop(second);
+    crate::assert_eventually!(node.handle.connections() == 2, "the second one closed");
+    node.connect(7, 9).await;
+}
