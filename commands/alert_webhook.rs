@@ -5,8 +5,12 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
+use tokio_util::sync::CancellationToken;
 use tracing::info;
-use wsgw::admin::webhook::{self, WebhookConfig};
+use wsgw::{
+    admin::webhook::{self, WebhookConfig},
+    http::{self, HttpLimits},
+};
 
 use crate::{nodes::TargetArgs, secrets};
 
@@ -76,12 +80,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         info!(listen = %args.listen, "alert webhook: POST /webhook/v1");
-        axum::serve(listener, webhook::router(config))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .context("webhook server")
+        let stop = CancellationToken::new();
+        let on_signal = stop.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            on_signal.cancel();
+        });
+        // Acting on an alert calls nodes (up to 10 s each): a minute per request.
+        let limits =
+            HttpLimits { request_timeout: Duration::from_secs(60), ..HttpLimits::default() };
+        http::serve(listener, webhook::router(config), limits, stop).await.context("webhook server")
     })?;
     Ok(ExitCode::SUCCESS)
 }

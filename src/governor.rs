@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     cluster::SessionDirectory,
+    http::HttpLimits,
     shutdown::{Lifecycle, Phase},
     telemetry::Metrics,
 };
@@ -56,11 +57,11 @@ async fn metrics_text(State(s): State<GovernorView>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
 }
 
-/// Serves the governor until `stop` is cancelled.
+/// Serves the governor until `stop` is cancelled (bounded: see [`crate::http`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await
+    crate::http::serve(listener, router, HttpLimits::default(), stop).await
 }

@@ -24,6 +24,8 @@
 //! - [`telemetry`] — metrics (names and typed event labels) and logging set-up.
 //! - [`config`] — the config file, environment overrides and validation.
 //! - [`grpc`] — gRPC client plumbing: validated addresses, channels, the bearer token.
+//! - [`http`] — serving the small HTTP surfaces (governor, webhook) with connection and time
+//!   bounds.
 //! - [`protocol`] — the `gatewayapi.v1` messages and the JSON / protobuf serializers. Pure.
 //! - [`shutdown`] — the node's lifecycle: phase and drain stages.
 //! - [`loadtest`] — the load generator of `wsgw loadtest` (a client of the public contracts).
@@ -36,6 +38,7 @@ pub mod downstream;
 pub mod gateway;
 pub mod governor;
 pub mod grpc;
+pub mod http;
 pub mod links;
 pub mod loadtest;
 pub mod node;

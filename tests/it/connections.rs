@@ -116,6 +116,7 @@ async fn a_slow_consumer_is_closed_without_blocking_anyone_else() {
             c.limits.max_message_size = bytesize::ByteSize::kib(4);
             c.limits.outbound_queue_bytes = bytesize::ByteSize::kib(16);
             c.limits.write_timeout = Duration::from_millis(300);
+            c.limits.message_rate = 0.0; // the flood below is about the outbound queue
         })
         .spawn()
         .await;
