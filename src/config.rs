@@ -69,6 +69,13 @@ pub struct GrpcConfig {
     pub token: String,
     /// A separate token per role (required in cluster mode and beyond loopback).
     pub tokens: RoleTokens,
+    /// Concurrent calls (HTTP/2 streams) one client connection may have open; further calls
+    /// wait for a free one.
+    pub max_concurrent_streams: u32,
+    /// A call not answered within this time fails with `CANCELLED` (streams: until their
+    /// first answer).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for GrpcConfig {
@@ -77,6 +84,8 @@ impl Default for GrpcConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9004)),
             token: String::new(),
             tokens: RoleTokens::default(),
+            max_concurrent_streams: 256,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }

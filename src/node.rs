@@ -100,7 +100,7 @@ struct Services {
     admin: Arc<NodeView>,
     governor: GovernorView,
     router: Arc<Router>,
-    grpc_tokens: GrpcConfig,
+    grpc: GrpcConfig,
     drain_timeout: std::time::Duration,
     ack_wait: std::time::Duration,
     /// Connection tasks and the backend calls they start.
@@ -243,7 +243,7 @@ impl Services {
             self.admin.clone(),
             self.sampler.clone(),
             self.router.clone(),
-            self.grpc_tokens.clone(),
+            self.grpc.clone(),
             stop,
         ));
         [governor, grpc]
@@ -469,7 +469,7 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
         admin,
         governor,
         router,
-        grpc_tokens: config.server.grpc.clone(),
+        grpc: config.server.grpc.clone(),
         drain_timeout: config.shutdown.drain_timeout,
         ack_wait: config.shutdown.ack_wait,
         connections,
@@ -485,11 +485,11 @@ async fn serve_grpc(
     view: Arc<NodeView>,
     sampler: Arc<Sampler>,
     router: Arc<Router>,
-    tokens: GrpcConfig,
+    grpc: GrpcConfig,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     // One credential per role: a backend's push token cannot kick or drain.
-    let auth = |role| BearerAuth::new(tokens.token_for(role));
+    let auth = |role| BearerAuth::new(grpc.token_for(role));
     let push = PushServiceServer::with_interceptor(
         PushApi::new(router.clone(), view.downstream.clone()),
         auth(GrpcRole::Backend),
@@ -499,7 +499,15 @@ async fn serve_grpc(
         AdminApi::new(view, sampler),
         auth(GrpcRole::Operator),
     );
+    // Bounded per client connection: streams, queued calls, time per call; dead peers are
+    // found by HTTP/2 keepalive pings.
+    let streams = grpc.max_concurrent_streams;
     tonic::transport::Server::builder()
+        .max_concurrent_streams(streams)
+        .concurrency_limit_per_connection(streams as usize)
+        .timeout(grpc.request_timeout)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(push)
         .add_service(node)
         .add_service(admin)

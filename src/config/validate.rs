@@ -30,6 +30,13 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
         "must be positive",
     );
     check(ws.max_connections > 0, "server.websocket.max_connections", "must be at least 1");
+    let grpc = &c.server.grpc;
+    check(
+        grpc.max_concurrent_streams > 0,
+        "server.grpc.max_concurrent_streams",
+        "must be at least 1",
+    );
+    check(grpc.request_timeout > Duration::ZERO, "server.grpc.request_timeout", "must be positive");
     check(
         ws.tls.cert.is_empty() == ws.tls.key.is_empty(),
         "server.websocket.tls.key",
