@@ -386,6 +386,8 @@ pub struct DownstreamConfig {
     pub max_retries: u32,
     /// Pushes awaiting acknowledgement, at most; beyond, pushes are refused (RESOURCE_EXHAUSTED).
     pub max_pending: usize,
+    /// Bytes of push bodies awaiting acknowledgement, at most (the same refusal beyond).
+    pub max_pending_bytes: ByteSize,
     /// Largest push (body plus key) accepted from any source: larger ones are refused
     /// (INVALID_ARGUMENT; counted and skipped from Kafka). Must leave room in a connection's
     /// outbound queue (at most half of `limits.outbound_queue_bytes` once encoded).
@@ -398,6 +400,7 @@ impl Default for DownstreamConfig {
             retry_interval: Duration::from_secs(5),
             max_retries: 3,
             max_pending: 100_000,
+            max_pending_bytes: ByteSize::mib(256),
             max_push_size: ByteSize::kib(64),
         }
     }

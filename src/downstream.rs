@@ -23,7 +23,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -102,6 +102,8 @@ pub struct Downstream {
     durable: bool,
     node_id: String,
     next_key: AtomicU64,
+    /// Body bytes of `pending` (bounded by `max_pending_bytes`).
+    pending_bytes: AtomicUsize,
 }
 
 impl Downstream {
@@ -126,6 +128,7 @@ impl Downstream {
             fallback,
             node_id,
             next_key: AtomicU64::new(1),
+            pending_bytes: AtomicUsize::new(0),
         });
         (downstream.clone(), downstream.run_retries(stop))
     }
@@ -139,20 +142,24 @@ impl Downstream {
         let identity = Identity { biz_id: msg.biz_id, user_id: msg.receiver_id };
         let track = (identity, msg.key);
         let already = self.pending.contains_key(&track);
-        if !already && self.pending.len() >= self.config.max_pending {
+        let bytes = self.pending_bytes.load(Ordering::Relaxed) + msg.body.len();
+        let full = self.pending.len() >= self.config.max_pending
+            || bytes as u64 > self.config.max_pending_bytes.as_u64();
+        if !already && full {
             self.metrics.push_event(PushEvent::Refused);
-            return Err(PushError::Overloaded(self.config.max_pending));
+            return Err(PushError::Overloaded(self.pending.len()));
         }
         // Tracked before it is sent: the client's ACK may arrive before `deliver` returns.
         let tracked = self.config.max_retries > 0 && !already;
         if tracked {
             let pending =
                 Pending::new(msg.body.clone(), Instant::now(), self.config.retry_interval);
+            self.pending_bytes.fetch_add(msg.body.len(), Ordering::Relaxed);
             self.pending.insert(track.clone(), pending);
         }
         let delivered = self.deliver(&track, &msg.body);
         if delivered == 0 && tracked {
-            self.pending.remove(&track);
+            self.untrack(&track);
         }
         self.metrics.pushes_pending.set(self.pending.len() as i64);
         if delivered == 0 {
@@ -228,11 +235,25 @@ impl Downstream {
     /// in their inbox (which may hold it although this node never tracked it).
     pub fn acked(&self, identity: Identity, key: String) {
         let track = (identity, key);
-        if self.pending.remove(&track).is_some() {
+        if self.untrack(&track).is_some() {
             self.metrics.push_event(PushEvent::Acked);
             self.metrics.pushes_pending.set(self.pending.len() as i64);
         }
         self.fallback.directory.acked(identity, track.1);
+    }
+
+    /// Stops tracking `track`, keeping `pending_bytes` in step.
+    fn untrack(&self, track: &(Identity, String)) -> Option<((Identity, String), Pending)> {
+        let removed = self.pending.remove(track);
+        if let Some((_, p)) = &removed {
+            self.pending_bytes.fetch_sub(p.body.len(), Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Body bytes awaiting acknowledgement.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes.load(Ordering::Relaxed)
     }
 
     /// Pushes awaiting acknowledgement.
@@ -288,6 +309,7 @@ impl Downstream {
     pub fn settle_at_exit(&self) -> usize {
         let left = self.pending.len();
         self.pending.clear();
+        self.pending_bytes.store(0, Ordering::Relaxed);
         self.metrics.pushes_pending.set(0);
         if left == 0 {
             return 0;
@@ -314,7 +336,7 @@ impl Downstream {
         for track in due {
             if self.durable && !self.links.holds(&track.0) {
                 // The user left this node: their inbox delivers it wherever they connect next.
-                if self.pending.remove(&track).is_some() {
+                if self.untrack(&track).is_some() {
                     self.metrics.push_event(PushEvent::HandedOver);
                 }
                 continue;
@@ -333,7 +355,7 @@ impl Downstream {
                     self.deliver(&track, &body);
                 }
                 None => {
-                    let Some(((identity, key), p)) = self.pending.remove(&track) else { continue };
+                    let Some(((identity, key), p)) = self.untrack(&track) else { continue };
                     self.metrics.push_event(PushEvent::GivenUp);
                     warn!(biz = identity.biz_id, user = identity.user_id, key = %key,
                         retries = max_retries, "push never acknowledged; giving up");

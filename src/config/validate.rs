@@ -139,6 +139,12 @@ fn validate_traffic(c: &Config) -> Vec<Problem> {
     if c.downstream.max_pending == 0 {
         p.push(Problem::new("downstream.max_pending", "must be at least 1"));
     }
+    if c.downstream.max_pending_bytes < c.downstream.max_push_size {
+        p.push(Problem::new(
+            "downstream.max_pending_bytes",
+            "must be at least downstream.max_push_size",
+        ));
+    }
     let push_bound = super::encoded_push_bound(c.downstream.max_push_size.as_u64());
     if push_bound > c.limits.outbound_queue_bytes.as_u64() / 2 {
         p.push(Problem::new(

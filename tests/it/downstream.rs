@@ -190,3 +190,27 @@ async fn a_draining_node_waits_for_acks_then_counts_what_is_left_as_dropped() {
         assert!(text.contains(line), "{line} in {text}");
     }
 }
+
+#[tokio::test]
+async fn unacknowledged_push_bytes_are_bounded_and_acks_make_room() {
+    let node = TestNode::builder()
+        .config(|c| {
+            c.downstream.max_push_size = bytesize::ByteSize::b(512);
+            c.downstream.max_pending_bytes = bytesize::ByteSize::kib(1);
+        })
+        .spawn()
+        .await;
+    let mut c = node.connect(42, BIZ).await;
+    let body = [b'x'; 400];
+    for key in ["b1", "b2"] {
+        assert_eq!(node.push(42, BIZ, key, &body).await.expect("room"), 1);
+        expect_push(&mut c, key).await;
+    }
+    let full = node.push(42, BIZ, "b3", &body).await.expect_err("over 1 KiB pending");
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    ack(&mut c, "b1").await;
+    crate::assert_eventually!(
+        node.push(42, BIZ, "b4", &body).await.is_ok(),
+        "the ack freed 400 bytes"
+    );
+}
