@@ -38,7 +38,7 @@ use crate::{
     },
     shutdown::{Lifecycle, Phase, Stage},
     telemetry::Metrics,
-    upstream::Upstream,
+    upstream::{Upstream, UpstreamContext},
     wire::Wire,
 };
 
@@ -384,15 +384,15 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
     let links = Arc::new(LinkRegistry::new(config.server.websocket.max_connections));
     let connections = TaskTracker::new();
     let adapters = cluster::build(&config, &node_id, at, &links, &metrics, &lifecycle)?;
-    let (upstream, batchers) = Upstream::new(
-        config.upstream.clone(),
-        &config.backends,
-        wire.clone(),
-        metrics.clone(),
-        connections.clone(),
-        adapters.directory.clone(),
-        background.clone(),
-    );
+    let context = UpstreamContext {
+        wire: wire.clone(),
+        metrics: metrics.clone(),
+        tasks: connections.clone(),
+        directory: adapters.directory.clone(),
+        node_id: node_id.clone(),
+    };
+    let (upstream, batchers) =
+        Upstream::new(config.upstream.clone(), &config.backends, context, background.clone());
 
     let (downstream, retries) = Downstream::new(
         config.downstream.clone(),

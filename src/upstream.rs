@@ -12,6 +12,7 @@
 mod backends;
 mod batch;
 mod dedup;
+mod sender;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -29,13 +30,13 @@ use tonic::{Code, Status};
 use tracing::{debug, warn};
 
 pub use backends::{BackendRegistry, BizBackends, Endpoint, Pick};
+pub use sender::Sender;
 
 use self::{
     batch::BatchItem,
     dedup::{Begin, Dedup},
 };
 use crate::{
-    auth::Identity,
     cluster::{SessionDirectory, UpstreamClaim},
     config::{BackendConfig, BackendMap, UpstreamConfig},
     grpc::GrpcAddr,
@@ -103,6 +104,19 @@ pub struct Upstream {
     static_endpoints: HashMap<i64, Vec<GrpcAddr>>,
     /// Businesses whose backends came (partly) from discovery.
     discovered: std::sync::Mutex<HashSet<i64>>,
+    /// This node, as backends are told (`x-wsgw-node-id`).
+    node_id: String,
+}
+
+/// What the upstream service works with, besides its config.
+pub struct UpstreamContext {
+    pub wire: Arc<Wire>,
+    pub metrics: Arc<Metrics>,
+    /// Backend calls are spawned on it (the node drains it).
+    pub tasks: TaskTracker,
+    /// Cluster-wide dedup (the session directory).
+    pub directory: Arc<dyn SessionDirectory>,
+    pub node_id: String,
 }
 
 impl Upstream {
@@ -112,12 +126,10 @@ impl Upstream {
     pub fn new(
         config: UpstreamConfig,
         static_backends: &[BackendConfig],
-        wire: Arc<Wire>,
-        metrics: Arc<Metrics>,
-        tasks: TaskTracker,
-        directory: Arc<dyn SessionDirectory>,
+        context: UpstreamContext,
         stop: CancellationToken,
     ) -> (Arc<Self>, impl Future<Output = ()> + Send + 'static) {
+        let UpstreamContext { wire, metrics, tasks, directory, node_id } = context;
         let backends = BackendRegistry::default();
         let mut batchers = Vec::new();
         for b in static_backends {
@@ -145,6 +157,7 @@ impl Upstream {
             metrics,
             tasks,
             directory,
+            node_id,
         });
         let runs: Vec<_> =
             batchers.into_iter().map(|b| b.run(upstream.clone(), stop.clone())).collect();
@@ -214,7 +227,8 @@ impl Upstream {
         let link = link.clone();
         self.tasks.spawn(async move {
             let started = Instant::now();
-            let result = this.answer(dkey.0, &dkey.1, body).await;
+            let sender = Sender { identity: link.identity, conn: link.id, remote: link.remote };
+            let result = this.answer(sender, &dkey.1, body).await;
             link.end_upstream();
             this.finish(&link, &dkey, result, started.elapsed());
         });
@@ -227,10 +241,11 @@ impl Upstream {
     /// only this node's own dedup applies.
     async fn answer(
         &self,
-        who: Identity,
+        sender: Sender,
         key: &str,
         body: Bytes,
     ) -> Result<OnReceiveResponse, UpstreamError> {
+        let who = sender.identity;
         let window = self.config.dedup_window;
         let deadline = Instant::now() + self.config.timeout * (self.config.retries + 1);
         let shared = loop {
@@ -250,7 +265,7 @@ impl Upstream {
             }
         };
         let request = OnReceiveRequest { key: key.to_owned(), body };
-        let result = self.forward(who.biz_id, request).await;
+        let result = self.forward(sender, request).await;
         if !shared {
             return result;
         }
@@ -313,29 +328,32 @@ impl Upstream {
     /// Sends one request to the biz's backend, batched when configured.
     async fn forward(
         &self,
-        biz_id: i64,
+        sender: Sender,
         request: OnReceiveRequest,
     ) -> Result<OnReceiveResponse, UpstreamError> {
+        let biz_id = sender.identity.biz_id;
         let biz = self.backends.get(biz_id).ok_or(UpstreamError::NoBackend(biz_id))?;
         if let Some(batcher) = biz.batcher() {
             let (reply, answer) = oneshot::channel();
-            if batcher.try_send(BatchItem { request: request.clone(), reply }).is_ok() {
+            let item = BatchItem { request: request.clone(), sender, reply };
+            if batcher.try_send(item).is_ok() {
                 return answer
                     .await
                     .unwrap_or_else(|_| Err(UpstreamError::Unavailable("batcher stopped".into())));
             }
         }
-        self.call_one(&biz, request).await
+        self.call_one(&biz, request, sender).await
     }
 
-    /// One OnReceive call with retries.
+    /// One OnReceive call with retries, telling the backend who sent it.
     async fn call_one(
         &self,
         biz: &BizBackends,
         request: OnReceiveRequest,
+        sender: Sender,
     ) -> Result<OnReceiveResponse, UpstreamError> {
         self.with_retries(biz, |endpoint| {
-            let request = request.clone();
+            let request = sender::with_senders(request.clone(), &[sender], &self.node_id);
             async move { endpoint.client().on_receive(request).await.map(tonic::Response::into_inner) }
         })
         .await

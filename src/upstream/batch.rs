@@ -24,6 +24,7 @@ const QUEUE_BATCHES: usize = 16;
 
 pub(crate) struct BatchItem {
     pub request: OnReceiveRequest,
+    pub sender: super::Sender,
     pub reply: oneshot::Sender<Result<OnReceiveResponse, UpstreamError>>,
 }
 
@@ -73,10 +74,12 @@ fn answer_all(items: Vec<BatchItem>, result: Result<OnReceiveResponse, UpstreamE
 impl Upstream {
     async fn send_batch(&self, biz: &BizBackends, items: Vec<BatchItem>) {
         let reqs: Vec<OnReceiveRequest> = items.iter().map(|i| i.request.clone()).collect();
+        let senders: Vec<super::Sender> = items.iter().map(|i| i.sender).collect();
         let count = reqs.len();
         let result = self
             .with_retries(biz, |endpoint| {
-                let request = BatchOnReceiveRequest { reqs: reqs.clone() };
+                let batch = BatchOnReceiveRequest { reqs: reqs.clone() };
+                let request = super::sender::with_senders(batch, &senders, &self.node_id);
                 async move {
                     endpoint
                         .batch_client()
@@ -102,7 +105,7 @@ impl Upstream {
                 info!(biz = biz.biz_id, "backend has no BatchBackendService; using single calls");
                 biz.batch_unsupported();
                 let calls = items.into_iter().map(|item| async move {
-                    let _ = item.reply.send(self.call_one(biz, item.request).await);
+                    let _ = item.reply.send(self.call_one(biz, item.request, item.sender).await);
                 });
                 futures_util::future::join_all(calls).await;
             }

@@ -56,6 +56,14 @@ async fn upstream_is_acknowledged_with_the_backend_response_in_both_serializers(
             backend.received(),
             vec![("3f2a-01".into(), Bytes::from_static(br#"{"text":"hello"}"#))]
         );
+        // The backend is told who sent it, as metadata (the message stays the original's).
+        let calls = backend.senders();
+        let sender: std::collections::HashMap<_, _> = calls[0].iter().cloned().collect();
+        assert_eq!(sender["x-wsgw-user-id"], "42");
+        assert_eq!(sender["x-wsgw-biz-id"], BIZ.to_string());
+        assert_eq!(sender["x-wsgw-node-id"], "test-node");
+        assert_eq!(sender["x-wsgw-conn-id"], "1", "the node's first connection");
+        assert!(sender["x-wsgw-client-addr"].starts_with("127.0.0.1:"), "{sender:?}");
     }
 }
 
@@ -290,6 +298,12 @@ async fn batching_sends_one_call_and_answers_each_client() {
         let position = received.iter().position(|k| *k == key).expect("received") as i64;
         assert_eq!(msg_id, position + 1, "{key}: each client gets its own response");
     }
+    // One sender per request, in the order of `reqs`: key m{i} came from user i + 1.
+    let calls = backend.senders();
+    let users = calls[0].iter().find(|(k, _)| k == "x-wsgw-user-id").expect("user ids");
+    let want: Vec<String> =
+        received.iter().map(|k| (k[1..].parse::<i64>().expect("m{i}") + 1).to_string()).collect();
+    assert_eq!(users.1, want.join(","));
 }
 
 #[tokio::test]

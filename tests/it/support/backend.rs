@@ -37,6 +37,24 @@ struct Record {
     batch_calls: AtomicUsize,
     next_id: AtomicI64,
     received: Mutex<Vec<(String, Bytes)>>,
+    /// The `x-wsgw-*` metadata of every call, in order (name → value).
+    senders: Mutex<Vec<Vec<(String, String)>>>,
+}
+
+/// The sender metadata of a call.
+fn senders<T>(request: &Request<T>) -> Vec<(String, String)> {
+    let mut found: Vec<(String, String)> = request
+        .metadata()
+        .iter()
+        .filter_map(|kv| match kv {
+            tonic::metadata::KeyAndValueRef::Ascii(k, v) if k.as_str().starts_with("x-wsgw-") => {
+                Some((k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+            }
+            _ => None,
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 pub struct TestBackend {
@@ -71,6 +89,7 @@ impl BackendService for Service {
         request: Request<OnReceiveRequest>,
     ) -> Result<Response<OnReceiveResponse>, Status> {
         self.record.calls.fetch_add(1, Ordering::SeqCst);
+        self.record.senders.lock().expect("lock").push(senders(&request));
         self.answer(request.into_inner()).await.map(Response::new)
     }
 }
@@ -82,6 +101,7 @@ impl BatchBackendService for Service {
         request: Request<BatchOnReceiveRequest>,
     ) -> Result<Response<BatchOnReceiveResponse>, Status> {
         self.record.batch_calls.fetch_add(1, Ordering::SeqCst);
+        self.record.senders.lock().expect("lock").push(senders(&request));
         let mut res = Vec::new();
         for req in request.into_inner().reqs {
             res.push(self.answer(req).await?);
@@ -120,6 +140,11 @@ impl TestBackend {
     /// BatchOnReceive calls so far.
     pub fn batch_calls(&self) -> usize {
         self.record.batch_calls.load(Ordering::SeqCst)
+    }
+
+    /// The sender metadata (`x-wsgw-*`, sorted by name) of every call, in order.
+    pub fn senders(&self) -> Vec<Vec<(String, String)>> {
+        self.record.senders.lock().expect("lock").clone()
     }
 
     /// Every (key, body) received, in order.
