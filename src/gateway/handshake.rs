@@ -31,9 +31,13 @@ pub(super) async fn accept<'a, S: Stream>(
     let mut decision: Option<Result<Accepted<'a>, &'static str>> = None;
     // The callback's error type is tungstenite's (a full HTTP response).
     #[allow(clippy::result_large_err)]
-    let callback = |req: &Request, resp: Response| match check(req, gw) {
+    let callback = |req: &Request, mut resp: Response| match check(req, gw) {
         Ok(accepted) => {
             decision = Some(Ok(accepted));
+            if offers(req).any(|p| p == SUBPROTOCOL) {
+                resp.headers_mut()
+                    .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
+            }
             Ok(resp)
         }
         Err(refusal) => {
@@ -128,14 +132,39 @@ fn check<'a>(req: &Request, gw: &'a Gateway) -> Result<Accepted<'a>, Refusal> {
     Ok(Accepted { identity, expires, auto_close, slot })
 }
 
-/// The token from the `token` query parameter, else from `Authorization: Bearer …`.
+/// The subprotocol a browser offers next to its token, and the one the node answers with (a
+/// browser fails a handshake that offered subprotocols and got none back). The token itself is
+/// never echoed.
+pub const SUBPROTOCOL: &str = "wsgw.v1";
+
+/// The prefix of the subprotocol that carries the token: `bearer.<jwt>` (JWTs are valid
+/// subprotocol tokens), so browsers keep tokens out of URLs and proxy logs:
+/// `new WebSocket(url, ["wsgw.v1", "bearer." + jwt])`.
+pub const TOKEN_SUBPROTOCOL: &str = "bearer.";
+
+/// The subprotocols the client offers (`Sec-WebSocket-Protocol`, comma-separated).
+fn offers(req: &Request) -> impl Iterator<Item = &str> {
+    req.headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+/// The token from the `token` query parameter, else from `Authorization: Bearer …`, else from
+/// a `bearer.<jwt>` subprotocol.
 fn token(req: &Request) -> Option<String> {
     let from_query = req.uri().query().and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "token")
             .map(|(_, v)| v.into_owned())
     });
-    from_query.filter(|t| !t.trim().is_empty()).or_else(|| {
-        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned)
-    })
+    from_query
+        .filter(|t| !t.trim().is_empty())
+        .or_else(|| {
+            let auth = req.headers().get(header::AUTHORIZATION)?;
+            auth.to_str().ok().map(str::to_owned)
+        })
+        .or_else(|| offers(req).find_map(|p| p.strip_prefix(TOKEN_SUBPROTOCOL)).map(str::to_owned))
 }

@@ -182,3 +182,24 @@ async fn a_connection_is_closed_with_4001_when_its_token_expires_unless_configur
     tokio::time::sleep(Duration::from_secs(3)).await;
     heartbeat_works(&mut c).await;
 }
+
+#[tokio::test]
+async fn browsers_may_send_the_token_as_a_subprotocol_and_get_wsgw_v1_back() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let node = TestNode::spawn().await;
+    let mut req = node.url("").into_client_request().expect("request");
+    let offered = format!("wsgw.v1, bearer.{}", TestNode::token(42, 9999));
+    req.headers_mut().insert("sec-websocket-protocol", offered.parse().expect("header"));
+    let (ws, resp) = tokio_tungstenite::connect_async(req).await.expect("accepted");
+    let chosen = resp.headers().get("sec-websocket-protocol").expect("a subprotocol chosen");
+    assert_eq!(chosen, "wsgw.v1", "the token is never echoed");
+    heartbeat_works(&mut Client { ws }).await;
+    // A bad token in the subprotocol is refused like any other.
+    let mut bad = node.url("").into_client_request().expect("request");
+    let forged = "wsgw.v1, bearer.not-a-jwt".parse().expect("header");
+    bad.headers_mut().insert("sec-websocket-protocol", forged);
+    match tokio_tungstenite::connect_async(bad).await {
+        Err(WsError::Http(resp)) => assert_eq!(resp.status().as_u16(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| "a connection")),
+    }
+}
