@@ -30,11 +30,15 @@ use crate::{
         CipherError, CommandType, Message,
         admin_pb::admin_service_server::AdminServiceServer,
         cluster_pb::node_service_server::NodeServiceServer,
-        pb::{NodeList, push_service_server::PushServiceServer},
+        pb::{
+            NodeList, presence_service_server::PresenceServiceServer,
+            push_service_server::PushServiceServer,
+        },
     },
     routing::{
         Peers, Router,
         api::{NodeApi, PushApi},
+        presence::PresenceApi,
     },
     shutdown::{Lifecycle, Phase, Stage},
     telemetry::Metrics,
@@ -494,6 +498,10 @@ async fn serve_grpc(
         PushApi::new(router.clone(), view.downstream.clone()),
         auth(GrpcRole::Backend),
     );
+    let presence = PresenceServiceServer::with_interceptor(
+        PresenceApi::new(view.directory.clone()),
+        auth(GrpcRole::Backend),
+    );
     let node = NodeServiceServer::with_interceptor(NodeApi::new(router), auth(GrpcRole::Peer));
     let admin = AdminServiceServer::with_interceptor(
         AdminApi::new(view, sampler),
@@ -509,6 +517,7 @@ async fn serve_grpc(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(push)
+        .add_service(presence)
         .add_service(node)
         .add_service(admin)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())

@@ -13,6 +13,7 @@
 
 pub mod api;
 mod peers;
+pub mod presence;
 
 use std::sync::Arc;
 

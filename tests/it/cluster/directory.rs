@@ -358,3 +358,25 @@ async fn an_inbox_keeps_one_entry_per_key_and_forgets_expired_and_acknowledged_p
 fn long_retry(c: &mut wsgw::config::Config) {
     c.downstream.retry_interval = Duration::from_secs(60);
 }
+
+#[tokio::test]
+async fn presence_counts_a_users_connections_on_every_node() {
+    let scope = Scope::new("presence");
+    let a = scope.node("a").spawn().await;
+    let b = scope.node("b").spawn().await;
+    let _on_a = a.connect(21, 9).await;
+    let on_b = b.connect(21, 9).await;
+    let _again_on_b = b.connect(21, 9).await;
+    await_sessions(&a, 21, 9, 3).await;
+    assert_eq!(a.presence(21, 9).await.expect("presence"), (true, 3, 2), "asked node a");
+    assert_eq!(b.presence(21, 9).await.expect("presence"), (true, 3, 2), "asked node b");
+    assert_eq!(a.presence(22, 9).await.expect("presence"), (false, 0, 0), "never connected");
+    drop(on_b);
+    crate::assert_within!(
+        10,
+        a.presence(21, 9).await.expect("presence") == (true, 2, 2),
+        "a connection went away"
+    );
+    let refused = a.presence(0, 9).await.expect_err("not a user");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+}

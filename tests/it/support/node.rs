@@ -9,7 +9,10 @@ use wsgw::{
     config::{BackendConfig, Config},
     grpc::GrpcAddr,
     node::{Node, NodeHandle},
-    protocol::pb::{PushMessage, PushRequest, push_service_client::PushServiceClient},
+    protocol::pb::{
+        PresenceRequest, PushMessage, PushRequest, presence_service_client::PresenceServiceClient,
+        push_service_client::PushServiceClient,
+    },
 };
 
 use super::Client;
@@ -92,6 +95,19 @@ impl Endpoints {
                 .expect("endpoint");
         let channel = endpoint.connect().await.expect("grpc connect");
         PushServiceClient::with_interceptor(channel, backend_auth as BackendAuth)
+    }
+
+    /// Asks `PresenceService` about (user, biz): (online, connections, nodes).
+    pub async fn presence(&self, user: i64, biz: i64) -> Result<(bool, i32, i32), tonic::Status> {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc_addr))
+                .expect("endpoint");
+        let channel = endpoint.connect().await.expect("grpc connect");
+        let mut client =
+            PresenceServiceClient::with_interceptor(channel, backend_auth as BackendAuth);
+        let r = client.presence(PresenceRequest { biz_id: biz, user_id: user }).await?;
+        let r = r.into_inner();
+        Ok((r.online, r.connections, r.nodes))
     }
 
     /// Pushes `body` to (user, biz) with `key`: Ok(connections) or the gRPC status.
