@@ -155,6 +155,12 @@ pub struct WebSocketConfig {
     /// The Retry-After sent with a 503.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+    /// Handshakes (TLS and upgrade) in progress at most; a connection beyond it is closed at
+    /// accept (`handshakes_total{outcome="busy"}`).
+    pub max_handshakes: usize,
+    /// New connections accepted per second, node-wide (the original's ramp-up limiter); beyond
+    /// it they wait in the kernel's accept queue. 0: no limit.
+    pub accept_rate: f32,
     /// Test switch: serve a plain echo endpoint (no auth, no protocol) on the same WebSocket
     /// stack and limits, for the Autobahn conformance suite. Never enable in production.
     pub conformance_echo: bool,
@@ -194,6 +200,8 @@ impl Default for WebSocketConfig {
             allowed_origins: Vec::new(),
             max_connections: 100_000,
             retry_after: Duration::from_secs(5),
+            max_handshakes: 1024,
+            accept_rate: 0.0,
             conformance_echo: false,
             tls: TlsConfig::default(),
         }

@@ -30,6 +30,12 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
         "must be positive",
     );
     check(ws.max_connections > 0, "server.websocket.max_connections", "must be at least 1");
+    check(ws.max_handshakes > 0, "server.websocket.max_handshakes", "must be at least 1");
+    check(
+        ws.accept_rate >= 0.0 && ws.accept_rate.is_finite(),
+        "server.websocket.accept_rate",
+        "must be a number of connections per second (0: no limit)",
+    );
     let grpc = &c.server.grpc;
     check(
         grpc.max_concurrent_streams > 0,

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::{
     net::TcpStream,
+    sync::OwnedSemaphorePermit,
     time::{Instant, sleep_until, timeout},
 };
 use tokio_tungstenite::{
@@ -31,9 +32,15 @@ use crate::{
 };
 
 /// Serves one accepted TCP connection from handshake (TLS first, when configured) to close.
-pub(super) async fn serve(stream: TcpStream, remote: SocketAddr, gw: Arc<Gateway>) {
+/// `handshake` is the connection's place among the handshakes in progress, freed once upgraded.
+pub(super) async fn serve(
+    stream: TcpStream,
+    remote: SocketAddr,
+    gw: Arc<Gateway>,
+    handshake: OwnedSemaphorePermit,
+) {
     let _ = stream.set_nodelay(true);
-    let Some(tls) = &gw.tls else { return serve_stream(stream, remote, &gw).await };
+    let Some(tls) = &gw.tls else { return serve_stream(stream, remote, &gw, handshake).await };
     // Boxed like the upgrade below: only needed until the session is up. The TLS handshake
     // has `handshake_timeout` too, then the upgrade.
     let within = gw.config.server.websocket.handshake_timeout;
@@ -45,15 +52,22 @@ pub(super) async fn serve(stream: TcpStream, remote: SocketAddr, gw: Arc<Gateway
         }
         Err(_) => return gw.metrics.handshake("timeout"),
     };
-    serve_stream(secured, remote, &gw).await
+    serve_stream(secured, remote, &gw, handshake).await
 }
 
 /// Serves one client byte stream from the WebSocket upgrade to close.
-async fn serve_stream<S: Stream>(stream: S, remote: SocketAddr, gw: &Arc<Gateway>) {
+async fn serve_stream<S: Stream>(
+    stream: S,
+    remote: SocketAddr,
+    gw: &Arc<Gateway>,
+    handshake: OwnedSemaphorePermit,
+) {
     let gw = gw.clone();
     // Boxed: the handshake's state is large and only needed until the upgrade; keeping it out of
     // this task's future keeps every idle connection small.
-    let (ws, accepted) = match Box::pin(handshake::accept(stream, &gw)).await {
+    let upgraded = Box::pin(handshake::accept(stream, &gw)).await;
+    drop(handshake);
+    let (ws, accepted) = match upgraded {
         Ok(ok) => ok,
         Err(outcome) => {
             gw.metrics.handshake(outcome);

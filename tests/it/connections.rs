@@ -213,3 +213,31 @@ async fn a_user_beyond_the_per_user_limit_gets_429_and_the_open_ones_stay() {
     crate::assert_eventually!(node.handle.connections() == 2, "the second one closed");
     node.connect(7, 9).await;
 }
+
+#[tokio::test]
+async fn handshakes_in_progress_are_capped_and_accepts_are_paced() {
+    let node = TestNode::builder()
+        .config(|c| {
+            c.server.websocket.max_handshakes = 1;
+            c.server.websocket.handshake_timeout = Duration::from_millis(300);
+        })
+        .spawn()
+        .await;
+    // A client that connects and never sends its upgrade holds the only place...
+    let _mute = TcpStream::connect(node.ws_addr).await.expect("tcp");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let url = node.url(&format!("?token={}", TestNode::token(1, 9)));
+    assert!(Client::connect(&url).await.is_err(), "no place for a second handshake");
+    let busy = r#"websocket_gateway_handshakes_total{outcome="busy"}"#;
+    assert_eq!(node.metric(busy).await, 1.0);
+    // ...until its handshake times out.
+    crate::assert_eventually!(Client::connect(&url).await.is_ok(), "accepted again");
+
+    let paced = TestNode::builder().config(|c| c.server.websocket.accept_rate = 20.0).spawn().await;
+    let started = tokio::time::Instant::now();
+    let mut clients = Vec::new();
+    for user in 1..=10 {
+        clients.push(paced.connect(user, 9).await);
+    }
+    assert!(started.elapsed() >= Duration::from_millis(400), "10 accepts at 20/s: ≥ 450 ms");
+}
