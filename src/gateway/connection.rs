@@ -52,7 +52,9 @@ pub(super) async fn serve(
         }
         Err(_) => return gw.metrics.handshake("timeout"),
     };
-    serve_stream(secured, remote, &gw, handshake).await
+    // Boxed: a TLS stream is large, and inline it would make every plain connection's task
+    // as large as a TLS one's (a future is as big as its largest state).
+    Box::pin(serve_stream(secured, remote, &gw, handshake)).await
 }
 
 /// Serves one client byte stream from the WebSocket upgrade to close.
@@ -64,10 +66,9 @@ async fn serve_stream<S: Stream>(
 ) {
     let gw = gw.clone();
     // Boxed: the handshake's state is large and only needed until the upgrade; keeping it out of
-    // this task's future keeps every idle connection small.
-    let upgraded = Box::pin(handshake::accept(stream, &gw)).await;
-    drop(handshake);
-    let (ws, accepted) = match upgraded {
+    // this task's future keeps every idle connection small. Matched as a temporary: a named
+    // result would keep a second WebSocketStream's worth of room in every connection's task.
+    let (ws, accepted) = match Box::pin(upgrade(stream, &gw, handshake)).await {
         Ok(ok) => ok,
         Err(outcome) => {
             gw.metrics.handshake(outcome);
@@ -105,6 +106,16 @@ async fn serve_stream<S: Stream>(
     gw.metrics.closed(reason.code().unwrap_or(1006), reason.as_str());
     debug!(conn = link.id, reason = reason.as_str(), "closed");
     drop(accepted.slot);
+}
+
+/// The WebSocket upgrade, holding the connection's place among the handshakes in progress
+/// until it is done.
+async fn upgrade<'a, S: Stream>(
+    stream: S,
+    gw: &'a Gateway,
+    _handshake: OwnedSemaphorePermit,
+) -> Result<(WebSocketStream<S>, handshake::Accepted<'a>), &'static str> {
+    handshake::accept(stream, gw).await
 }
 
 struct Connection<'a, S> {
