@@ -36,6 +36,10 @@ pub struct Args {
     /// Claim `aud` (default: the config's auth.jwt.audience).
     #[arg(long)]
     audience: Option<String>,
+    /// Sign with the config's `auth.jwt.secrets` entry of this kid (or with --secret), and name
+    /// it in the token's header.
+    #[arg(long)]
+    kid: Option<String>,
     /// Signature algorithm (default: the first of the config's auth.jwt.algorithms).
     #[arg(long, value_parser = parse_alg)]
     alg: Option<JwtAlgorithm>,
@@ -58,9 +62,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("cannot load the configuration")?
         .auth
         .jwt;
+    let configured = match &args.kid {
+        Some(kid) => jwt.secrets.get(kid).cloned().unwrap_or_default(),
+        None => jwt.secret,
+    };
     let secret = match &args.secret_file {
         Some(path) => secrets::read(None, Some(path))?,
-        None => args.secret.unwrap_or(jwt.secret),
+        None => args.secret.unwrap_or(configured),
     };
     if secret.is_empty() {
         bail!(
@@ -73,6 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         issuer: args.issuer.or(jwt.issuer),
         audience: args.audience.or(jwt.audience),
         algorithm: args.alg.or(jwt.algorithms.first().copied()).unwrap_or(JwtAlgorithm::HS256),
+        kid: args.kid,
     };
     let token = auth::mint(&spec, secret.as_bytes()).context("cannot sign the token")?;
     println!("{token}");

@@ -498,7 +498,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__token)
-            opts="-c -h -V --user --biz --ttl --secret --secret-file --config --issuer --audience --alg --log-format --help --version"
+            opts="-c -h -V --user --biz --ttl --secret --secret-file --config --issuer --audience --kid --alg --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -537,6 +537,10 @@ _wsgw() {
                     return 0
                     ;;
                 --audience)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kid)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

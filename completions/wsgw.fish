@@ -162,6 +162,7 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l secret-file -d 'Read
 complete -c wsgw -n "__fish_wsgw_using_subcommand token" -s c -l config -d 'Take secret, issuer, audience and algorithm from this node config' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l issuer -d 'Claim `iss` (default: the config\'s auth.jwt.issuer)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l audience -d 'Claim `aud` (default: the config\'s auth.jwt.audience)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l kid -d 'Sign with the config\'s `auth.jwt.secrets` entry of this kid (or with --secret), and name it in the token\'s header' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l alg -d 'Signature algorithm (default: the first of the config\'s auth.jwt.algorithms)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l log-format -d 'Log format (overrides `log.format`)' -r -f -a "human\t''
 json\t''"

@@ -9,7 +9,10 @@ mod bearer;
 
 pub use bearer::BearerAuth;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Deserializer, Serialize, de};
@@ -64,7 +67,10 @@ pub struct EmptySecret;
 
 /// Verifies handshake tokens against one configuration.
 pub struct TokenVerifier {
-    key: DecodingKey,
+    /// The key of tokens without a `kid` (none: such tokens are refused).
+    key: Option<DecodingKey>,
+    /// The keys of tokens with a `kid` (`auth.jwt.secrets`).
+    by_kid: HashMap<String, DecodingKey>,
     validation: Validation,
     /// Longest accepted distance from now to `exp`, in seconds (none: no limit).
     max_lifetime: Option<u64>,
@@ -108,10 +114,20 @@ impl TokenVerifier {
             }
             None => validation.validate_aud = false,
         }
-        let key = DecodingKey::from_secret(secret).map_err(|_| EmptySecret)?;
+        let by_kid: HashMap<String, DecodingKey> = config
+            .secrets
+            .iter()
+            .filter_map(|(kid, s)| {
+                Some((kid.clone(), DecodingKey::from_secret(s.as_bytes()).ok()?))
+            })
+            .collect();
+        let key = DecodingKey::from_secret(secret).ok();
+        if key.is_none() && by_kid.is_empty() {
+            return Err(EmptySecret);
+        }
         let max_lifetime =
             (!config.max_lifetime.is_zero()).then_some(config.max_lifetime.as_secs());
-        Ok(Self { key, validation, max_lifetime })
+        Ok(Self { key, by_kid, validation, max_lifetime })
     }
 
     /// Checks `token` (an optional `Bearer ` prefix is tolerated) and returns who it is for.
@@ -125,23 +141,30 @@ impl TokenVerifier {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                ErrorKind::MissingRequiredClaim(c) if c == "exp" => {
-                    AuthError::Claims("exp is required")
+        let kid = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?.kid;
+        let key = match &kid {
+            Some(kid) => self.by_kid.get(kid),
+            None => self.key.as_ref(),
+        };
+        let key = key.ok_or(AuthError::Invalid)?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                    ErrorKind::MissingRequiredClaim(c) if c == "exp" => {
+                        AuthError::Claims("exp is required")
+                    }
+                    ErrorKind::InvalidIssuer => AuthError::Issuer,
+                    ErrorKind::InvalidAudience => AuthError::Audience,
+                    ErrorKind::MissingRequiredClaim(c) if c == "iss" => AuthError::Issuer,
+                    ErrorKind::MissingRequiredClaim(c) if c == "aud" => AuthError::Audience,
+                    ErrorKind::Json(_) => {
+                        AuthError::Claims("user_id and biz_id must be positive integers")
+                    }
+                    _ => AuthError::Invalid,
                 }
-                ErrorKind::InvalidIssuer => AuthError::Issuer,
-                ErrorKind::InvalidAudience => AuthError::Audience,
-                ErrorKind::MissingRequiredClaim(c) if c == "iss" => AuthError::Issuer,
-                ErrorKind::MissingRequiredClaim(c) if c == "aud" => AuthError::Audience,
-                ErrorKind::Json(_) => {
-                    AuthError::Claims("user_id and biz_id must be positive integers")
-                }
-                _ => AuthError::Invalid,
-            },
-        )?;
+            })?;
         let user_id = data.claims.user_id.ok_or(AuthError::Claims("user_id is required"))?;
         let biz_id = data.claims.biz_id.ok_or(AuthError::Claims("biz_id is required"))?;
         let expires = data.claims.exp.map(|e| e.max(0.0) as u64);
@@ -203,12 +226,15 @@ pub struct TokenSpec {
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub algorithm: JwtAlgorithm,
+    /// The `kid` header: which of the node's `auth.jwt.secrets` signs it.
+    pub kid: Option<String>,
 }
 
 impl TokenSpec {
-    /// An HS256 token for `identity`, valid for `ttl`, without issuer or audience.
+    /// An HS256 token for `identity`, valid for `ttl`, without issuer, audience or kid.
     pub fn hs256(identity: Identity, ttl: Duration) -> Self {
-        Self { identity, ttl, issuer: None, audience: None, algorithm: JwtAlgorithm::HS256 }
+        let algorithm = JwtAlgorithm::HS256;
+        Self { identity, ttl, issuer: None, audience: None, algorithm, kid: None }
     }
 }
 
@@ -241,7 +267,8 @@ pub fn mint(spec: &TokenSpec, secret: &[u8]) -> Result<String, jsonwebtoken::err
         iss: spec.issuer.as_deref(),
         aud: spec.audience.as_deref(),
     };
-    let header = Header::new(algorithm(spec.algorithm));
+    let mut header = Header::new(algorithm(spec.algorithm));
+    header.kid = spec.kid.clone();
     jsonwebtoken::encode(&header, &claims, &key)
 }
 
@@ -344,6 +371,38 @@ mod tests {
     }
 
     #[test]
+    fn a_kid_selects_its_secret_for_rotation() {
+        let (old, new) =
+            (b"old-secret-0123456789abcdef012345", b"new-secret-0123456789abcdef012345");
+        let v = verifier(|c| {
+            c.secrets.insert("2026-11".into(), String::from_utf8_lossy(old).into());
+            c.secrets.insert("2026-12".into(), String::from_utf8_lossy(new).into());
+        });
+        let signed = |kid: Option<&str>, secret: &[u8]| {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = kid.map(str::to_owned);
+            let claims = json!({"user_id": 1, "biz_id": 2, "exp": soon()});
+            let key = EncodingKey::from_secret(secret).expect("key");
+            jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+        };
+        let want = Ok(Identity { biz_id: 2, user_id: 1 });
+        assert_eq!(v.verify(&signed(Some("2026-11"), old)), want);
+        assert_eq!(v.verify(&signed(Some("2026-12"), new)), want);
+        assert_eq!(v.verify(&signed(Some("2026-12"), old)), Err(AuthError::Invalid));
+        assert_eq!(v.verify(&signed(Some("2025-01"), old)), Err(AuthError::Invalid), "unknown kid");
+        assert_eq!(v.verify(&signed(None, SECRET)), Ok(Identity { biz_id: 2, user_id: 1 }));
+        let only_kids = TokenVerifier::new(
+            &JwtConfig {
+                secrets: [("k".to_owned(), "s".repeat(32))].into_iter().collect(),
+                ..JwtConfig::default()
+            },
+            b"",
+        )
+        .expect("kids alone are enough");
+        assert_eq!(only_kids.verify(&signed(None, SECRET)), Err(AuthError::Invalid), "no kid");
+    }
+
+    #[test]
     fn an_empty_secret_is_refused() {
         assert_eq!(TokenVerifier::new(&JwtConfig::default(), b"").err(), Some(EmptySecret));
     }
@@ -356,6 +415,7 @@ mod tests {
             issuer: Some("im".into()),
             audience: None,
             algorithm: JwtAlgorithm::HS384,
+            kid: None,
         };
         let token = mint(&spec, SECRET).expect("mint");
         let v = verifier(|c| c.issuer = Some("im".into()));

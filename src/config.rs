@@ -240,8 +240,11 @@ pub struct AuthConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct JwtConfig {
-    /// HMAC secret (raw UTF-8 bytes). Empty: an ephemeral secret is generated at start (dev only).
+    /// HMAC secret (raw UTF-8 bytes) of tokens without a `kid`. Empty (and no `secrets`): an
+    /// ephemeral secret is generated at start (dev only).
     pub secret: String,
+    /// Further HMAC secrets, selected by the token's `kid` header: key rotation (`kid` → secret).
+    pub secrets: std::collections::BTreeMap<String, String>,
     /// Accepted signature algorithms.
     pub algorithms: Vec<JwtAlgorithm>,
     /// Required `iss` claim, when set.
@@ -264,6 +267,7 @@ impl Default for JwtConfig {
     fn default() -> Self {
         Self {
             secret: String::new(),
+            secrets: std::collections::BTreeMap::new(),
             algorithms: vec![JwtAlgorithm::HS256, JwtAlgorithm::HS384, JwtAlgorithm::HS512],
             issuer: None,
             audience: None,
@@ -272,6 +276,13 @@ impl Default for JwtConfig {
             max_lifetime: Duration::from_secs(7 * 24 * 3600),
             close_on_expiry: true,
         }
+    }
+}
+
+impl JwtConfig {
+    /// Whether any secret is configured (else the node uses an ephemeral one).
+    pub fn has_secret(&self) -> bool {
+        !self.secret.is_empty() || !self.secrets.is_empty()
     }
 }
 
@@ -528,7 +539,7 @@ pub enum LogFormat {
 impl Config {
     /// Where the WebSocket listener binds (`server.websocket.listen`, or its default).
     pub fn websocket_listen(&self) -> SocketAddr {
-        self.server.websocket.listen_addr(!self.auth.jwt.secret.is_empty())
+        self.server.websocket.listen_addr(self.auth.jwt.has_secret())
     }
 
     /// The node id, or the host name when none is configured.

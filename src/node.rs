@@ -160,12 +160,12 @@ impl Node {
     /// Binds the WebSocket, gRPC and governor listeners (port 0 picks a free port) and builds
     /// the node's services.
     pub async fn bind(config: Config) -> Result<Self, NodeError> {
-        let (secret, ephemeral_secret) = match config.auth.jwt.secret.as_str() {
-            "" => {
+        let (secret, ephemeral_secret) = match config.auth.jwt.has_secret() {
+            false => {
                 let hex = random_hex();
                 (hex.clone(), Some(hex))
             }
-            configured => (configured.to_owned(), None),
+            true => (config.auth.jwt.secret.clone(), None),
         };
         let listeners = Listeners {
             ws: bind("websocket", config.websocket_listen()).await?,

@@ -32,19 +32,12 @@ pub(super) fn problems(c: &Config) -> Vec<Problem> {
     if exposed(c) {
         p.extend(role_tokens(c));
     }
-    let secret = c.auth.jwt.secret.as_str();
-    if is_placeholder(secret) {
-        p.push(Problem::new("auth.jwt.secret", "is a placeholder; set a random secret"));
-    } else if !secret.is_empty() && secret.len() < MIN_SECRET_BYTES {
-        p.push(Problem::new(
-            "auth.jwt.secret",
-            format!(
-                "is {} bytes; HMAC secrets need at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)",
-                secret.len()
-            ),
-        ));
+    let jwt = &c.auth.jwt;
+    let named = jwt.secrets.iter().map(|(kid, s)| (format!("auth.jwt.secrets.{kid}"), s));
+    for (key, secret) in std::iter::once(("auth.jwt.secret".to_owned(), &jwt.secret)).chain(named) {
+        p.extend(secret_problem(&key, secret));
     }
-    if secret.is_empty() && !c.websocket_listen().ip().is_loopback() {
+    if !jwt.has_secret() && !c.websocket_listen().ip().is_loopback() {
         p.push(Problem::new(
             "auth.jwt.secret",
             "is required when server.websocket.listen is not a loopback address (the ephemeral \
@@ -79,6 +72,20 @@ fn role_tokens(c: &Config) -> Vec<Problem> {
         }
     }
     p
+}
+
+/// What is wrong with the HMAC secret at `key`, if anything (empty is fine here).
+fn secret_problem(key: &str, secret: &str) -> Option<Problem> {
+    if is_placeholder(secret) {
+        return Some(Problem::new(key, "is a placeholder; set a random secret"));
+    }
+    (!secret.is_empty() && secret.len() < MIN_SECRET_BYTES).then(|| {
+        let message = format!(
+            "is {} bytes; HMAC secrets need at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)",
+            secret.len()
+        );
+        Problem::new(key, message)
+    })
 }
 
 fn is_placeholder(value: &str) -> bool {

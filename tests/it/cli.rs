@@ -271,3 +271,30 @@ async fn sighup_reloads_the_tls_certificate() {
     node.signal("-TERM");
     assert_eq!(node.exit_code().await, Some(0));
 }
+
+#[tokio::test]
+async fn tokens_signed_with_a_rotated_kid_secret_are_accepted() {
+    let (current, retired) =
+        ("rotation-secret-2026-12-0123456789ab", "rotation-secret-2026-11-0123456789ab");
+    let node = crate::support::TestNode::builder()
+        .config(move |c| {
+            c.auth.jwt.secrets.insert("2026-12".into(), current.into());
+        })
+        .spawn()
+        .await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("wsgw.yaml");
+    let yaml = format!("auth:\n  jwt:\n    secrets:\n      \"2026-12\": {current}\n");
+    std::fs::write(&config, yaml).expect("config");
+    let mint = |args: &[&str]| {
+        let out = wsgw().args(["token", "--user", "5", "--biz", "6"]).args(args).output();
+        String::from_utf8(out.expect("token").stdout).expect("utf8").trim().to_owned()
+    };
+    let from_config = mint(&["--kid", "2026-12", "--config", &config.to_string_lossy()]);
+    let url = |t: &str| node.url(&format!("?token={t}"));
+    Client::connect(&url(&from_config)).await.expect("signed with the kid's secret");
+    let retired_kid = mint(&["--kid", "2026-11", "--secret", retired]);
+    assert!(Client::connect(&url(&retired_kid)).await.is_err(), "a kid no longer listed");
+    let wrong = mint(&["--kid", "2026-12", "--secret", retired]);
+    assert!(Client::connect(&url(&wrong)).await.is_err(), "the kid's secret, not another");
+}
