@@ -150,6 +150,9 @@ pub struct WebSocketConfig {
     pub handshake_timeout: Duration,
     /// `Origin` values allowed to connect; empty allows any (and requests without `Origin`).
     pub allowed_origins: Vec<String>,
+    /// Load balancers and proxies (addresses or networks) whose `X-Forwarded-For` names the
+    /// client; empty: the TCP peer is the client.
+    pub trusted_proxies: Vec<String>,
     /// Connections this node holds at most; beyond it handshakes get 503 + Retry-After.
     pub max_connections: usize,
     /// The Retry-After sent with a 503.
@@ -198,6 +201,7 @@ impl Default for WebSocketConfig {
             listen: None,
             handshake_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             max_connections: 100_000,
             retry_after: Duration::from_secs(5),
             max_handshakes: 1024,
@@ -208,7 +212,18 @@ impl Default for WebSocketConfig {
     }
 }
 
+/// A network (`10.0.0.0/8`) or one address (`192.0.2.1`), as in `trusted_proxies`.
+pub fn parse_network(entry: &str) -> Option<ipnet::IpNet> {
+    let entry = entry.trim();
+    entry.parse().ok().or_else(|| entry.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
 impl WebSocketConfig {
+    /// `trusted_proxies` as networks (validation refuses entries that do not parse).
+    pub fn trusted_networks(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies.iter().filter_map(|e| parse_network(e)).collect()
+    }
+
     /// The port clients connect to unless `listen` says otherwise.
     pub const PORT: u16 = 9002;
 
@@ -461,6 +476,8 @@ pub struct LimitsConfig {
     /// Connections one user may hold on one node; a further handshake is refused (429). 0: no
     /// limit.
     pub max_connections_per_user: usize,
+    /// Connections one client address may hold on one node (429 beyond). 0: no limit.
+    pub max_connections_per_ip: usize,
     /// Longest key of an upstream message, in bytes; longer ones get an ERROR.
     pub max_key_length: usize,
 }
@@ -478,6 +495,7 @@ impl Default for LimitsConfig {
             message_rate: 100.0,
             message_burst: 200,
             max_connections_per_user: 32,
+            max_connections_per_ip: 0,
             max_key_length: 256,
         }
     }

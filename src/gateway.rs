@@ -25,6 +25,7 @@
 //! A decodable message with a command a client may not send (or an unknown one) is answered with
 //! `COMMAND_TYPE_ERROR` (`ErrorInfo.code = CODE_UNSUPPORTED_COMMAND`) and the connection stays.
 
+mod client_ip;
 mod connection;
 mod dispatch;
 mod handshake;
@@ -73,6 +74,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// The TLS acceptor when clients connect with `wss://`.
     pub tls: Option<Arc<Tls>>,
+    /// Proxies whose `X-Forwarded-For` names the client (`server.websocket.trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Cancelled when the node drains: every connection says goodbye and ends.
     pub drain: CancellationToken,
     /// Cancelled when the drain deadline passes: every connection ends at once.

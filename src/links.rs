@@ -12,7 +12,7 @@ pub use close::CloseReason;
 
 use std::{
     collections::VecDeque,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
@@ -188,6 +188,8 @@ pub struct LinkRegistry {
     /// Connections admitted (handshaking or live); bounded by `capacity`.
     admitted: AtomicUsize,
     capacity: usize,
+    /// Live links per client address, when a per-address limit needs it.
+    addresses: Option<DashMap<IpAddr, usize>>,
 }
 
 /// A place under the node's connection capacity, released when dropped.
@@ -207,7 +209,19 @@ impl LinkRegistry {
             next_id: AtomicU64::new(1),
             admitted: AtomicUsize::new(0),
             capacity,
+            addresses: None,
         }
+    }
+
+    /// Also counts live links per client address ([`address_connections`](Self::address_connections)).
+    pub fn counting_addresses(mut self) -> Self {
+        self.addresses = Some(DashMap::new());
+        self
+    }
+
+    /// Live links from `ip` (0 when addresses are not counted).
+    pub fn address_connections(&self, ip: &IpAddr) -> usize {
+        self.addresses.as_ref().and_then(|a| a.get(ip).map(|n| *n)).unwrap_or(0)
     }
 
     /// A place for one more connection, or `None` at capacity.
@@ -240,6 +254,9 @@ impl LinkRegistry {
             messages_in: AtomicU64::new(0),
         });
         self.links.insert(id, link.clone());
+        if let Some(addresses) = &self.addresses {
+            *addresses.entry(remote.ip()).or_default() += 1;
+        }
         let mut conns = self.users.entry(identity).or_default();
         conns.push(id);
         let first = conns.len() == 1;
@@ -249,6 +266,13 @@ impl LinkRegistry {
     /// Unregisters a link. Returns whether it was the user's last on this node.
     pub fn remove(&self, link: &Link) -> bool {
         self.links.remove(&link.id);
+        if let Some(addresses) = &self.addresses {
+            let ip = link.remote.ip();
+            if let Some(mut n) = addresses.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+            }
+            addresses.remove_if(&ip, |_, n| *n == 0);
+        }
         let last = match self.users.get_mut(&link.identity) {
             Some(mut conns) => {
                 conns.retain(|id| *id != link.id);

@@ -385,7 +385,11 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
         config.protocol.encryption.cipher()?,
         metrics.clone(),
     ));
-    let links = Arc::new(LinkRegistry::new(config.server.websocket.max_connections));
+    let mut links = LinkRegistry::new(config.server.websocket.max_connections);
+    if config.limits.max_connections_per_ip > 0 {
+        links = links.counting_addresses();
+    }
+    let links = Arc::new(links);
     let connections = TaskTracker::new();
     let adapters = cluster::build(&config, &node_id, at, &links, &metrics, &lifecycle)?;
     let context = UpstreamContext {
@@ -446,6 +450,7 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
         directory: directory.clone(),
         metrics: metrics.clone(),
         tls: tls.clone(),
+        trusted_proxies: config.server.websocket.trusted_networks(),
         drain: lifecycle.token(Stage::TellClients),
         abort: lifecycle.token(Stage::DropClients),
         config: config.clone(),

@@ -53,6 +53,13 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
         "server.websocket.tls.reload_check",
         "must be positive",
     );
+    for (i, proxy) in ws.trusted_proxies.iter().enumerate() {
+        check(
+            super::parse_network(proxy).is_some(),
+            &format!("server.websocket.trusted_proxies[{i}]"),
+            "must be an IP address or a network such as 10.0.0.0/8",
+        );
+    }
     for (i, origin) in ws.allowed_origins.iter().enumerate() {
         check(
             origin.starts_with("http://") || origin.starts_with("https://") || origin == "null",

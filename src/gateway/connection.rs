@@ -68,7 +68,7 @@ async fn serve_stream<S: Stream>(
     // Boxed: the handshake's state is large and only needed until the upgrade; keeping it out of
     // this task's future keeps every idle connection small. Matched as a temporary: a named
     // result would keep a second WebSocketStream's worth of room in every connection's task.
-    let (ws, accepted) = match Box::pin(upgrade(stream, &gw, handshake)).await {
+    let (ws, accepted) = match Box::pin(upgrade(stream, remote, &gw, handshake)).await {
         Ok(ok) => ok,
         Err(outcome) => {
             gw.metrics.handshake(outcome);
@@ -77,16 +77,16 @@ async fn serve_stream<S: Stream>(
         }
     };
     gw.metrics.handshake("ok");
-    let identity = accepted.identity;
+    let (identity, client) = (accepted.identity, accepted.client);
     let limit = gw.config.limits.outbound_queue_bytes.as_u64() as usize;
-    let (link, first) = gw.links.insert(identity, remote, limit);
+    let (link, first) = gw.links.insert(identity, client, limit);
     let biz = gw.metrics.biz(identity.biz_id);
     if first {
         biz.online_users.inc();
     }
     gw.directory.connected(&link, first);
     gw.metrics.connections_open.inc();
-    debug!(conn = link.id, biz = identity.biz_id, user = identity.user_id, %remote, "connected");
+    debug!(conn = link.id, biz = identity.biz_id, user = identity.user_id, %client, "connected");
 
     let idle = gw.idle_applies(accepted.auto_close);
     let expires = accepted.expires.filter(|_| gw.config.auth.jwt.close_on_expiry);
@@ -112,10 +112,11 @@ async fn serve_stream<S: Stream>(
 /// until it is done.
 async fn upgrade<'a, S: Stream>(
     stream: S,
+    peer: SocketAddr,
     gw: &'a Gateway,
     _handshake: OwnedSemaphorePermit,
 ) -> Result<(WebSocketStream<S>, handshake::Accepted<'a>), &'static str> {
-    handshake::accept(stream, gw).await
+    handshake::accept(stream, peer, gw).await
 }
 
 struct Connection<'a, S> {

@@ -8,13 +8,17 @@ use tokio_tungstenite::{
     tungstenite::http::{HeaderValue, StatusCode, header},
 };
 
-use super::{Gateway, Stream};
+use std::net::SocketAddr;
+
+use super::{Gateway, Stream, client_ip::client_addr};
 use crate::auth::{AuthError, Identity};
 use crate::links::Slot;
 
 /// A client that passed the handshake.
 pub(super) struct Accepted<'a> {
     pub identity: Identity,
+    /// The client's address (through trusted proxies).
+    pub client: SocketAddr,
     /// The token's `exp` (Unix seconds), when it has one.
     pub expires: Option<u64>,
     /// The client sent `X-AutoClose: true`: close it when idle.
@@ -26,12 +30,13 @@ pub(super) struct Accepted<'a> {
 /// handshake-outcome label (the client has already been answered when it could be).
 pub(super) async fn accept<'a, S: Stream>(
     stream: S,
+    peer: SocketAddr,
     gw: &'a Gateway,
 ) -> Result<(WebSocketStream<S>, Accepted<'a>), &'static str> {
     let mut decision: Option<Result<Accepted<'a>, &'static str>> = None;
     // The callback's error type is tungstenite's (a full HTTP response).
     #[allow(clippy::result_large_err)]
-    let callback = |req: &Request, mut resp: Response| match check(req, gw) {
+    let callback = |req: &Request, mut resp: Response| match check(req, peer, gw) {
         Ok(accepted) => {
             decision = Some(Ok(accepted));
             if offers(req).any(|p| p == SUBPROTOCOL) {
@@ -92,7 +97,7 @@ impl Refusal {
     }
 }
 
-fn check<'a>(req: &Request, gw: &'a Gateway) -> Result<Accepted<'a>, Refusal> {
+fn check<'a>(req: &Request, peer: SocketAddr, gw: &'a Gateway) -> Result<Accepted<'a>, Refusal> {
     let ws = &gw.config.server.websocket;
     if !ws.allowed_origins.is_empty() {
         let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
@@ -115,9 +120,17 @@ fn check<'a>(req: &Request, gw: &'a Gateway) -> Result<Accepted<'a>, Refusal> {
         .get("x-autoclose")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let client = client_addr(peer, forwarded, &gw.trusted_proxies);
     if ws.conformance_echo {
         let identity = Identity { biz_id: 0, user_id: 0 };
-        return Ok(Accepted { identity, expires: None, auto_close, slot });
+        return Ok(Accepted { identity, client, expires: None, auto_close, slot });
+    }
+    let per_ip = gw.config.limits.max_connections_per_ip;
+    if per_ip > 0 && gw.links.address_connections(&client.ip()) >= per_ip {
+        let too_many = StatusCode::TOO_MANY_REQUESTS;
+        let refusal = "too many connections from this address";
+        return Err(Refusal::new("address_limit", too_many, refusal));
     }
     let verified = token(req)
         .ok_or(AuthError::Missing)
@@ -129,7 +142,7 @@ fn check<'a>(req: &Request, gw: &'a Gateway) -> Result<Accepted<'a>, Refusal> {
         let too_many = StatusCode::TOO_MANY_REQUESTS;
         return Err(Refusal::new("user_limit", too_many, "too many connections for this user"));
     }
-    Ok(Accepted { identity, expires, auto_close, slot })
+    Ok(Accepted { identity, client, expires, auto_close, slot })
 }
 
 /// The subprotocol a browser offers next to its token, and the one the node answers with (a

@@ -241,3 +241,38 @@ async fn handshakes_in_progress_are_capped_and_accepts_are_paced() {
     }
     assert!(started.elapsed() >= Duration::from_millis(400), "10 accepts at 20/s: ≥ 450 ms");
 }
+
+#[tokio::test]
+async fn per_address_limits_use_the_client_a_trusted_proxy_names() {
+    let node = TestNode::builder()
+        .config(|c| {
+            c.limits.max_connections_per_ip = 2;
+            c.server.websocket.trusted_proxies = vec!["127.0.0.0/8".into()];
+        })
+        .spawn()
+        .await;
+    let via = |user: i64, client: &'static str| {
+        let url = node.url(&format!("?token={}", TestNode::token(user, 9)));
+        async move { Client::connect_with(&url, &[("x-forwarded-for", client)]).await }
+    };
+    let _a1 = via(1, "203.0.113.5").await.expect("first from .5");
+    let _a2 = via(2, "198.51.100.1, 203.0.113.5").await.expect("second from .5");
+    match via(3, "203.0.113.5").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 429);
+        }
+        other => panic!("expected 429, got {:?}", other.map(|_| "a connection")),
+    }
+    let _b = via(4, "203.0.113.6").await.expect("another client behind the same proxy");
+    let sessions = node.handle.directory().clone();
+    let all = sessions.sessions(wsgw::cluster::SessionQuery::All).await.expect("sessions");
+    let remotes: Vec<&str> = all.iter().map(|s| s.remote.as_str()).collect();
+    assert!(remotes.contains(&"203.0.113.6:0"), "the forwarded client, not the proxy: {remotes:?}");
+
+    // Without trusted proxies the header is ignored: every client here is 127.0.0.1.
+    let plain = TestNode::builder().config(|c| c.limits.max_connections_per_ip = 1).spawn().await;
+    let url = plain.url(&format!("?token={}", TestNode::token(1, 9)));
+    let _one = Client::connect_with(&url, &[("x-forwarded-for", "203.0.113.5")]).await.expect("1");
+    let second = Client::connect_with(&url, &[("x-forwarded-for", "203.0.113.6")]).await;
+    assert!(second.is_err(), "a forged header does not buy a second place");
+}
