@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::IntervalStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tracing::info;
 
 use crate::{
     auth::Identity,
@@ -258,6 +259,7 @@ impl AdminService for AdminApi {
     }
 
     async fn kick(&self, request: Request<KickRequest>) -> Result<Response<KickResponse>, Status> {
+        let caller = caller(&request);
         let req = request.into_inner();
         if req.biz_id <= 0 || req.user_id <= 0 {
             return Err(Status::invalid_argument("biz_id and user_id must be positive"));
@@ -272,6 +274,8 @@ impl AdminService for AdminApi {
             }
         }
         self.node.metrics.cluster_events(ClusterEvent::Kicked, u64::from(closed));
+        info!(target: AUDIT, action = "kick", %caller, biz = who.biz_id, user = who.user_id,
+            conn = req.conn_id, %reason, closed, "operator action");
         Ok(Response::new(KickResponse { closed }))
     }
 
@@ -279,6 +283,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<RedirectRequest>,
     ) -> Result<Response<RedirectResponse>, Status> {
+        let caller = caller(&request);
         let req = request.into_inner();
         let all = self.node.links.all();
         let n = match (req.fraction, req.count) {
@@ -297,10 +302,16 @@ impl AdminService for AdminApi {
         let frame = self.node.wire.frame(&Message { cmd, key: String::new(), body });
         let redirected = all.iter().filter(|l| l.redirect(frame.clone())).take(n).count() as u32;
         self.node.metrics.cluster_events(ClusterEvent::Redirected, u64::from(redirected));
+        info!(target: AUDIT, action = "redirect", %caller, fraction = req.fraction,
+            count = req.count, redirected, "operator action");
         Ok(Response::new(RedirectResponse { redirected, targets }))
     }
 
-    async fn drain(&self, _: Request<DrainRequest>) -> Result<Response<DrainResponse>, Status> {
+    async fn drain(
+        &self,
+        request: Request<DrainRequest>,
+    ) -> Result<Response<DrainResponse>, Status> {
+        info!(target: AUDIT, action = "drain", caller = %caller(&request), "operator action");
         self.node.lifecycle.request_drain();
         Ok(Response::new(DrainResponse {}))
     }
@@ -320,4 +331,12 @@ impl AdminService for AdminApi {
         let stream = tokio_stream::StreamExt::map(ticks, move |_| Ok(sampler.latest()));
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// The log target of operator actions (kick, redirect, drain): one line each, with the caller.
+pub const AUDIT: &str = "wsgw::audit";
+
+/// The calling address of an admin request, for the audit line.
+fn caller<T>(request: &Request<T>) -> String {
+    request.remote_addr().map_or_else(|| "unknown".to_owned(), |a| a.to_string())
 }

@@ -298,3 +298,26 @@ async fn tokens_signed_with_a_rotated_kid_secret_are_accepted() {
     let wrong = mint(&["--kid", "2026-12", "--secret", retired]);
     assert!(Client::connect(&url(&wrong)).await.is_err(), "the kid's secret, not another");
 }
+
+#[tokio::test]
+async fn every_operator_action_leaves_an_audit_line() {
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let envs = [("WSGW_AUTH__JWT__SECRET", CHILD_SECRET), ("WSGW_SERVER__GRPC__LISTEN", &*grpc)];
+    let mut node = Served::spawn(&envs, Stdio::piped());
+    let mut client = node.connect(&mint(CHILD_SECRET)).await;
+    let out = wsgw()
+        .args(["kick", "--addr", &grpc, "--user", "5", "--biz", "6", "--reason", "audit me"])
+        .output()
+        .expect("kick");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(code(&client.closed().await), (1008, "audit me".into()));
+    node.signal("-TERM");
+    assert_eq!(node.exit_code().await, Some(0));
+    let mut log = String::new();
+    let stderr = node.child.stderr.as_mut().expect("piped");
+    tokio::io::AsyncReadExt::read_to_string(stderr, &mut log).await.expect("read log");
+    let line = log.lines().find(|l| l.contains("wsgw::audit")).expect("an audit line");
+    for part in ["operator action", "action=\"kick\"", "caller=127.0.0.1:", "user=5", "closed=1"] {
+        assert!(line.contains(part), "{part} missing in {line}");
+    }
+}
