@@ -77,7 +77,9 @@ async fn serve_stream<S: Stream>(
         }
     };
     gw.metrics.handshake("ok");
-    let (identity, client) = (accepted.identity, accepted.client);
+    // Taken apart at once: only the slot lives as long as the connection (the rest would
+    // otherwise take room in every idle connection's task).
+    let handshake::Accepted { identity, client, expires, auto_close, slot } = accepted;
     let limit = gw.config.limits.outbound_queue_bytes.as_u64() as usize;
     let (link, first) = gw.links.insert(identity, client, limit);
     let biz = gw.metrics.biz(identity.biz_id);
@@ -88,8 +90,8 @@ async fn serve_stream<S: Stream>(
     gw.metrics.connections_open.inc();
     debug!(conn = link.id, biz = identity.biz_id, user = identity.user_id, %client, "connected");
 
-    let idle = gw.idle_applies(accepted.auto_close);
-    let expires = accepted.expires.filter(|_| gw.config.auth.jwt.close_on_expiry);
+    let idle = gw.idle_applies(auto_close);
+    let expires = expires.filter(|_| gw.config.auth.jwt.close_on_expiry);
     let expires = expires.map(|exp| expiry_instant(exp, gw.config.auth.jwt.leeway));
     let burst = gw.config.limits.message_burst as f32;
     let rate = RateLimit::new(burst, Instant::now());
@@ -105,7 +107,7 @@ async fn serve_stream<S: Stream>(
     gw.directory.disconnected(&link, last);
     gw.metrics.closed(reason.code().unwrap_or(1006), reason.as_str());
     debug!(conn = link.id, reason = reason.as_str(), "closed");
-    drop(accepted.slot);
+    drop(slot);
 }
 
 /// The WebSocket upgrade, holding the connection's place among the handshakes in progress
