@@ -115,10 +115,8 @@ impl<S: PushSink> PushConsumer<S> {
     }
 
     pub async fn run(self, stop: CancellationToken) {
-        let observer = group::GroupObserver {
-            metrics: self.metrics.clone(),
-            topic: self.config.push_topic.clone(),
-        };
+        let observer =
+            group::GroupObserver::new(self.metrics.clone(), self.config.push_topic.clone());
         let consumer: StreamConsumer<group::GroupObserver> = match with_properties(
             client_config(&self.config)
                 .set("group.id", &self.config.group_id)

@@ -5,11 +5,14 @@
 //! assignment (a broker that never completes a rebalance) consumes nothing while every node is
 //! healthy otherwise. Observes only: never commits, assigns or pauses anything.
 
-use std::sync::Arc;
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+};
 
 use rdkafka::{
     ClientContext, Statistics,
-    consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance},
+    consumer::{BaseConsumer, ConsumerContext, Rebalance},
 };
 use tracing::{info, warn};
 
@@ -20,8 +23,16 @@ pub(super) const STATS_INTERVAL_MS: &str = "5000";
 
 /// The consumer's context: counts the assignment and the lag.
 pub(super) struct GroupObserver {
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) topic: String,
+    metrics: Arc<Metrics>,
+    topic: String,
+    /// Partitions of the push topic this consumer holds.
+    held: Mutex<BTreeSet<i32>>,
+}
+
+impl GroupObserver {
+    pub(super) fn new(metrics: Arc<Metrics>, topic: String) -> Self {
+        Self { metrics, topic, held: Mutex::default() }
+    }
 }
 
 impl ClientContext for GroupObserver {
@@ -43,15 +54,26 @@ fn lag(stored: i64, committed: i64) -> Option<i64> {
 }
 
 impl ConsumerContext for GroupObserver {
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Error(e) = rebalance {
-            return warn!(error = %e, "Kafka consumer group rebalance failed");
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // Never ask the consumer for its assignment here: `assignment()` waits on the group's
+        // queue, which this callback is serving — a deadlock (seen in CI). The partitions come
+        // with the event: eager rebalances revoke everything and assign everything, cooperative
+        // ones only the change; a set handles both.
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        match rebalance {
+            Rebalance::Assign(tpl) => held.extend(tpl.elements().iter().map(|e| e.partition())),
+            Rebalance::Revoke(tpl) => {
+                for e in tpl.elements() {
+                    held.remove(&e.partition());
+                }
+            }
+            Rebalance::Error(e) => {
+                return warn!(error = %e, "Kafka consumer group rebalance failed");
+            }
         }
-        // The whole assignment, not the change: right for eager and cooperative protocols.
-        let held = consumer.assignment().map(|a| a.count()).unwrap_or(0);
-        self.metrics.kafka_partitions.set(i64::try_from(held).unwrap_or(i64::MAX));
+        self.metrics.kafka_partitions.set(i64::try_from(held.len()).unwrap_or(i64::MAX));
         if matches!(rebalance, Rebalance::Assign(_)) {
-            info!(partitions = held, topic = %self.topic, "Kafka partitions assigned");
+            info!(partitions = held.len(), topic = %self.topic, "Kafka partitions assigned");
         }
     }
 }
