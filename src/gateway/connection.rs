@@ -86,6 +86,7 @@ async fn serve_stream<S: Stream>(
     if first {
         biz.online_users.inc();
     }
+    biz.online_connections.inc();
     gw.directory.connected(&link, first);
     gw.metrics.connections_open.inc();
     debug!(conn = link.id, biz = identity.biz_id, user = identity.user_id, %client, "connected");
@@ -104,6 +105,7 @@ async fn serve_stream<S: Stream>(
     if last {
         biz.online_users.dec();
     }
+    biz.online_connections.dec();
     gw.directory.disconnected(&link, last);
     gw.metrics.closed(reason.code().unwrap_or(1006), reason.as_str());
     debug!(conn = link.id, reason = reason.as_str(), "closed");

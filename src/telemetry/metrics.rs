@@ -84,6 +84,7 @@ impl Totals {
 pub struct Metrics {
     registry: Registry,
     online_users: IntGaugeVec,
+    online_connections: IntGaugeVec,
     messages: IntCounterVec,
     message_bytes: IntCounterVec,
     /// Per command, indexed by `[direction][command number]`; resolved once.
@@ -119,6 +120,9 @@ pub struct Metrics {
 /// The series of one business, shared by its connections.
 pub struct BizMetrics {
     pub online_users: IntGauge,
+    /// Open connections of the business: what the original's `online_users` counted (it kept
+    /// one connection per user per node).
+    pub online_connections: IntGauge,
     messages_in: IntCounter,
     messages_out: IntCounter,
     bytes_in: IntCounter,
@@ -189,6 +193,16 @@ impl Metrics {
                 Opts::new(
                     format!("{PREFIX}_online_users"),
                     "Users with at least one open connection.",
+                ),
+                &["biz_id"],
+            ),
+        );
+        let online_connections = registered(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    format!("{PREFIX}_online_connections"),
+                    "Open connections, by business (the original's online_users semantics).",
                 ),
                 &["biz_id"],
             ),
@@ -288,6 +302,7 @@ impl Metrics {
             handshakes: counter_vec(&r, "handshakes_total", "Handshakes by outcome.", &["outcome"]),
             closes: counter_vec(&r, "closes_total", "Closed connections.", &["code", "reason"]),
             online_users,
+            online_connections,
             connections_open,
             outbound_dropped,
             decode_errors,
@@ -306,6 +321,7 @@ impl Metrics {
         let series = |v: &IntCounterVec, d: Direction| v.with_label_values(&[d.label(), &id]);
         let m = Arc::new(BizMetrics {
             online_users: self.online_users.with_label_values(&[&id]),
+            online_connections: self.online_connections.with_label_values(&[&id]),
             messages_in: series(&self.messages, Direction::In),
             messages_out: series(&self.messages, Direction::Out),
             bytes_in: series(&self.message_bytes, Direction::In),

@@ -28,13 +28,17 @@ async fn a_user_may_hold_many_connections_and_is_counted_once() {
     heartbeat(&mut other, "o").await;
     assert_eq!((node.handle.connections(), node.handle.users()), (3, 2));
     let online = r#"websocket_gateway_online_users{biz_id="9999"}"#;
+    let conns = r#"websocket_gateway_online_connections{biz_id="9999"}"#;
     assert_eq!(node.metric(online).await, 2.0);
+    assert_eq!(node.metric(conns).await, 3.0, "the original's online_users semantics");
     phone.ws.close(None).await.expect("close");
     crate::assert_eventually!(node.handle.connections() == 2, "phone gone");
     heartbeat(&mut laptop, "still").await;
     assert_eq!(node.metric(online).await, 2.0, "the user is still online on the laptop");
+    assert_eq!(node.metric(conns).await, 2.0);
     laptop.ws.close(None).await.expect("close");
     crate::assert_eventually!(node.metric(online).await == 1.0, "user 42 went offline");
+    assert_eq!(node.metric(conns).await, 1.0);
 }
 
 #[tokio::test]
