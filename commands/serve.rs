@@ -4,7 +4,7 @@
 //! one exits at once (exit 130).
 
 use crate::exit;
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
@@ -44,7 +44,7 @@ pub fn run(args: Args, log_format: Option<LogFormat>) -> anyhow::Result<ExitCode
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let node = Node::bind(config).await.context("cannot start the node")?;
         if let Some(secret) = node.ephemeral_secret() {
             announce_ephemeral_secret(secret);
@@ -57,7 +57,11 @@ pub fn run(args: Args, log_format: Option<LogFormat>) -> anyhow::Result<ExitCode
         .await;
         watcher.abort();
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // Every task was stopped and awaited by `run`; a blocking call stuck in a library (a
+    // Kafka client waiting on a broker) must not keep the process alive after it.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    served
 }
 
 /// Waits for the first signal (→ drain), then for a second (→ exit at once).

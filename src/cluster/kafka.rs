@@ -16,6 +16,7 @@
 //! produced in the background; librdkafka buffers and retries them for up to five minutes while
 //! brokers are down, so a brief outage loses nothing. Must never block a connection.
 
+mod closing;
 mod group;
 
 use std::{sync::Arc, time::Duration};
@@ -26,7 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use rdkafka::{
     ClientConfig, Message as _,
-    consumer::{CommitMode, Consumer, StreamConsumer},
+    consumer::Consumer,
     producer::{FutureProducer, FutureRecord, Producer as _},
 };
 use serde::{Deserialize, Serialize};
@@ -117,7 +118,7 @@ impl<S: PushSink> PushConsumer<S> {
     pub async fn run(self, stop: CancellationToken) {
         let observer =
             group::GroupObserver::new(self.metrics.clone(), self.config.push_topic.clone());
-        let consumer: StreamConsumer<group::GroupObserver> = match with_properties(
+        let consumer = match with_properties(
             client_config(&self.config)
                 .set("group.id", &self.config.group_id)
                 .set("enable.auto.commit", "true")
@@ -132,12 +133,12 @@ impl<S: PushSink> PushConsumer<S> {
         )
         .create_with_context(observer)
         {
-            Ok(c) => c,
+            Ok(c) => closing::Closing::new(c),
             Err(e) => {
                 return warn!(error = %e, "cannot create the Kafka consumer; pushes from Kafka are off");
             }
         };
-        if let Err(e) = consumer.subscribe(&[self.config.push_topic.as_str()]) {
+        if let Err(e) = consumer.get().subscribe(&[self.config.push_topic.as_str()]) {
             return warn!(error = %e, "cannot subscribe to the push topic; pushes from Kafka are off");
         }
         info!(topic = %self.config.push_topic, group = %self.config.group_id, "consuming pushes");
@@ -148,10 +149,10 @@ impl<S: PushSink> PushConsumer<S> {
                 _ = stop.cancelled() => break,
                 Some((partition, offset, done)) = inflight.next(), if !inflight.is_empty() => {
                     if done && let Some(upto) = offsets.finish(partition, offset) {
-                        let _ = consumer.store_offset(&self.config.push_topic, partition, upto);
+                        let _ = consumer.get().store_offset(&self.config.push_topic, partition, upto);
                     }
                 }
-                received = consumer.recv(), if inflight.len() < self.config.concurrency => match received {
+                received = consumer.get().recv(), if inflight.len() < self.config.concurrency => match received {
                     Ok(m) => {
                         self.metrics.dependency(Dependency::Kafka, true);
                         let payload = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
@@ -171,9 +172,7 @@ impl<S: PushSink> PushConsumer<S> {
         }
         // Unfinished pushes are not stored: the group hands them out again.
         drop(inflight);
-        let _ =
-            tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync))
-                .await;
+        consumer.close().await;
         self.metrics.kafka_partitions.set(0);
         self.metrics.kafka_lag.reset();
     }

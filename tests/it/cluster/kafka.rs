@@ -248,3 +248,23 @@ async fn kill_9_of_the_kafka_consuming_node_mid_stream_loses_no_push() {
     collect(&mut client, &mut seen, 200).await;
     assert!((0..200).all(|i| seen.contains(&format!("k-{i}"))), "no push lost");
 }
+
+/// Stopping nodes never waits on Kafka without bound: two nodes leave their group while it
+/// is still forming (the second node has just joined). With the tansu test broker such a group
+/// can keep naming a departed member as its leader and never settle, so leaving it never
+/// completes; each node still finishes its shutdown (the departure is waited for up to 10 s,
+/// then left behind on its own thread — a consumer closed on a runtime thread had hung the
+/// whole process).
+#[tokio::test]
+async fn nodes_stop_in_bounded_time_while_their_group_rebalances() {
+    let scope = Scope::new("kafka-stop");
+    scope.create_topics().await;
+    let mut a = scope.node("a").spawn().await;
+    let held = "websocket_gateway_kafka_partitions_assigned";
+    crate::assert_within!(30, a.metric(held).await == 1.0, "the first node joined its group");
+    let mut b = scope.node("b").spawn().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let both = async { (a.begin_shutdown().await, b.begin_shutdown().await) };
+    let stopped = tokio::time::timeout(Duration::from_secs(30), both).await;
+    assert!(stopped.is_ok(), "the nodes did not stop within 30 s");
+}
