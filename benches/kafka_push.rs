@@ -27,7 +27,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::{Message as WsMessage, protocol::WebSocketConfig};
 use wsgw::{
     auth::{self, Identity, TokenSpec},
     config::{Config, RoleTokens},
@@ -199,8 +199,12 @@ async fn node(o: &Opts, tag: &str, id: &str, topic: &str) -> std::net::SocketAdd
 async fn connect(addr: std::net::SocketAddr, user: i64, sink: Arc<Sink>) {
     let spec = TokenSpec::hs256(Identity { biz_id: BIZ, user_id: user }, Duration::from_secs(3600));
     let token = auth::mint(&spec, SECRET.as_bytes()).expect("token");
+    // Small buffers, as `wsgw loadtest` uses: tungstenite's default 128 KiB read buffer is
+    // zeroed on every read and made this load generator the biggest CPU user of the run.
+    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let url = format!("ws://{addr}/?token={token}");
     let (ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{addr}/?token={token}")).await.expect("ws");
+        tokio_tungstenite::connect_async_with_config(url, Some(config), true).await.expect("ws");
     let (mut tx, mut rx) = ws.split();
     tokio::spawn(async move {
         while let Some(Ok(frame)) = rx.next().await {
