@@ -6,8 +6,10 @@
 //!
 //! wsgw runs as its own process pinned to CPU 0; this process (load generator and the fast
 //! in-process backend) should run on CPU 1. For each offered rate (messages/s in total, open
-//! loop: every client sends on its own clock) it prints the achieved ACK rate and the latency
-//! percentiles. A benchmark: nothing fails on a number.
+//! loop: every client sends on its own clock) it prints the achieved ACK rate, the latency
+//! percentiles and the wsgw process's CPU time per acknowledged message (utime + stime from
+//! `/proc/<pid>/stat`, minus what the same run costs with no messages: connecting and holding
+//! the clients). A benchmark: nothing fails on a number.
 
 use std::{
     net::SocketAddr,
@@ -67,17 +69,24 @@ fn main() {
         let (rate, lat) = direct(backend, 64, Duration::from_secs(5)).await;
         println!("  {rate:.0} calls/s, p50 {:.3} ms, p99 {:.3} ms", lat.0, lat.1);
         let mut server = start_wsgw(&wsgw, backend);
+        let pid = server.id();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        println!("\n| offered msg/s | ACKs/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | vs direct gRPC |");
-        println!("|---|---|---|---|---|---|---|---|");
+        let before = cpu_seconds(pid);
+        gateway(conns, 0.0).await;
+        let idle = cpu_seconds(pid) - before;
+        println!("\nwsgw CPU for the same run without messages (connect, hold, close): {idle:.3} s");
+        println!("\n| offered msg/s | ACKs/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | vs direct gRPC | wsgw CPU µs/msg |");
+        println!("|---|---|---|---|---|---|---|---|---|");
         for offered in rates {
+            let before = cpu_seconds(pid);
             let report = gateway(conns, offered).await;
+            let cpu = cpu_seconds(pid) - before - idle;
             let u = &report.upstream;
             let errors: u64 = u.errors.values().sum::<u64>() + u.rate_limited;
             println!(
-                "| {offered:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {errors} | {:.2}x rate, p99 +{:.3} ms |",
+                "| {offered:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {errors} | {:.2}x rate, p99 +{:.3} ms | {:.1} |",
                 u.per_second, u.latency_ms.p50, u.latency_ms.p90, u.latency_ms.p99, u.latency_ms.p999,
-                u.per_second / rate, u.latency_ms.p99 - lat.1
+                u.per_second / rate, u.latency_ms.p99 - lat.1, cpu * 1e6 / u.answered.max(1) as f64
             );
         }
         let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
@@ -131,6 +140,22 @@ async fn direct(backend: SocketAddr, callers: usize, period: Duration) -> (f64, 
     let h = hist.lock().expect("lock");
     let ms = |q| h.value_at_quantile(q) as f64 / 1000.0;
     (total as f64 / started.elapsed().as_secs_f64(), (ms(0.5), ms(0.99)))
+}
+
+/// CPU time (user + system) the process has used so far, in seconds (0 when unreadable).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
+    ticks / clock_ticks()
+}
+
+/// Clock ticks per second of `/proc` times.
+fn clock_ticks() -> f64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output();
+    out.ok().and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok()).unwrap_or(100.0)
 }
 
 fn start_wsgw(program: &str, backend: SocketAddr) -> Child {

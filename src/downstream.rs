@@ -357,7 +357,7 @@ impl Downstream {
                 None => {
                     let Some(((identity, key), p)) = self.untrack(&track) else { continue };
                     self.metrics.push_event(PushEvent::GivenUp);
-                    warn!(biz = identity.biz_id, user = identity.user_id, key = %key,
+                    warn!(biz = identity.biz_id, user = identity.user_id, key = %crate::telemetry::Untrusted::text(&key),
                         retries = max_retries, "push never acknowledged; giving up");
                     given_up.push(PushMessage {
                         key,

@@ -8,6 +8,8 @@ pub mod events;
 pub mod logging;
 pub mod metrics;
 pub mod process;
+pub mod untrusted;
 
 pub use events::{ClusterEvent, Dependency, PushEvent};
 pub use metrics::{BizMetrics, Direction, Metrics, Totals};
+pub use untrusted::Untrusted;

@@ -299,7 +299,7 @@ impl Upstream {
             }
             Err(e) => {
                 self.metrics.upstream_done(biz, e.outcome(), took);
-                debug!(biz, key = %dkey.1, error = %e, "upstream message not accepted");
+                debug!(biz, key = %crate::telemetry::Untrusted::text(&dkey.1), error = %e, "upstream message not accepted");
                 for l in std::iter::once(link.clone()).chain(self.dedup.finish(dkey, None)) {
                     self.wire.send_error(&l, dkey.1.clone(), e.code(), e.to_string());
                 }

@@ -40,7 +40,7 @@ use crate::{
     config::KafkaConfig,
     protocol::pb::PushMessage,
     push::{DeadLetter, PushError, PushSink, RouteError},
-    telemetry::{ClusterEvent, Dependency, Metrics},
+    telemetry::{ClusterEvent, Dependency, Metrics, Untrusted},
 };
 
 /// A record of the push topic.
@@ -191,7 +191,7 @@ impl<S: PushSink> PushConsumer<S> {
                 serde_json::from_slice::<KafkaPush>(&payload).ok().and_then(KafkaPush::into_push)
             else {
                 metrics.cluster_event(ClusterEvent::PushInvalid);
-                warn!(record = %String::from_utf8_lossy(&payload), "skipping a push record that is not valid JSON");
+                warn!(record = %Untrusted(&payload), "skipping a push record that is not valid JSON");
                 return true;
             };
             let (started, mut backoff) = (tokio::time::Instant::now(), Duration::from_millis(100));
@@ -212,7 +212,7 @@ impl<S: PushSink> PushConsumer<S> {
                     }
                     Err(RouteError::Push(e @ PushError::TooLarge { .. })) => {
                         metrics.cluster_event(ClusterEvent::PushTooLarge);
-                        warn!(error = %e, key = %msg.key, "skipping a push record that is too large");
+                        warn!(error = %e, key = %Untrusted::text(&msg.key), "skipping a push record that is too large");
                         return true;
                     }
                     Err(e) if !e.is_retriable() => {
@@ -221,7 +221,7 @@ impl<S: PushSink> PushConsumer<S> {
                     }
                     Err(e) => {
                         metrics.cluster_event(ClusterEvent::PushRetried);
-                        warn!(error = %e, retry_in = ?backoff, key = %msg.key, "push from Kafka not routed yet");
+                        warn!(error = %e, retry_in = ?backoff, key = %Untrusted::text(&msg.key), "push from Kafka not routed yet");
                     }
                 }
                 // Held back long enough: keep it for the user's next connection, so that it
@@ -230,11 +230,11 @@ impl<S: PushSink> PushConsumer<S> {
                     match sink.keep(msg.clone()).await {
                         Ok(()) => {
                             metrics.cluster_event(ClusterEvent::PushKept);
-                            warn!(key = %msg.key, "push from Kafka not routable in time; kept in the inbox");
+                            warn!(key = %Untrusted::text(&msg.key), "push from Kafka not routable in time; kept in the inbox");
                             return true;
                         }
                         Err(e) => {
-                            warn!(error = %e, key = %msg.key, "push from Kafka can be neither routed nor kept yet")
+                            warn!(error = %e, key = %Untrusted::text(&msg.key), "push from Kafka can be neither routed nor kept yet")
                         }
                     }
                 }

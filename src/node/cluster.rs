@@ -228,7 +228,7 @@ fn hand_off_inbox(inbox: Inbox, router: &Router, directory: &dyn SessionDirector
     for push in inbox.pushes {
         let Some(msg) = push.msg else {
             m.cluster_event(ClusterEvent::InboxUnreadable);
-            warn!(biz, user, key = %push.key, "removing an unreadable inbox entry");
+            warn!(biz, user, key = %crate::telemetry::Untrusted::text(&push.key), "removing an unreadable inbox entry");
             directory.acked(inbox.who, push.key);
             continue;
         };
