@@ -2,7 +2,7 @@
 //! measured in the same run: the same backend called directly over gRPC (no gateway).
 //!
 //!   cargo build --release
-//!   taskset -c 1 cargo bench --bench upstream -- [--conns 1000] [--rates 10000,25000,50000]
+//!   taskset -c 1 cargo bench --bench upstream -- [--conns 1000] [--rates 10000,25000,50000] [--batch]
 //!
 //! wsgw runs as its own process pinned to CPU 0; this process (load generator and the fast
 //! in-process backend) should run on CPU 1. For each offered rate (messages/s in total, open
@@ -20,16 +20,17 @@ use std::{
 
 use hdrhistogram::Histogram;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use wsgw::{
     loadtest::{self, Plan, Stats, Tokens},
     protocol::{
         Serializer,
         pb::{
-            OnReceiveRequest, OnReceiveResponse,
+            BatchOnReceiveRequest, BatchOnReceiveResponse, OnReceiveRequest, OnReceiveResponse,
             backend_service_client::BackendServiceClient,
             backend_service_server::{BackendService, BackendServiceServer},
+            batch_backend_service_server::{BatchBackendService, BatchBackendServiceServer},
         },
     },
 };
@@ -50,6 +51,22 @@ impl BackendService for Fast {
     }
 }
 
+#[tonic::async_trait]
+impl BatchBackendService for Fast {
+    async fn batch_on_receive(
+        &self,
+        r: Request<BatchOnReceiveRequest>,
+    ) -> Result<Response<BatchOnReceiveResponse>, Status> {
+        let res = r
+            .into_inner()
+            .reqs
+            .iter()
+            .map(|q| OnReceiveResponse { msg_id: q.key.len() as i64, biz_id: BIZ })
+            .collect();
+        Ok(Response::new(BatchOnReceiveResponse { res }))
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flag =
@@ -61,6 +78,7 @@ fn main() {
         .filter_map(|r| r.parse().ok())
         .collect();
     let wsgw = flag("--wsgw").unwrap_or_else(|| "target/release/wsgw".into());
+    let batch = args.iter().any(|a| a == "--batch");
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
@@ -68,7 +86,8 @@ fn main() {
         println!("baseline: direct gRPC to the backend, 64 callers, closed loop, 5 s");
         let (rate, lat) = direct(backend, 64, Duration::from_secs(5)).await;
         println!("  {rate:.0} calls/s, p50 {:.3} ms, p99 {:.3} ms", lat.0, lat.1);
-        let mut server = start_wsgw(&wsgw, backend);
+        let mut server = start_wsgw(&wsgw, backend, batch);
+        println!("\nwsgw → backend: {}", if batch { "BatchOnReceive (batch.enabled)" } else { "OnReceive, one call per message" });
         let pid = server.id();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before = cpu_seconds(pid);
@@ -100,7 +119,8 @@ async fn start_backend() -> SocketAddr {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(BackendServiceServer::new(Fast))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .add_service(BatchBackendServiceServer::new(Fast))
+            .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
     );
     addr
 }
@@ -158,7 +178,7 @@ fn clock_ticks() -> f64 {
     out.ok().and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok()).unwrap_or(100.0)
 }
 
-fn start_wsgw(program: &str, backend: SocketAddr) -> Child {
+fn start_wsgw(program: &str, backend: SocketAddr, batch: bool) -> Child {
     let mut cmd = if Command::new("taskset").arg("-V").output().is_ok() {
         let mut c = Command::new("taskset");
         c.args(["-c", "0", program]);
@@ -172,7 +192,10 @@ fn start_wsgw(program: &str, backend: SocketAddr) -> Child {
         .env("WSGW_SERVER__GRPC__LISTEN", "127.0.0.1:19604")
         .env("WSGW_AUTH__JWT__SECRET", SECRET)
         .env("WSGW_LOG__LEVEL", "error")
-        .env("WSGW_BACKENDS", format!("[{{biz_id: {BIZ}, endpoints: [\"{backend}\"]}}]"))
+        .env(
+            "WSGW_BACKENDS",
+            format!("[{{biz_id: {BIZ}, endpoints: [\"{backend}\"], batch: {{enabled: {batch}}}}}]"),
+        )
         .stdout(Stdio::null())
         .spawn()
         .expect("start wsgw")

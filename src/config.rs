@@ -396,16 +396,20 @@ pub struct BackendConfig {
 #[serde(default)]
 pub struct BatchConfig {
     pub enabled: bool,
-    /// A batch is sent when it holds this many messages...
+    /// Messages in one call, at most.
     pub max_size: usize,
-    /// ...or when its first message has waited this long.
+    /// Batch calls of the business outstanding at once; while all are, messages queue and the
+    /// next call carries them (no wait at low load, larger batches under load).
+    pub max_in_flight: usize,
+    /// 0 (default): a batch leaves as soon as a call slot is free. Otherwise each batch is
+    /// also held open this long for more messages (larger batches, this much added latency).
     #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
 }
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self { enabled: false, max_size: 64, max_wait: Duration::from_millis(5) }
+        Self { enabled: true, max_size: 64, max_in_flight: 2, max_wait: Duration::ZERO }
     }
 }
 

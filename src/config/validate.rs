@@ -184,6 +184,9 @@ fn validate_backends(c: &Config) -> Vec<Problem> {
         if b.batch.max_size == 0 {
             p.push(Problem::new(key("batch.max_size"), "must be at least 1"));
         }
+        if b.batch.max_in_flight == 0 {
+            p.push(Problem::new(key("batch.max_in_flight"), "must be at least 1"));
+        }
     }
     p
 }

@@ -1,12 +1,16 @@
-//! Batching per business through `BatchBackendService.BatchOnReceive`: messages are collected
-//! until `max_size` or `max_wait`, sent as one call, and each client gets its own answer. A
-//! backend that answers UNIMPLEMENTED lacks the batch service: the batch (and every later
-//! message of that business) falls back to single calls.
+//! Batching per business through `BatchBackendService.BatchOnReceive`: each client gets its own
+//! answer from one call. At most `max_in_flight` batch calls of a business are outstanding;
+//! while they are, messages queue, and the next call carries everything queued (up to
+//! `max_size`). So a lone message leaves at once (no added wait at low load) and batches grow
+//! with the load. `max_wait` > 0 additionally holds each batch open that long for more messages
+//! (fewer, larger calls at the price of that much latency). A backend that answers
+//! UNIMPLEMENTED lacks the batch service: the batch (and every later message of that business)
+//! falls back to single calls.
 
 use std::sync::Arc;
 
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{Semaphore, mpsc, oneshot},
     time::{Instant, sleep_until},
 };
 use tokio_util::sync::CancellationToken;
@@ -42,17 +46,26 @@ impl Batcher {
     }
 
     pub(super) async fn run(mut self, upstream: Arc<Upstream>, stop: CancellationToken) {
+        let calls = Arc::new(Semaphore::new(self.config.max_in_flight.max(1)));
         loop {
             let first = tokio::select! {
                 item = self.queue.recv() => match item { Some(item) => item, None => return },
                 _ = stop.cancelled() => return,
             };
-            let deadline = Instant::now() + self.config.max_wait;
             let mut items = vec![first];
+            if !self.config.max_wait.is_zero() {
+                self.collect_until(&mut items, Instant::now() + self.config.max_wait).await;
+            }
+            // Messages keep queueing while every call slot is taken; the call that gets the
+            // next slot takes them all.
+            let permit = tokio::select! {
+                permit = calls.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+                _ = stop.cancelled() => return,
+            };
             while items.len() < self.config.max_size {
-                tokio::select! {
-                    item = self.queue.recv() => match item { Some(item) => items.push(item), None => break },
-                    _ = sleep_until(deadline) => break,
+                match self.queue.try_recv() {
+                    Ok(item) => items.push(item),
+                    Err(_) => break,
                 }
             }
             let Some(biz) = upstream.backends.get(self.biz_id) else {
@@ -60,7 +73,20 @@ impl Batcher {
                 continue;
             };
             let this = upstream.clone();
-            upstream.tasks.spawn(async move { this.send_batch(&biz, items).await });
+            upstream.tasks.spawn(async move {
+                this.send_batch(&biz, items).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Adds queued messages to `items` until it is full or `deadline` passes.
+    async fn collect_until(&mut self, items: &mut Vec<BatchItem>, deadline: Instant) {
+        while items.len() < self.config.max_size {
+            tokio::select! {
+                item = self.queue.recv() => match item { Some(item) => items.push(item), None => return },
+                _ = sleep_until(deadline) => return,
+            }
         }
     }
 }

@@ -306,6 +306,42 @@ async fn batching_sends_one_call_and_answers_each_client() {
     assert_eq!(users.1, want.join(","));
 }
 
+/// The default batching adds no wait: a lone message leaves at once, and messages that arrive
+/// while every call slot is taken (here one) all leave together in the next call.
+#[tokio::test]
+async fn batching_sends_at_once_and_gathers_what_queues_behind_a_call_in_flight() {
+    let slow = Behaviour { batch: true, delay: Duration::from_millis(300), ..Behaviour::default() };
+    let backend = TestBackend::spawn(BIZ, slow).await;
+    let node = TestNode::with_backend(BIZ, backend.addr)
+        .config(|c| {
+            c.upstream.timeout = Duration::from_secs(5);
+            c.backends[0].batch.max_in_flight = 1;
+        })
+        .spawn()
+        .await;
+    let mut clients = Vec::new();
+    for user in 1..=4 {
+        clients.push(node.connect(user, BIZ).await);
+    }
+    clients[0].send(&upstream("first", b"x"), Serializer::Json).await;
+    crate::assert_within!(5, backend.batch_calls() == 1, "the lone message left at once");
+    for (i, c) in clients.iter_mut().enumerate().skip(1) {
+        c.send(&upstream(&format!("m{i}"), b"x"), Serializer::Json).await;
+    }
+    for c in &mut clients {
+        let ack = c.recv_msg(Serializer::Json).await;
+        assert_eq!(ack.cmd, CommandType::UpstreamAck as i32, "{ack:?}");
+    }
+    assert_eq!((backend.batch_calls(), backend.calls()), (2, 0));
+    let users: Vec<String> = backend
+        .senders()
+        .iter()
+        .map(|call| call.iter().find(|(k, _)| k == "x-wsgw-user-id").expect("ids").1.clone())
+        .collect();
+    assert_eq!(users[0], "1");
+    assert_eq!(users[1].split(',').count(), 3, "the three queued messages in one call: {users:?}");
+}
+
 #[tokio::test]
 async fn batching_falls_back_to_single_calls_when_the_backend_lacks_the_batch_service() {
     let backend = TestBackend::spawn(BIZ, Behaviour::default()).await;

@@ -12,7 +12,7 @@ use std::{
 
 use bytes::Bytes;
 use tokio::{net::TcpListener, sync::oneshot};
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 use wsgw::protocol::pb::{
     BatchOnReceiveRequest, BatchOnReceiveResponse, OnReceiveRequest, OnReceiveResponse,
@@ -124,7 +124,7 @@ impl TestBackend {
             router = router.add_service(BatchBackendServiceServer::new(service));
         }
         tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
             async {
                 let _ = stopped.await;
             },
