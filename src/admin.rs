@@ -298,7 +298,8 @@ impl AdminService for AdminApi {
             return Err(Status::failed_precondition("no live peer to redirect to"));
         }
         let cmd = CommandType::Redirect.into();
-        let body = self.node.wire.serializer.encode(&NodeList { nodes: targets.clone() });
+        let nodes = targets.iter().map(crate::cluster::registry::client_view).collect();
+        let body = self.node.wire.serializer.encode(&NodeList { nodes });
         let frame = self.node.wire.frame(&Message { cmd, key: String::new(), body });
         let redirected = all.iter().filter(|l| l.redirect(frame.clone())).take(n).count() as u32;
         self.node.metrics.cluster_events(ClusterEvent::Redirected, u64::from(redirected));

@@ -2,7 +2,8 @@
 //!
 //! - `GET /health` — 200 while the process serves at all (liveness).
 //! - `GET /ready` — 200 while the node accepts clients; 503 while starting, draining or stopped,
-//!   and while the session directory (Redis, cluster mode) is unreachable.
+//!   and while the session directory (Redis, cluster mode) is unreachable (3 failed round
+//!   trips in a row over at least 2 s: one failure never takes the fleet out at once).
 //! - `GET /metrics` — Prometheus text exposition.
 //!
 //! Must never expose configuration, environment variables or secrets (the original did).

@@ -301,7 +301,7 @@ impl Services {
         let Some(registry) = &self.admin.registry else { return };
         registry.leave().await;
         let nodes: Vec<_> = match registry.peers().await {
-            Ok(peers) => peers.into_iter().map(|p| p.into_node()).collect(),
+            Ok(peers) => peers.into_iter().map(|p| p.for_clients()).collect(),
             Err(e) => return warn!(error = %e, "cannot list peers for the redirect"),
         };
         if nodes.is_empty() {

@@ -175,7 +175,8 @@ pub trait SessionDirectory: Send + Sync {
         window: std::time::Duration,
     ) -> DirectoryFuture<'a, ()>;
 
-    /// Whether the directory can be used now (its last round trip succeeded).
+    /// Whether the directory counts as usable for readiness (Redis: debounced, see
+    /// `redis/health.rs`; one failed round trip does not make a node unready).
     fn healthy(&self) -> bool;
 }
 

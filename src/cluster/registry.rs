@@ -53,10 +53,27 @@ impl NodeEntry {
         }
     }
 
+    /// The node as clients see it in a REDIRECT: its public WebSocket address and the
+    /// original's fields, without the labels only the cluster uses (where the node serves gRPC
+    /// and its governor: never shown beyond the cluster).
+    pub fn for_clients(self) -> Node {
+        client_view(&self.into_node())
+    }
+
     /// The `grpc=host:port` label: where the node serves its gRPC APIs.
     pub fn grpc_addr(&self) -> Option<&str> {
         self.labels.iter().find_map(|l| l.strip_prefix("grpc="))
     }
+}
+
+/// Labels of the registry entry that only the cluster and its operators use.
+const INTERNAL_LABELS: [&str; 2] = ["grpc=", "governor="];
+
+/// `node` without its internal labels (see [`NodeEntry::for_clients`]).
+pub fn client_view(node: &Node) -> Node {
+    let mut node = node.clone();
+    node.labels.retain(|l| !INTERNAL_LABELS.iter().any(|p| l.starts_with(p)));
+    node
 }
 
 /// Connects to etcd with deadlines suited to a gateway (never hang on a dead member).

@@ -226,7 +226,9 @@ async fn redirect_moves_the_asked_share_of_clients_to_a_live_peer() {
     for c in &mut clients {
         if let Some(m) = c.recv_msg_within(JSON, Duration::from_millis(500)).await {
             assert_eq!(m.cmd, i32::from(CommandType::Redirect));
-            assert_eq!(JSON.decode::<NodeList>(&m.body).expect("NodeList").nodes[0].id, "b");
+            let shown = &JSON.decode::<NodeList>(&m.body).expect("NodeList").nodes[0];
+            assert_eq!(shown.id, "b");
+            assert!(!shown.labels.iter().any(|l| l.starts_with("grpc=")), "{:?}", shown.labels);
             assert_eq!(code(&c.closed().await), (1001, "redirected".to_owned()));
             moved += 1;
         }

@@ -79,6 +79,7 @@ use crate::{
 };
 
 mod conn;
+mod health;
 mod nodes;
 mod replies;
 mod scripts;
@@ -106,6 +107,7 @@ pub struct RedisDirectory {
     inbox_ttl: Duration,
     updates: mpsc::Sender<Update>,
     healthy: AtomicBool,
+    health: health::Health,
     rebuild: AtomicBool,
     metrics: Arc<Metrics>,
 }
@@ -155,6 +157,7 @@ impl RedisDirectory {
             inbox_ttl: s.inbox_ttl,
             updates,
             healthy: AtomicBool::new(false),
+            health: health::Health::new(),
             rebuild: AtomicBool::new(true),
             metrics,
         });
@@ -164,6 +167,7 @@ impl RedisDirectory {
 
     fn observe<T>(&self, r: redis::RedisResult<T>) -> Result<T, DirectoryError> {
         let ok = r.is_ok();
+        self.health.record(ok, std::time::Instant::now());
         if self.healthy.swap(ok, Ordering::Relaxed) != ok {
             self.metrics.dependency(Dependency::Redis, ok);
             match &r {
@@ -400,7 +404,7 @@ impl SessionDirectory for RedisDirectory {
     }
 
     fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.ready(std::time::Instant::now())
     }
 }
 

@@ -34,6 +34,9 @@ async fn a_drained_node_redirects_its_clients_to_a_live_peer() {
     let nodes = JSON.decode::<NodeList>(&m.body).expect("a NodeList body").nodes;
     assert_eq!(nodes.len(), 1, "only the live peer");
     assert_eq!((nodes[0].id.as_str(), nodes[0].port), ("b", i32::from(b.ws_addr.port())));
+    let internal =
+        nodes[0].labels.iter().find(|l| l.starts_with("grpc=") || l.starts_with("governor="));
+    assert_eq!(internal, None, "clients never learn internal addresses: {:?}", nodes[0].labels);
     assert_eq!(code(&client.closed().await).0, 1001);
     stop.await.expect("drained");
 }
