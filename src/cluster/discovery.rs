@@ -5,7 +5,9 @@
 //! with the static backends of the config (a static endpoint is never removed by discovery).
 //!
 //! Owns: reading and watching those keys. Must never remove a business's backends because etcd is
-//! unreachable: on errors the last known map stays until etcd answers again.
+//! unreachable, or because `gateway.backend.services` is missing or unparsable: then the last
+//! known map stays (counted as `discovery_error`, logged) until etcd answers with a valid list
+//! again. To remove every discovered backend on purpose, write `[]`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -95,12 +97,22 @@ impl Discovery {
 
     async fn reload(&self, client: &mut Client) -> Result<(), etcd_client::Error> {
         let resp = client.get(self.services_key(), None).await?;
-        let services: Vec<Service> = match resp.kvs().first() {
-            None => Vec::new(),
-            Some(kv) => serde_json::from_slice(kv.value()).unwrap_or_else(|e| {
-                warn!(error = %e, "gateway.backend.services is not a JSON list of {{bizId, name}}");
-                Vec::new()
-            }),
+        let parsed = match resp.kvs().first() {
+            None => Err("missing".to_owned()),
+            Some(kv) => {
+                serde_json::from_slice::<Vec<Service>>(kv.value()).map_err(|e| e.to_string())
+            }
+        };
+        // A deleted or mangled key is far more likely a mistake than "no backends any more"
+        // (that is `[]`): every business would lose its backends at once.
+        let services = match parsed {
+            Ok(services) => services,
+            Err(e) => {
+                self.metrics.cluster_event(ClusterEvent::DiscoveryError);
+                warn!(key = %self.services_key(), error = %e,
+                    "not a JSON list of {{bizId, name}}; keeping the last backend map");
+                return Ok(());
+            }
         };
         let mut map = BackendMap::new();
         for s in services {

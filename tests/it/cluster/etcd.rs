@@ -142,6 +142,16 @@ async fn backends_are_discovered_from_etcd_and_follow_changes() {
 
     let mut client = node.connect(2, 9).await;
     crate::assert_within!(10, upstream_ok(&mut client, "u1").await, "discovered backend answers");
+    // A mangled or deleted service list keeps the last good map (and is counted).
+    let errors =
+        "websocket_gateway_cluster_events_total{event=\"discovery_error\",service=\"etcd\"}";
+    etcd.put(services.as_str(), "not json", None).await.expect("put");
+    crate::assert_within!(10, node.metric(errors).await >= 1.0, "the bad list is noticed");
+    assert!(upstream_ok(&mut client, "kept").await, "the last good map stays");
+    etcd.delete(services.as_str(), None).await.expect("delete");
+    crate::assert_within!(10, node.metric(errors).await >= 2.0, "the missing list is noticed");
+    assert!(upstream_ok(&mut client, "kept").await, "the last good map stays");
+    etcd.put(services.as_str(), r#"[{"bizId":9,"name":"mockServer"}]"#, None).await.expect("put");
     etcd.delete(provider.as_str(), None).await.expect("delete");
     crate::assert_within!(10, !upstream_ok(&mut client, "u2").await, "removed backend is gone");
 }
