@@ -165,7 +165,8 @@ pub struct WebSocketConfig {
     /// it they wait in the kernel's accept queue. 0: no limit.
     pub accept_rate: f32,
     /// Test switch: serve a plain echo endpoint (no auth, no protocol) on the same WebSocket
-    /// stack and limits, for the Autobahn conformance suite. Never enable in production.
+    /// stack and limits, for the Autobahn conformance suite. Refused unless the WebSocket
+    /// listener is on loopback; never enable in production.
     pub conformance_echo: bool,
     /// TLS for clients (`wss://`); off while `cert` is empty.
     pub tls: TlsConfig,

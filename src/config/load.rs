@@ -320,6 +320,15 @@ mod tests {
     }
 
     #[test]
+    fn the_unauthenticated_conformance_echo_is_refused_beyond_loopback() {
+        let echo = ("WSGW_SERVER__WEBSOCKET__CONFORMANCE_ECHO", "true");
+        assert!(load(None, env(&[echo])).is_ok(), "loopback by default without a secret");
+        let open = ("WSGW_SERVER__WEBSOCKET__LISTEN", "0.0.0.0:9002");
+        let p = problems(load(None, env(&[echo, open])).unwrap_err());
+        assert!(p.iter().any(|p| p.key == "server.websocket.conformance_echo"), "{p:?}");
+    }
+
+    #[test]
     fn backend_addresses_and_the_grpc_token_are_validated_with_their_keys() {
         let f = yaml(
             "backends:\n  - biz_id: 1\n    endpoints: [\"127.0.0.1:50051\", \"no-port\"]\n\

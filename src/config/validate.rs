@@ -29,6 +29,11 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
         "server.websocket.handshake_timeout",
         "must be positive",
     );
+    check(
+        !ws.conformance_echo || ws_listen.ip().is_loopback(),
+        "server.websocket.conformance_echo",
+        "serves anyone without a token: only on a loopback server.websocket.listen",
+    );
     check(ws.max_connections > 0, "server.websocket.max_connections", "must be at least 1");
     check(ws.max_handshakes > 0, "server.websocket.max_handshakes", "must be at least 1");
     check(
