@@ -49,11 +49,7 @@ impl Advertised {
         grpc: SocketAddr,
         governor: SocketAddr,
     ) -> Self {
-        let host = match config.advertise_host.as_str() {
-            "" if !ws.ip().is_unspecified() => ws.ip().to_string(),
-            "" => "127.0.0.1".to_owned(),
-            h => h.to_owned(),
-        };
+        let host = config.advertised_host(ws);
         Self { host, ws_port: ws.port(), grpc_port: grpc.port(), governor_port: governor.port() }
     }
 

@@ -163,6 +163,28 @@ impl ClusterConfig {
         !self.redis.url.is_empty() || !self.etcd.endpoints.is_empty()
     }
 
+    /// The host peers and redirected clients reach this node at: `advertise_host`, else the
+    /// WebSocket listener's address, else (listening on every address) 127.0.0.1.
+    pub fn advertised_host(&self, ws: std::net::SocketAddr) -> String {
+        match self.advertise_host.as_str() {
+            "" if !ws.ip().is_unspecified() => ws.ip().to_string(),
+            "" => "127.0.0.1".to_owned(),
+            h => h.to_owned(),
+        }
+    }
+
+    /// The first shared service (Redis, etcd, Kafka) not on this machine, if any: then the
+    /// cluster spans machines and a loopback advertised host would send peers and clients to
+    /// themselves.
+    pub(super) fn remote_service(&self) -> Option<String> {
+        let redis = self.redis.urls().into_iter().filter(|u| !u.starts_with("unix://"));
+        let kafka = self.kafka.brokers.split(',').map(|b| b.trim().to_owned());
+        redis
+            .chain(self.etcd.endpoints.iter().cloned())
+            .chain(kafka.filter(|b| !b.is_empty()))
+            .find(|endpoint| !is_local_host(host_of(endpoint)))
+    }
+
     /// Problems with this section, as (key, message).
     pub(super) fn problems(&self) -> Vec<(&'static str, &'static str)> {
         let mut p = Vec::new();
@@ -250,4 +272,40 @@ fn scalar_map<'de, D: serde::Deserializer<'de>>(
             (k, v)
         })
         .collect())
+}
+
+/// The host part of `scheme://user@host:port/path`, `host:port` or `[v6]:port`.
+fn host_of(endpoint: &str) -> &str {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => rest.split([':', '/']).next().unwrap_or_default(),
+    }
+}
+
+/// `localhost`, a loopback or an unspecified address.
+pub(super) fn is_local_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_of_endpoints_and_whether_they_are_this_machine() {
+        let cases = [
+            ("redis://127.0.0.1:6379/0", "127.0.0.1", true),
+            ("redis://user:pw@10.0.0.5:6379", "10.0.0.5", false),
+            ("http://[::1]:2379", "::1", true),
+            ("localhost:9092", "localhost", true),
+            ("etcd-0.internal:2379", "etcd-0.internal", false),
+        ];
+        for (endpoint, host, local) in cases {
+            assert_eq!(host_of(endpoint), host, "{endpoint}");
+            assert_eq!(is_local_host(host_of(endpoint)), local, "{endpoint}");
+        }
+    }
 }

@@ -320,6 +320,21 @@ mod tests {
     }
 
     #[test]
+    fn a_loopback_advertised_host_is_refused_when_the_cluster_spans_machines() {
+        let key = "cluster.advertise_host";
+        let has = |vars: &[(&str, &str)]| match load(None, env(vars)) {
+            Ok(_) => false,
+            Err(e) => problems(e).iter().any(|p| p.key == key),
+        };
+        let remote_etcd = ("WSGW_CLUSTER__ETCD__ENDPOINTS", "10.0.0.5:2379");
+        assert!(has(&[remote_etcd]), "derived 127.0.0.1 with a remote etcd");
+        assert!(has(&[remote_etcd, ("WSGW_CLUSTER__ADVERTISE_HOST", "localhost")]));
+        assert!(!has(&[remote_etcd, ("WSGW_CLUSTER__ADVERTISE_HOST", "10.0.0.7")]));
+        assert!(!has(&[("WSGW_CLUSTER__REDIS__URL", "redis://127.0.0.1:6379")]), "all local");
+        assert!(!has(&[]), "single node");
+    }
+
+    #[test]
     fn the_unauthenticated_conformance_echo_is_refused_beyond_loopback() {
         let echo = ("WSGW_SERVER__WEBSOCKET__CONFORMANCE_ECHO", "true");
         assert!(load(None, env(&[echo])).is_ok(), "loopback by default without a secret");

@@ -116,6 +116,7 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
     p.extend(validate_backends(c));
     p.extend(validate_traffic(c));
     p.extend(c.cluster.problems().into_iter().map(|(k, m)| Problem::new(k, m)));
+    p.extend(advertised_host_problem(c));
     p.extend(super::credentials::problems(c));
     p
 }
@@ -194,4 +195,23 @@ fn validate_backends(c: &Config) -> Vec<Problem> {
         }
     }
     p
+}
+
+/// Cluster mode with a loopback advertised host while a shared service is on another machine:
+/// peers would call themselves and redirected clients would connect to their own machine.
+fn advertised_host_problem(c: &Config) -> Option<Problem> {
+    if !c.cluster.is_enabled() {
+        return None;
+    }
+    let host = c.cluster.advertised_host(c.websocket_listen());
+    if !super::cluster::is_local_host(&host) {
+        return None;
+    }
+    let remote = c.cluster.remote_service()?;
+    Some(Problem::new(
+        "cluster.advertise_host",
+        format!(
+            "{host} is reachable only from this machine, but the cluster's {remote} is not: set the address peers and clients reach this node at"
+        ),
+    ))
 }
