@@ -25,13 +25,12 @@ use crate::{
     downstream::Downstream,
     links::{Link, LinkRegistry},
     protocol::{
-        CommandType, Message,
         admin_pb::{
             BackendHealth, DrainRequest, DrainResponse, InfoRequest, KickRequest, KickResponse,
             ListSessionsRequest, ListSessionsResponse, NodeStats, RedirectRequest,
             RedirectResponse, Session, WatchStatsRequest, admin_service_server::AdminService,
         },
-        pb::{self, NodeList},
+        pb,
     },
     shutdown::{Lifecycle, Phase},
     telemetry::{ClusterEvent, Metrics, Totals},
@@ -297,10 +296,8 @@ impl AdminService for AdminApi {
         if targets.is_empty() && n > 0 {
             return Err(Status::failed_precondition("no live peer to redirect to"));
         }
-        let cmd = CommandType::Redirect.into();
         let nodes = targets.iter().map(crate::cluster::registry::client_view).collect();
-        let body = self.node.wire.serializer.encode(&NodeList { nodes });
-        let frame = self.node.wire.frame(&Message { cmd, key: String::new(), body });
+        let frame = self.node.wire.redirect_frame(nodes);
         let redirected = all.iter().filter(|l| l.redirect(frame.clone())).take(n).count() as u32;
         self.node.metrics.cluster_events(ClusterEvent::Redirected, u64::from(redirected));
         info!(target: AUDIT, action = "redirect", %caller, fraction = req.fraction,

@@ -310,11 +310,25 @@ pub enum JwtAlgorithm {
     HS512,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ProtocolConfig {
     pub serializer: Serializer,
     pub encryption: EncryptionConfig,
+    /// Answer bad messages and failed upstream calls with COMMAND_TYPE_ERROR (an `ErrorInfo`
+    /// body). `false`: stay silent as the original gateway did (for legacy JSON clients that
+    /// fail to parse an unknown enum name); the client's own timeout and resend then apply.
+    pub error_replies: bool,
+}
+
+impl Default for ProtocolConfig {
+    fn default() -> Self {
+        Self {
+            serializer: Serializer::default(),
+            encryption: EncryptionConfig::default(),
+            error_replies: true,
+        }
+    }
 }
 
 /// Body encryption of SPEC §3 (off by default).

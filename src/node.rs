@@ -26,12 +26,11 @@ use crate::{
     grpc::{Bearer, GrpcError},
     links::LinkRegistry,
     protocol::{
-        CipherError, CommandType, Message,
+        CipherError, CommandType,
         admin_pb::admin_service_server::AdminServiceServer,
         cluster_pb::node_service_server::NodeServiceServer,
         pb::{
-            NodeList, presence_service_server::PresenceServiceServer,
-            push_service_server::PushServiceServer,
+            presence_service_server::PresenceServiceServer, push_service_server::PushServiceServer,
         },
     },
     routing::{
@@ -309,8 +308,7 @@ impl Services {
         }
         let wire = &self.admin.wire;
         let cmd = CommandType::Redirect.into();
-        let body = wire.serializer.encode(&NodeList { nodes });
-        let mut fanout = wire.fanout(wire.frame(&Message { cmd, key: String::new(), body }), cmd);
+        let mut fanout = wire.fanout(wire.redirect_frame(nodes), cmd);
         self.admin.links.for_each(|link| {
             fanout.send(link);
         });
@@ -379,11 +377,15 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
     let lifecycle = Arc::new(Lifecycle::default());
     let background = lifecycle.token(Stage::StopBackground);
     let metrics = Arc::new(Metrics::new());
-    let wire = Arc::new(Wire::new(
+    let mut wire = Wire::new(
         config.protocol.serializer,
         config.protocol.encryption.cipher()?,
         metrics.clone(),
-    ));
+    );
+    if !config.protocol.error_replies {
+        wire = wire.without_error_replies();
+    }
+    let wire = Arc::new(wire);
     let mut links = LinkRegistry::new(config.server.websocket.max_connections);
     if config.limits.max_connections_per_ip > 0 {
         links = links.counting_addresses();

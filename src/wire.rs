@@ -20,11 +20,24 @@ pub struct Wire {
     pub serializer: Serializer,
     cipher: Option<BodyCipher>,
     metrics: Arc<Metrics>,
+    /// `protocol.error_replies`: false sends no COMMAND_TYPE_ERROR at all.
+    errors: bool,
 }
 
 impl Wire {
     pub fn new(serializer: Serializer, cipher: Option<BodyCipher>, metrics: Arc<Metrics>) -> Self {
-        Self { serializer, cipher, metrics }
+        Self { serializer, cipher, metrics, errors: true }
+    }
+
+    /// Stays silent instead of sending COMMAND_TYPE_ERROR (`protocol.error_replies: false`).
+    pub fn without_error_replies(mut self) -> Self {
+        self.errors = false;
+        self
+    }
+
+    /// Whether COMMAND_TYPE_ERROR replies are sent.
+    pub fn error_replies(&self) -> bool {
+        self.errors
     }
 
     /// Encrypts a body for sending (a fresh nonce each call), or passes it through.
@@ -82,9 +95,20 @@ impl Wire {
         }
     }
 
+    /// A REDIRECT frame (shared by every link it goes to) listing `nodes`; its key is the time
+    /// in Unix ms, as the original gateway sent it. Never encrypted.
+    pub fn redirect_frame(&self, nodes: Vec<crate::protocol::pb::Node>) -> WsMessage {
+        let body = self.serializer.encode(&crate::protocol::pb::NodeList { nodes });
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let key = now.map_or(0, |d| d.as_millis()).to_string();
+        self.frame(&Message { cmd: CommandType::Redirect.into(), key, body })
+    }
+
     /// Queues a COMMAND_TYPE_ERROR for `key` (its body is never encrypted).
     pub fn send_error(&self, link: &Link, key: String, code: ErrorCode, reason: String) {
-        let _ = self.send(link, &self.error(key, code, reason));
+        if self.errors {
+            let _ = self.send(link, &self.error(key, code, reason));
+        }
     }
 
     /// A COMMAND_TYPE_ERROR message for `key`.

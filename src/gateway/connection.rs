@@ -231,6 +231,7 @@ impl<S: Stream> Connection<'_, S> {
                 gw.downstream.acked(self.link.identity, key);
                 Ok(())
             }
+            Reply::Nothing => Ok(()),
         }
     }
 

@@ -17,11 +17,16 @@ pub(super) enum Reply {
     Upstream { key: String, body: Bytes },
     /// The client acknowledged the push with this key.
     Acked(String),
+    /// Nothing to do (a bad message with `protocol.error_replies: false`).
+    Nothing,
 }
 
 /// Decides what to do with `msg`; upstream keys longer than `max_key` bytes are refused.
 pub(super) fn dispatch(msg: Message, wire: &Wire, max_key: usize) -> Reply {
-    let error = |key, code, reason: String| Reply::Send(wire.error(key, code, reason));
+    let error = |key, code, reason: String| match wire.error_replies() {
+        true => Reply::Send(wire.error(key, code, reason)),
+        false => Reply::Nothing,
+    };
     match CommandType::try_from(msg.cmd) {
         Ok(CommandType::Heartbeat) => match wire.open(msg.body) {
             Ok(body) => {

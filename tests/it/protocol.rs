@@ -65,6 +65,26 @@ async fn client_sending_server_commands_gets_an_error_reply_and_stays_connected(
     }
 }
 
+/// `protocol.error_replies: false` (legacy JSON clients that cannot parse COMMAND_TYPE_ERROR):
+/// bad messages and failed upstream calls get no answer, as from the original gateway, and
+/// the connection keeps serving.
+#[tokio::test]
+async fn without_error_replies_bad_messages_get_no_answer() {
+    let node = TestNode::builder().config(|c| c.protocol.error_replies = false).spawn().await;
+    let mut c = node.connect(1, 7).await;
+    let msg = |cmd: CommandType, key: &str| Message {
+        cmd: cmd.into(),
+        key: key.into(),
+        body: Bytes::new(),
+    };
+    c.send(&msg(CommandType::Redirect, "r1"), Serializer::Json).await;
+    c.send(&msg(CommandType::UpstreamMessage, ""), Serializer::Json).await;
+    c.send(&msg(CommandType::UpstreamMessage, "no-backend"), Serializer::Json).await;
+    let hb = msg(CommandType::Heartbeat, "h");
+    c.send(&hb, Serializer::Json).await;
+    assert_eq!(c.recv_msg(Serializer::Json).await, hb, "the first answer is the heartbeat's");
+}
+
 #[tokio::test]
 async fn undecodable_messages_close_with_1007() {
     let node = TestNode::spawn().await;

@@ -31,6 +31,9 @@ async fn a_drained_node_redirects_its_clients_to_a_live_peer() {
     let stop = a.begin_shutdown();
     let m = client.recv_msg(JSON).await;
     assert_eq!(m.cmd, i32::from(CommandType::Redirect));
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+    let sent_ms: u128 = m.key.parse().expect("the key is the time in Unix ms, as the original's");
+    assert!(now_ms.as_millis().abs_diff(sent_ms) < 60_000, "{sent_ms} vs {now_ms:?}");
     let nodes = JSON.decode::<NodeList>(&m.body).expect("a NodeList body").nodes;
     assert_eq!(nodes.len(), 1, "only the live peer");
     assert_eq!((nodes[0].id.as_str(), nodes[0].port), ("b", i32::from(b.ws_addr.port())));
