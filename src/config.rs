@@ -7,6 +7,7 @@
 
 mod cluster;
 mod credentials;
+mod limits;
 mod load;
 mod validate;
 
@@ -23,6 +24,7 @@ pub type BackendMap = std::collections::HashMap<i64, Vec<GrpcAddr>>;
 use crate::protocol::{BodyCipher, CipherError, Serializer};
 
 pub use cluster::{ClusterConfig, EtcdConfig, KafkaConfig, RedisConfig};
+pub use limits::{IdleClose, LimitsConfig};
 pub use load::{ConfigError, Problem, load, load_from_env};
 
 /// The whole configuration of one node.
@@ -463,74 +465,6 @@ impl Default for DownstreamConfig {
 /// cipher's nonce and tag, and the message envelope.
 pub fn encoded_push_bound(size: u64) -> u64 {
     (size + 28).div_ceil(3) * 4 + 256
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default)]
-pub struct LimitsConfig {
-    /// Largest message a client may send; larger ones close the connection with 1009.
-    pub max_message_size: ByteSize,
-    /// Bytes that may wait in one connection's outbound queue; a client that lets more pile up
-    /// is closed with 1008 (slow consumer).
-    pub outbound_queue_bytes: ByteSize,
-    /// Send a ping after this long without hearing from the client.
-    #[serde(with = "humantime_serde")]
-    pub ping_interval: Duration,
-    /// Close the connection when nothing arrives this long after a ping (or after our close).
-    #[serde(with = "humantime_serde")]
-    pub pong_timeout: Duration,
-    /// Close a connection after this long without an application message from the client.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    /// Which connections the idle timeout applies to.
-    pub idle_close: IdleClose,
-    /// A write to a client that does not finish within this time closes the connection.
-    #[serde(with = "humantime_serde")]
-    pub write_timeout: Duration,
-    /// Data messages per second one connection may send (heartbeats, acks, anything); beyond,
-    /// RATE_LIMIT_EXCEEDED, and a close (1008 `rate limit`) at more than twice the rate. 0: off.
-    pub message_rate: f32,
-    /// Messages a connection may send at once above `message_rate`.
-    pub message_burst: u32,
-    /// Connections one user may hold on one node; a further handshake is refused (429). 0: no
-    /// limit.
-    pub max_connections_per_user: usize,
-    /// Connections one client address may hold on one node (429 beyond). 0: no limit.
-    pub max_connections_per_ip: usize,
-    /// Longest key of an upstream message, in bytes; longer ones get an ERROR.
-    pub max_key_length: usize,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            max_message_size: ByteSize::kib(64),
-            outbound_queue_bytes: ByteSize::kib(256),
-            ping_interval: Duration::from_secs(30),
-            pong_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(600),
-            idle_close: IdleClose::Header,
-            write_timeout: Duration::from_secs(10),
-            message_rate: 100.0,
-            message_burst: 200,
-            max_connections_per_user: 32,
-            max_connections_per_ip: 0,
-            max_key_length: 256,
-        }
-    }
-}
-
-/// Which connections `limits.idle_timeout` closes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IdleClose {
-    /// Only connections that sent `X-AutoClose: true` (the original gateway's behaviour).
-    #[default]
-    Header,
-    /// Every connection.
-    All,
-    /// None.
-    Off,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -25,6 +25,7 @@
 //! A decodable message with a command a client may not send (or an unknown one) is answered with
 //! `COMMAND_TYPE_ERROR` (`ErrorInfo.code = CODE_UNSUPPORTED_COMMAND`) and the connection stays.
 
+mod address_rate;
 mod client_ip;
 mod connection;
 mod dispatch;
@@ -33,6 +34,7 @@ mod listener;
 mod rate;
 mod tls;
 
+pub use address_rate::AddressRates;
 pub use tls::{Tls, TlsError};
 
 /// A client's byte stream: plain TCP, or TLS over TCP.
@@ -74,6 +76,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// The TLS acceptor when clients connect with `wss://`.
     pub tls: Option<Arc<Tls>>,
+    /// Handshakes per second per client address, when limited.
+    pub address_rates: Option<AddressRates>,
     /// Proxies whose `X-Forwarded-For` names the client (`server.websocket.trusted_proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Cancelled when the node drains: every connection says goodbye and ends.

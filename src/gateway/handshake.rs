@@ -126,6 +126,13 @@ fn check<'a>(req: &Request, peer: SocketAddr, gw: &'a Gateway) -> Result<Accepte
         let identity = Identity { biz_id: 0, user_id: 0 };
         return Ok(Accepted { identity, client, expires: None, auto_close, slot });
     }
+    if let Some(rates) = &gw.address_rates
+        && !rates.admit(client.ip(), tokio::time::Instant::now())
+    {
+        let refusal = "too many handshakes from this address";
+        let refusal = Refusal::new("address_rate", StatusCode::TOO_MANY_REQUESTS, refusal);
+        return Err(refusal.retry_after(ws.retry_after));
+    }
     let per_ip = gw.config.limits.max_connections_per_ip;
     if per_ip > 0 && gw.links.address_connections(&client.ip()) >= per_ip {
         let too_many = StatusCode::TOO_MANY_REQUESTS;

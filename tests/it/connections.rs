@@ -280,3 +280,33 @@ async fn per_address_limits_use_the_client_a_trusted_proxy_names() {
     let second = Client::connect_with(&url, &[("x-forwarded-for", "203.0.113.6")]).await;
     assert!(second.is_err(), "a forged header does not buy a second place");
 }
+
+#[tokio::test]
+async fn handshakes_per_second_per_address_are_limited_before_the_token_is_checked() {
+    let node = TestNode::builder()
+        .config(|c| {
+            c.limits.handshake_rate_per_ip = 0.5;
+            c.limits.handshake_burst_per_ip = 2;
+            c.server.websocket.trusted_proxies = vec!["127.0.0.0/8".into()];
+        })
+        .spawn()
+        .await;
+    let via = |query: String, client: &'static str| {
+        let url = node.url(&query);
+        async move { Client::connect_with(&url, &[("x-forwarded-for", client)]).await }
+    };
+    let good = || format!("?token={}", TestNode::token(1, 9));
+    let _a = via(good(), "203.0.113.5").await.expect("first");
+    // A bad token spends a handshake too: a flood of garbage is what this limit is for.
+    assert!(via("?token=garbage".into(), "203.0.113.5").await.is_err());
+    match via(good(), "203.0.113.5").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 429);
+            assert!(resp.headers().contains_key("retry-after"), "{:?}", resp.headers());
+        }
+        other => panic!("expected 429, got {:?}", other.map(|_| "a connection")),
+    }
+    let _b = via(good(), "203.0.113.6").await.expect("another address has its own budget");
+    let refused = "websocket_gateway_handshakes_total{outcome=\"address_rate\"}";
+    assert_eq!(node.metric(refused).await, 1.0, "counted");
+}
