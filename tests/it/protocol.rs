@@ -132,3 +132,43 @@ async fn websocket_protocol_violations_close_with_1002() {
     raw.write_all(&[0x81, 0x02, b'h', b'i']).await.expect("raw write");
     assert_eq!(code(&c.closed().await), (1002, "protocol error".into()));
 }
+
+/// Browsers offer permessage-deflate on every connection. wsgw does not negotiate it (see the
+/// README's evaluation): the offer is answered without the extension, the connection serves
+/// uncompressed, and a frame sent compressed anyway (RSV1 set) is a protocol error (1002) that
+/// ends only that connection.
+#[tokio::test]
+async fn a_deflate_offer_is_declined_and_a_compressed_frame_closes_with_1002() {
+    use tokio::io::AsyncReadExt;
+    let node = TestNode::spawn().await;
+    let mut tcp = tokio::net::TcpStream::connect(node.ws_addr).await.expect("tcp");
+    let request = format!(
+        "GET /?token={} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+        TestNode::token(1, 9)
+    );
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tcp.read_exact(&mut byte).await.expect("response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(!head.contains("sec-websocket-extensions"), "no extension accepted: {head}");
+    // A masked text frame with RSV1 set ("compressed"), payload "x".
+    let mask = [1u8, 2, 3, 4];
+    tcp.write_all(&[0xC1, 0x81, mask[0], mask[1], mask[2], mask[3], b'x' ^ mask[0]])
+        .await
+        .expect("frame");
+    let mut reply = [0u8; 4];
+    tcp.read_exact(&mut reply).await.expect("a close frame");
+    assert_eq!(reply[0], 0x88, "close frame: {reply:?}");
+    assert_eq!(u16::from_be_bytes([reply[2], reply[3]]), 1002, "protocol error");
+    let mut other = node.connect(2, 9).await;
+    let hb = Message { cmd: CommandType::Heartbeat.into(), key: "h".into(), body: Bytes::new() };
+    other.send(&hb, Serializer::Json).await;
+    assert_eq!(other.recv_msg(Serializer::Json).await, hb, "the node still serves");
+}
