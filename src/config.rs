@@ -406,6 +406,9 @@ pub struct BackendConfig {
     /// gRPC endpoints (`host:port` or `http://host:port`), used round-robin.
     pub endpoints: Vec<GrpcAddr>,
     pub batch: BatchConfig,
+    /// Tell the backend of every connection of the business that opens or closes
+    /// (`ConnectionHookService.OnConnectionEvents`; at most once, batched).
+    pub hooks: bool,
 }
 
 /// Optional batching through `BatchBackendService.BatchOnReceive`.

@@ -55,7 +55,7 @@ use crate::{
     config::{Config, IdleClose},
     downstream::Downstream,
     telemetry::Metrics,
-    upstream::Upstream,
+    upstream::{Hooks, Upstream},
     wire::Wire,
 };
 
@@ -76,6 +76,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// The TLS acceptor when clients connect with `wss://`.
     pub tls: Option<Arc<Tls>>,
+    /// Connection hooks, when a business asked for them.
+    pub hooks: Option<Arc<Hooks>>,
     /// Handshakes per second per client address, when limited.
     pub address_rates: Option<AddressRates>,
     /// Proxies whose `X-Forwarded-For` names the client (`server.websocket.trusted_proxies`).

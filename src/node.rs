@@ -40,7 +40,7 @@ use crate::{
     },
     shutdown::{Lifecycle, Phase, Stage},
     telemetry::Metrics,
-    upstream::{Upstream, UpstreamContext},
+    upstream::{Hooks, Upstream, UpstreamContext},
     wire::Wire,
 };
 
@@ -432,6 +432,18 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
     let wired = adapters.wire(&config, &router, &upstream, &links, &metrics, &lifecycle);
     let mut tasks: Vec<Task> = vec![Box::pin(batchers), Box::pin(retries)];
     tasks.extend(wired.background);
+    let hooked = config.backends.iter().filter(|b| b.hooks).map(|b| b.biz_id).collect();
+    let hooks = Hooks::start(
+        hooked,
+        upstream.clone(),
+        metrics.clone(),
+        node_id.clone(),
+        background.clone(),
+    )
+    .map(|(hooks, task)| {
+        tasks.push(Box::pin(task));
+        hooks
+    });
     let tls = match &config.server.websocket.tls {
         t if t.is_enabled() => Some(Arc::new(Tls::load(t)?)),
         _ => None,
@@ -452,6 +464,7 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
         metrics: metrics.clone(),
         tls: tls.clone(),
         trusted_proxies: config.server.websocket.trusted_networks(),
+        hooks,
         address_rates: AddressRates::new(
             config.limits.handshake_rate_per_ip,
             config.limits.handshake_burst_per_ip,

@@ -12,6 +12,7 @@
 mod backends;
 mod batch;
 mod dedup;
+mod hooks;
 mod sender;
 
 use std::{
@@ -30,6 +31,7 @@ use tonic::{Code, Status};
 use tracing::{debug, warn};
 
 pub use backends::{BackendRegistry, BizBackends, Endpoint, Pick};
+pub use hooks::Hooks;
 pub use sender::Sender;
 
 use self::{

@@ -88,6 +88,9 @@ async fn serve_stream<S: Stream>(
     }
     biz.online_connections.inc();
     gw.directory.connected(&link, first);
+    if let Some(hooks) = &gw.hooks {
+        hooks.connected(&link);
+    }
     gw.metrics.connections_open.inc();
     debug!(conn = link.id, biz = identity.biz_id, user = identity.user_id, %client, "connected");
 
@@ -107,7 +110,11 @@ async fn serve_stream<S: Stream>(
     }
     biz.online_connections.dec();
     gw.directory.disconnected(&link, last);
-    gw.metrics.closed(reason.code().unwrap_or(1006), reason.as_str());
+    let code = reason.code().unwrap_or(1006);
+    if let Some(hooks) = &gw.hooks {
+        hooks.disconnected(&link, code, reason.as_str());
+    }
+    gw.metrics.closed(code, reason.as_str());
     debug!(conn = link.id, reason = reason.as_str(), "closed");
     drop(slot);
 }

@@ -92,6 +92,7 @@ pub struct Metrics {
     /// Open WebSocket connections.
     pub connections_open: IntGauge,
     handshakes: IntCounterVec,
+    hook_events: IntCounterVec,
     closes: IntCounterVec,
     /// Messages refused because a connection's outbound queue was full.
     pub outbound_dropped: IntCounter,
@@ -300,6 +301,12 @@ impl Metrics {
             ),
             commands: command_series(&r),
             handshakes: counter_vec(&r, "handshakes_total", "Handshakes by outcome.", &["outcome"]),
+            hook_events: counter_vec(
+                &r,
+                "hook_events_total",
+                "Connection hook events by outcome (sent, failed, dropped).",
+                &["outcome"],
+            ),
             closes: counter_vec(&r, "closes_total", "Closed connections.", &["code", "reason"]),
             online_users,
             online_connections,
@@ -350,6 +357,11 @@ impl Metrics {
 
     pub fn handshake(&self, outcome: &str) {
         self.handshakes.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts `n` connection hook events that were sent, failed or dropped.
+    pub fn hook_events(&self, outcome: &str, n: usize) {
+        self.hook_events.with_label_values(&[outcome]).inc_by(n as u64);
     }
 
     /// Counts one closed connection.

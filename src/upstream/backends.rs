@@ -54,6 +54,11 @@ impl Endpoint {
         BackendServiceClient::new(self.channel.clone())
     }
 
+    /// The endpoint's channel, for the other services a backend may serve.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     pub fn batch_client(&self) -> BatchBackendServiceClient<Channel> {
         BatchBackendServiceClient::new(self.channel.clone())
     }

@@ -388,3 +388,47 @@ async fn encrypted_bodies_round_trip_and_bad_bodies_get_an_error() {
     assert_ne!(echo.body, hb.body, "re-encrypted with a fresh nonce");
     assert_eq!(cipher.open(&echo.body).expect("decrypts").as_ref(), b"ping");
 }
+
+/// `backends[].hooks`: the business's backend hears of every connection that opens and closes
+/// (with the close code), in order; a business without hooks sends none.
+#[tokio::test]
+async fn connection_hooks_tell_the_backend_of_connects_and_disconnects() {
+    let backend = TestBackend::spawn(BIZ, Behaviour { hooks: true, ..Behaviour::default() }).await;
+    let node = TestNode::with_backend(BIZ, backend.addr)
+        .config(|c| c.backends[0].hooks = true)
+        .spawn()
+        .await;
+    let c = node.connect(5, BIZ).await;
+    let _other_biz = node.connect(6, BIZ + 1).await;
+    crate::assert_within!(5, backend.hook_events().len() == 1, "the connect was told");
+    drop(c);
+    crate::assert_within!(5, backend.hook_events().len() == 2, "the disconnect was told");
+    let events = backend.hook_events();
+    use wsgw::protocol::pb::connection_event::Kind;
+    let seen: Vec<_> = events.iter().map(|e| (e.kind(), e.user_id, e.close_code)).collect();
+    assert_eq!(seen, [(Kind::Connected, 5, 0), (Kind::Disconnected, 5, 1006)]);
+    let reason = events[1].close_reason.as_str();
+    assert!(["client closed", "connection lost"].contains(&reason), "{reason}");
+    let e = &events[0];
+    assert_eq!((e.biz_id, e.node_id.as_str()), (BIZ, "test-node"));
+    assert!(e.client_addr.starts_with("127.0.0.1:") && e.at_ms > 0 && e.conn_id > 0, "{e:?}");
+    assert_eq!(events[1].conn_id, e.conn_id, "the same connection");
+    let sent = "websocket_gateway_hook_events_total{outcome=\"sent\"}";
+    assert_eq!(node.metric(sent).await, 2.0);
+}
+
+/// Hooks on for a backend that does not serve them: the events are counted `failed`, nothing
+/// is retried, and the business's upstream path is untouched.
+#[tokio::test]
+async fn connection_hooks_to_a_backend_without_them_fail_quietly() {
+    let backend = TestBackend::spawn(BIZ, Behaviour::default()).await;
+    let node = TestNode::with_backend(BIZ, backend.addr)
+        .config(|c| c.backends[0].hooks = true)
+        .spawn()
+        .await;
+    let mut c = node.connect(5, BIZ).await;
+    let failed = "websocket_gateway_hook_events_total{outcome=\"failed\"}";
+    crate::assert_within!(5, node.metric(failed).await == 1.0, "the connect event failed");
+    c.send(&upstream("after", b"x"), Serializer::Json).await;
+    assert_eq!(c.recv_msg(Serializer::Json).await.cmd, CommandType::UpstreamAck as i32);
+}

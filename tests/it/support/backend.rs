@@ -1,5 +1,6 @@
 //! A real tonic business backend in the test process: `BackendService` (and optionally
-//! `BatchBackendService`) on a loopback port, with scripted behaviour and call accounting.
+//! `BatchBackendService` and `ConnectionHookService`) on a loopback port, with scripted
+//! behaviour and call accounting.
 
 use std::{
     net::SocketAddr,
@@ -15,9 +16,11 @@ use tokio::{net::TcpListener, sync::oneshot};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 use wsgw::protocol::pb::{
-    BatchOnReceiveRequest, BatchOnReceiveResponse, OnReceiveRequest, OnReceiveResponse,
+    BatchOnReceiveRequest, BatchOnReceiveResponse, ConnectionEvent, ConnectionEventsRequest,
+    ConnectionEventsResponse, OnReceiveRequest, OnReceiveResponse,
     backend_service_server::{BackendService, BackendServiceServer},
     batch_backend_service_server::{BatchBackendService, BatchBackendServiceServer},
+    connection_hook_service_server::{ConnectionHookService, ConnectionHookServiceServer},
 };
 
 /// How the backend behaves.
@@ -29,6 +32,8 @@ pub struct Behaviour {
     pub fail: Option<Code>,
     /// Serve `BatchBackendService` too.
     pub batch: bool,
+    /// Serve `ConnectionHookService` too.
+    pub hooks: bool,
 }
 
 #[derive(Default)]
@@ -39,6 +44,8 @@ struct Record {
     received: Mutex<Vec<(String, Bytes)>>,
     /// The `x-wsgw-*` metadata of every call, in order (name → value).
     senders: Mutex<Vec<Vec<(String, String)>>>,
+    /// Connection hook events, in order.
+    hook_events: Mutex<Vec<ConnectionEvent>>,
 }
 
 /// The sender metadata of a call.
@@ -110,6 +117,17 @@ impl BatchBackendService for Service {
     }
 }
 
+#[tonic::async_trait]
+impl ConnectionHookService for Service {
+    async fn on_connection_events(
+        &self,
+        request: Request<ConnectionEventsRequest>,
+    ) -> Result<Response<ConnectionEventsResponse>, Status> {
+        self.record.hook_events.lock().expect("lock").extend(request.into_inner().events);
+        Ok(Response::new(ConnectionEventsResponse {}))
+    }
+}
+
 impl TestBackend {
     /// Starts a backend for `biz_id` on a free loopback port.
     pub async fn spawn(biz_id: i64, behaviour: Behaviour) -> TestBackend {
@@ -121,7 +139,10 @@ impl TestBackend {
         let mut router = tonic::transport::Server::builder()
             .add_service(BackendServiceServer::new(service.clone()));
         if behaviour.batch {
-            router = router.add_service(BatchBackendServiceServer::new(service));
+            router = router.add_service(BatchBackendServiceServer::new(service.clone()));
+        }
+        if behaviour.hooks {
+            router = router.add_service(ConnectionHookServiceServer::new(service));
         }
         tokio::spawn(router.serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -145,6 +166,11 @@ impl TestBackend {
     /// The sender metadata (`x-wsgw-*`, sorted by name) of every call, in order.
     pub fn senders(&self) -> Vec<Vec<(String, String)>> {
         self.record.senders.lock().expect("lock").clone()
+    }
+
+    /// Connection hook events received, in order.
+    pub fn hook_events(&self) -> Vec<ConnectionEvent> {
+        self.record.hook_events.lock().expect("lock").clone()
     }
 
     /// Every (key, body) received, in order.
