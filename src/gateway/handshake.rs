@@ -120,7 +120,11 @@ fn check<'a>(req: &Request, peer: SocketAddr, gw: &'a Gateway) -> Result<Accepte
         .get("x-autoclose")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-    let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    // Read only when some proxy is trusted to set it (otherwise anyone could).
+    let forwarded = match gw.trusted_proxies.is_empty() {
+        true => None,
+        false => req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+    };
     let client = client_addr(peer, forwarded, &gw.trusted_proxies);
     if ws.conformance_echo {
         let identity = Identity { biz_id: 0, user_id: 0 };
