@@ -432,3 +432,51 @@ async fn connection_hooks_to_a_backend_without_them_fail_quietly() {
     c.send(&upstream("after", b"x"), Serializer::Json).await;
     assert_eq!(c.recv_msg(Serializer::Json).await.cmd, CommandType::UpstreamAck as i32);
 }
+
+/// The Rust example backend (`examples/backend.rs`, built with the tests) against a real node:
+/// it answers the upstream message and, with `--push-back`, pushes it back to its sender (read
+/// from the `x-wsgw-user-id` metadata) through the node's PushService.
+#[tokio::test]
+async fn the_example_backend_answers_and_pushes_back_to_the_sender() {
+    let port = crate::support::free_port();
+    let node = TestNode::builder()
+        .config(|c| {
+            c.backends.push(wsgw::config::BackendConfig {
+                biz_id: BIZ,
+                endpoints: vec![
+                    wsgw::grpc::GrpcAddr::parse(&format!("127.0.0.1:{port}")).expect("addr"),
+                ],
+                ..Default::default()
+            })
+        })
+        .spawn()
+        .await;
+    let example = std::path::Path::new(env!("CARGO_BIN_EXE_wsgw"))
+        .parent()
+        .expect("target dir")
+        .join("examples/backend");
+    let _backend = tokio::process::Command::new(example)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--biz", &BIZ.to_string()])
+        .args(["--push-back", &node.grpc_addr.to_string()])
+        .env("WSGW_PUSH_TOKEN", crate::support::BACKEND_TOKEN)
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run examples/backend (built with the tests)");
+    let mut c = node.connect(21, BIZ).await;
+    crate::assert_within!(
+        20,
+        {
+            c.send(&upstream("hello", b"ping"), Serializer::Json).await;
+            c.recv_msg(Serializer::Json).await.cmd == CommandType::UpstreamAck as i32
+        },
+        "the example backend answers"
+    );
+    let push = loop {
+        let m = c.recv_msg(Serializer::Json).await;
+        if m.cmd == CommandType::DownstreamMessage as i32 {
+            break m;
+        }
+    };
+    assert_eq!((push.key.as_str(), &push.body[..]), ("echo-hello", &b"ping"[..]));
+}
