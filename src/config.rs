@@ -409,6 +409,9 @@ pub struct BackendConfig {
     /// Tell the backend of every connection of the business that opens or closes
     /// (`ConnectionHookService.OnConnectionEvents`; at most once, batched).
     pub hooks: bool,
+    /// Tell the backend when a push to the business was acknowledged or given up
+    /// (`DeliveryReceiptService.OnDeliveryReceipts`; at most once per node, batched).
+    pub receipts: bool,
 }
 
 /// Optional batching through `BatchBackendService.BatchOnReceive`.

@@ -88,6 +88,20 @@ pub struct Fallback {
     pub directory: Arc<dyn SessionDirectory>,
     /// The dead-letter topic's queue, when one is configured.
     pub dead_letters: Option<mpsc::Sender<DeadLetter>>,
+    /// Told when a tracked push is acknowledged or given up (delivery receipts), when wanted.
+    pub receipts: Option<Arc<dyn Receipts>>,
+}
+
+/// What became of a push this node tracked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Receipt {
+    Acked,
+    GivenUp,
+}
+
+/// Where delivery receipts go. Must not block: called on the ack path.
+pub trait Receipts: Send + Sync {
+    fn receipt(&self, who: Identity, key: &str, what: Receipt);
 }
 
 /// The downstream service of one node.
@@ -238,6 +252,9 @@ impl Downstream {
         if self.untrack(&track).is_some() {
             self.metrics.push_event(PushEvent::Acked);
             self.metrics.pushes_pending.set(self.pending.len() as i64);
+            if let Some(receipts) = &self.fallback.receipts {
+                receipts.receipt(identity, &track.1, Receipt::Acked);
+            }
         }
         self.fallback.directory.acked(identity, track.1);
     }
@@ -357,6 +374,9 @@ impl Downstream {
                 None => {
                     let Some(((identity, key), p)) = self.untrack(&track) else { continue };
                     self.metrics.push_event(PushEvent::GivenUp);
+                    if let Some(receipts) = &self.fallback.receipts {
+                        receipts.receipt(identity, &key, Receipt::GivenUp);
+                    }
                     warn!(biz = identity.biz_id, user = identity.user_id, key = %crate::telemetry::Untrusted::text(&key),
                         retries = max_retries, "push never acknowledged; giving up");
                     given_up.push(PushMessage {

@@ -20,7 +20,7 @@ use crate::{
     auth::{BearerAuth, EmptySecret, TokenVerifier},
     cluster::{Advertised, DirectoryError, SessionDirectory},
     config::{Config, GrpcConfig, GrpcRole},
-    downstream::{Downstream, Fallback},
+    downstream::{Downstream, Fallback, Receipts},
     gateway::{self, AddressRates, Gateway, Tls, TlsError},
     governor::{self, GovernorView},
     grpc::{Bearer, GrpcError},
@@ -40,7 +40,7 @@ use crate::{
     },
     shutdown::{Lifecycle, Phase, Stage},
     telemetry::Metrics,
-    upstream::{Hooks, Upstream, UpstreamContext},
+    upstream::{Hooks, Upstream, UpstreamContext, Wanted},
     wire::Wire,
 };
 
@@ -403,6 +403,19 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
     let (upstream, batchers) =
         Upstream::new(config.upstream.clone(), &config.backends, context, background.clone());
 
+    let wanted = Wanted {
+        connections: config.backends.iter().filter(|b| b.hooks).map(|b| b.biz_id).collect(),
+        receipts: config.backends.iter().filter(|b| b.receipts).map(|b| b.biz_id).collect(),
+    };
+    let hooks = Hooks::start(
+        wanted,
+        upstream.clone(),
+        metrics.clone(),
+        node_id.clone(),
+        background.clone(),
+    );
+    let (hooks, hooks_task) = hooks.unzip();
+    let receipts = hooks.clone().filter(|h| h.wants_receipts()).map(|h| h as Arc<dyn Receipts>);
     let (downstream, retries) = Downstream::new(
         config.downstream.clone(),
         links.clone(),
@@ -412,6 +425,7 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
         Fallback {
             directory: adapters.directory.clone(),
             dead_letters: adapters.dead_letters.clone(),
+            receipts,
         },
         background.clone(),
     );
@@ -432,18 +446,7 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
     let wired = adapters.wire(&config, &router, &upstream, &links, &metrics, &lifecycle);
     let mut tasks: Vec<Task> = vec![Box::pin(batchers), Box::pin(retries)];
     tasks.extend(wired.background);
-    let hooked = config.backends.iter().filter(|b| b.hooks).map(|b| b.biz_id).collect();
-    let hooks = Hooks::start(
-        hooked,
-        upstream.clone(),
-        metrics.clone(),
-        node_id.clone(),
-        background.clone(),
-    )
-    .map(|(hooks, task)| {
-        tasks.push(Box::pin(task));
-        hooks
-    });
+    tasks.extend(hooks_task.map(|t| Box::pin(t) as Task));
     let tls = match &config.server.websocket.tls {
         t if t.is_enabled() => Some(Arc::new(Tls::load(t)?)),
         _ => None,

@@ -201,7 +201,11 @@ mod tests {
             wire,
             metrics.clone(),
             "n1".into(),
-            crate::downstream::Fallback { directory: dir.clone(), dead_letters: None },
+            crate::downstream::Fallback {
+                directory: dir.clone(),
+                dead_letters: None,
+                receipts: None,
+            },
             stop.clone(),
         );
         let addr = "127.0.0.1:1".parse().expect("addr");

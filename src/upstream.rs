@@ -31,7 +31,7 @@ use tonic::{Code, Status};
 use tracing::{debug, warn};
 
 pub use backends::{BackendRegistry, BizBackends, Endpoint, Pick};
-pub use hooks::Hooks;
+pub use hooks::{Hooks, Wanted};
 pub use sender::Sender;
 
 use self::{

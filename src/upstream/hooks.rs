@@ -1,6 +1,8 @@
 //! Connection hooks (`backends[].hooks`): a business's backend is told of every connection that
 //! opens or closes (`ConnectionHookService.OnConnectionEvents`, a compatible addition to the
-//! proto), so it need not consume Kafka presence to know who is online.
+//! proto), so it need not consume Kafka presence to know who is online. Delivery receipts
+//! (`backends[].receipts`): it is told when a push this node tracked was acknowledged or given
+//! up (`DeliveryReceiptService.OnDeliveryReceipts`).
 //!
 //! Owns: the bounded event queue and the task that sends it. Events are queued without waiting
 //! (a full queue drops them, counted `dropped`), sent in order per node, batched (everything
@@ -23,13 +25,38 @@ use tracing::{debug, warn};
 
 use super::{Pick, Upstream};
 use crate::{
+    auth::Identity,
+    downstream::{Receipt, Receipts},
     links::Link,
     protocol::pb::{
-        ConnectionEvent, ConnectionEventsRequest, connection_event::Kind,
-        connection_hook_service_client::ConnectionHookServiceClient,
+        ConnectionEvent, ConnectionEventsRequest, DeliveryReceipt, DeliveryReceiptsRequest,
+        connection_event::Kind, connection_hook_service_client::ConnectionHookServiceClient,
+        delivery_receipt::Outcome, delivery_receipt_service_client::DeliveryReceiptServiceClient,
     },
     telemetry::Metrics,
 };
+
+/// One queued event: a connection's, or a push's receipt.
+enum Event {
+    Connection(ConnectionEvent),
+    Receipt(DeliveryReceipt),
+}
+
+impl Event {
+    fn biz(&self) -> i64 {
+        match self {
+            Event::Connection(e) => e.biz_id,
+            Event::Receipt(r) => r.biz_id,
+        }
+    }
+}
+
+/// Which businesses asked for what.
+#[derive(Default)]
+pub struct Wanted {
+    pub connections: HashSet<i64>,
+    pub receipts: HashSet<i64>,
+}
 
 /// Events waiting to be sent, at most.
 const QUEUE: usize = 65_536;
@@ -38,8 +65,8 @@ pub const PER_CALL: usize = 256;
 
 /// The hook events of the businesses that asked for them.
 pub struct Hooks {
-    businesses: HashSet<i64>,
-    queue: mpsc::Sender<ConnectionEvent>,
+    wanted: Wanted,
+    queue: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
     node_id: String,
 }
@@ -48,19 +75,24 @@ impl Hooks {
     /// The hooks of `businesses` and the task that sends them until `stop` (then it sends what
     /// is queued and ends); `None` when no business asked for hooks.
     pub fn start(
-        businesses: HashSet<i64>,
+        wanted: Wanted,
         upstream: Arc<Upstream>,
         metrics: Arc<Metrics>,
         node_id: String,
         stop: CancellationToken,
     ) -> Option<(Arc<Self>, impl Future<Output = ()> + Send + 'static)> {
-        if businesses.is_empty() {
+        if wanted.connections.is_empty() && wanted.receipts.is_empty() {
             return None;
         }
         let (queue, rx) = mpsc::channel(QUEUE);
         let timeout = upstream.config.timeout;
         let task = run(rx, upstream, metrics.clone(), timeout, stop);
-        Some((Arc::new(Self { businesses, queue, metrics, node_id }), task))
+        Some((Arc::new(Self { wanted, queue, metrics, node_id }), task))
+    }
+
+    /// Whether receipts are wanted by any business (the downstream path is told only then).
+    pub fn wants_receipts(&self) -> bool {
+        !self.wanted.receipts.is_empty()
     }
 
     pub fn connected(&self, link: &Link) {
@@ -74,10 +106,9 @@ impl Hooks {
     }
 
     fn queue_event(&self, link: &Link, kind: Kind, code: u16, reason: &str) {
-        if !self.businesses.contains(&link.identity.biz_id) {
+        if !self.wanted.connections.contains(&link.identity.biz_id) {
             return;
         }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
         let event = ConnectionEvent {
             kind: kind.into(),
             biz_id: link.identity.biz_id,
@@ -85,18 +116,47 @@ impl Hooks {
             conn_id: link.id,
             node_id: self.node_id.clone(),
             client_addr: link.remote.to_string(),
-            at_ms: i64::try_from(now).unwrap_or(i64::MAX),
+            at_ms: now_ms(),
             close_code: i32::from(code),
             close_reason: reason.to_owned(),
         };
+        self.enqueue(Event::Connection(event));
+    }
+
+    fn enqueue(&self, event: Event) {
         if self.queue.try_send(event).is_err() {
             self.metrics.hook_events("dropped", 1);
         }
     }
 }
 
+impl Receipts for Hooks {
+    fn receipt(&self, who: Identity, key: &str, what: Receipt) {
+        if !self.wanted.receipts.contains(&who.biz_id) {
+            return;
+        }
+        let outcome = match what {
+            Receipt::Acked => Outcome::Acked,
+            Receipt::GivenUp => Outcome::GivenUp,
+        };
+        self.enqueue(Event::Receipt(DeliveryReceipt {
+            outcome: outcome.into(),
+            key: key.to_owned(),
+            biz_id: who.biz_id,
+            receiver_id: who.user_id,
+            node_id: self.node_id.clone(),
+            at_ms: now_ms(),
+        }));
+    }
+}
+
+fn now_ms() -> i64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    i64::try_from(now).unwrap_or(i64::MAX)
+}
+
 async fn run(
-    mut rx: mpsc::Receiver<ConnectionEvent>,
+    mut rx: mpsc::Receiver<Event>,
     upstream: Arc<Upstream>,
     metrics: Arc<Metrics>,
     timeout: Duration,
@@ -120,47 +180,86 @@ async fn run(
     }
 }
 
-/// Sends `events`, one call per business, in order within each.
+/// Sends `events`: per business, one call for its connection events and one for its
+/// receipts, each in order.
 async fn send(
     upstream: &Upstream,
     metrics: &Metrics,
     timeout: Duration,
-    events: impl Iterator<Item = ConnectionEvent>,
+    events: impl Iterator<Item = Event>,
 ) {
-    let mut by_biz: BTreeMap<i64, Vec<ConnectionEvent>> = BTreeMap::new();
+    let mut by_biz: BTreeMap<i64, (Vec<ConnectionEvent>, Vec<DeliveryReceipt>)> = BTreeMap::new();
     for e in events {
-        by_biz.entry(e.biz_id).or_default().push(e);
+        let (connections, receipts) = by_biz.entry(e.biz()).or_default();
+        match e {
+            Event::Connection(c) => connections.push(c),
+            Event::Receipt(r) => receipts.push(r),
+        }
     }
-    for (biz, events) in by_biz {
-        let n = events.len();
-        let outcome = match call(upstream, biz, events, timeout).await {
-            Ok(()) => "sent",
-            Err(e) => {
-                debug!(biz, events = n, error = %e, "connection hook call failed");
-                "failed"
+    for (biz, (connections, receipts)) in by_biz {
+        for batch in [Batch::Connections(connections), Batch::Receipts(receipts)] {
+            let n = batch.len();
+            if n == 0 {
+                continue;
             }
-        };
-        metrics.hook_events(outcome, n);
+            let outcome = match call(upstream, biz, batch, timeout).await {
+                Ok(()) => "sent",
+                Err(e) => {
+                    debug!(biz, events = n, error = %e, "hook call failed");
+                    "failed"
+                }
+            };
+            metrics.hook_events(outcome, n);
+        }
+    }
+}
+
+/// The events of one call.
+enum Batch {
+    Connections(Vec<ConnectionEvent>),
+    Receipts(Vec<DeliveryReceipt>),
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        match self {
+            Batch::Connections(v) => v.len(),
+            Batch::Receipts(v) => v.len(),
+        }
     }
 }
 
 async fn call(
     upstream: &Upstream,
     biz: i64,
-    events: Vec<ConnectionEvent>,
+    batch: Batch,
     timeout: Duration,
 ) -> Result<(), String> {
     let backends = upstream.backends.get(biz).ok_or("no backend for the business")?;
     let Pick::Ready(endpoint, _permit) = backends.pick() else {
         return Err("no endpoint available".into());
     };
-    let mut client = ConnectionHookServiceClient::new(endpoint.channel());
-    let mut request = tonic::Request::new(ConnectionEventsRequest { events });
-    request.set_timeout(timeout);
-    match tokio::time::timeout(timeout, client.on_connection_events(request)).await {
-        Ok(Ok(_)) => Ok(()),
+    let channel = endpoint.channel();
+    let answer = tokio::time::timeout(timeout, async move {
+        match batch {
+            Batch::Connections(events) => {
+                let mut request = tonic::Request::new(ConnectionEventsRequest { events });
+                request.set_timeout(timeout);
+                let mut client = ConnectionHookServiceClient::new(channel);
+                client.on_connection_events(request).await.map(drop)
+            }
+            Batch::Receipts(receipts) => {
+                let mut request = tonic::Request::new(DeliveryReceiptsRequest { receipts });
+                request.set_timeout(timeout);
+                let mut client = DeliveryReceiptServiceClient::new(channel);
+                client.on_delivery_receipts(request).await.map(drop)
+            }
+        }
+    });
+    match answer.await {
+        Ok(Ok(())) => Ok(()),
         Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
-            warn!(biz, endpoint = %endpoint.addr, "backends[].hooks is on but the backend has no ConnectionHookService");
+            warn!(biz, endpoint = %endpoint.addr, "hooks or receipts are on but the backend does not serve them");
             Err(status.message().to_owned())
         }
         Ok(Err(status)) => Err(status.message().to_owned()),

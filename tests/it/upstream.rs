@@ -480,3 +480,40 @@ async fn the_example_backend_answers_and_pushes_back_to_the_sender() {
     };
     assert_eq!((push.key.as_str(), &push.body[..]), ("echo-hello", &b"ping"[..]));
 }
+
+/// `backends[].receipts`: the business's backend learns when a push was acknowledged, and when
+/// it was given up after `downstream.max_retries`.
+#[tokio::test]
+async fn delivery_receipts_tell_the_backend_of_acks_and_given_up_pushes() {
+    let backend = TestBackend::spawn(BIZ, Behaviour { hooks: true, ..Behaviour::default() }).await;
+    let node = TestNode::with_backend(BIZ, backend.addr)
+        .config(|c| {
+            c.backends[0].receipts = true;
+            c.downstream.retry_interval = Duration::from_millis(100);
+            c.downstream.max_retries = 1;
+        })
+        .spawn()
+        .await;
+    let mut c = node.connect(8, BIZ).await;
+    assert_eq!(node.push(8, BIZ, "acked", b"a").await.expect("push"), 1);
+    let m = c.recv_msg(Serializer::Json).await;
+    assert_eq!(m.key, "acked");
+    c.ack("acked", Serializer::Json).await;
+    assert_eq!(node.push(8, BIZ, "ignored", b"b").await.expect("push"), 1);
+    crate::assert_within!(10, backend.receipts().len() == 2, "both receipts arrived");
+    use wsgw::protocol::pb::delivery_receipt::Outcome;
+    let got: Vec<_> = backend
+        .receipts()
+        .iter()
+        .map(|r| (r.outcome(), r.key.clone(), r.receiver_id, r.node_id.clone()))
+        .collect();
+    let node_id = "test-node".to_owned();
+    assert_eq!(
+        got,
+        [
+            (Outcome::Acked, "acked".into(), 8, node_id.clone()),
+            (Outcome::GivenUp, "ignored".into(), 8, node_id)
+        ]
+    );
+    assert!(backend.hook_events().is_empty(), "connection hooks were not asked for");
+}

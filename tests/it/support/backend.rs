@@ -17,10 +17,12 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 use wsgw::protocol::pb::{
     BatchOnReceiveRequest, BatchOnReceiveResponse, ConnectionEvent, ConnectionEventsRequest,
-    ConnectionEventsResponse, OnReceiveRequest, OnReceiveResponse,
+    ConnectionEventsResponse, DeliveryReceipt, DeliveryReceiptsRequest, DeliveryReceiptsResponse,
+    OnReceiveRequest, OnReceiveResponse,
     backend_service_server::{BackendService, BackendServiceServer},
     batch_backend_service_server::{BatchBackendService, BatchBackendServiceServer},
     connection_hook_service_server::{ConnectionHookService, ConnectionHookServiceServer},
+    delivery_receipt_service_server::{DeliveryReceiptService, DeliveryReceiptServiceServer},
 };
 
 /// How the backend behaves.
@@ -32,7 +34,7 @@ pub struct Behaviour {
     pub fail: Option<Code>,
     /// Serve `BatchBackendService` too.
     pub batch: bool,
-    /// Serve `ConnectionHookService` too.
+    /// Serve `ConnectionHookService` and `DeliveryReceiptService` too.
     pub hooks: bool,
 }
 
@@ -44,8 +46,9 @@ struct Record {
     received: Mutex<Vec<(String, Bytes)>>,
     /// The `x-wsgw-*` metadata of every call, in order (name → value).
     senders: Mutex<Vec<Vec<(String, String)>>>,
-    /// Connection hook events, in order.
+    /// Connection hook events and delivery receipts, in order.
     hook_events: Mutex<Vec<ConnectionEvent>>,
+    receipts: Mutex<Vec<DeliveryReceipt>>,
 }
 
 /// The sender metadata of a call.
@@ -128,6 +131,17 @@ impl ConnectionHookService for Service {
     }
 }
 
+#[tonic::async_trait]
+impl DeliveryReceiptService for Service {
+    async fn on_delivery_receipts(
+        &self,
+        request: Request<DeliveryReceiptsRequest>,
+    ) -> Result<Response<DeliveryReceiptsResponse>, Status> {
+        self.record.receipts.lock().expect("lock").extend(request.into_inner().receipts);
+        Ok(Response::new(DeliveryReceiptsResponse {}))
+    }
+}
+
 impl TestBackend {
     /// Starts a backend for `biz_id` on a free loopback port.
     pub async fn spawn(biz_id: i64, behaviour: Behaviour) -> TestBackend {
@@ -142,7 +156,9 @@ impl TestBackend {
             router = router.add_service(BatchBackendServiceServer::new(service.clone()));
         }
         if behaviour.hooks {
-            router = router.add_service(ConnectionHookServiceServer::new(service));
+            router = router
+                .add_service(ConnectionHookServiceServer::new(service.clone()))
+                .add_service(DeliveryReceiptServiceServer::new(service));
         }
         tokio::spawn(router.serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -171,6 +187,11 @@ impl TestBackend {
     /// Connection hook events received, in order.
     pub fn hook_events(&self) -> Vec<ConnectionEvent> {
         self.record.hook_events.lock().expect("lock").clone()
+    }
+
+    /// Delivery receipts received, in order.
+    pub fn receipts(&self) -> Vec<DeliveryReceipt> {
+        self.record.receipts.lock().expect("lock").clone()
     }
 
     /// Every (key, body) received, in order.
