@@ -463,21 +463,22 @@ async fn the_example_backend_answers_and_pushes_back_to_the_sender() {
         .kill_on_drop(true)
         .spawn()
         .expect("run examples/backend (built with the tests)");
+    // The example is a separate process: wait until it listens (slow to start on a busy CI).
+    let listening = || tokio::net::TcpStream::connect(("127.0.0.1", port));
+    crate::assert_within!(30, listening().await.is_ok(), "the example backend listens");
     let mut c = node.connect(21, BIZ).await;
-    crate::assert_within!(
-        20,
-        {
-            c.send(&upstream("hello", b"ping"), Serializer::Json).await;
-            c.recv_msg(Serializer::Json).await.cmd == CommandType::UpstreamAck as i32
-        },
-        "the example backend answers"
-    );
-    let push = loop {
+    c.send(&upstream("hello", b"ping"), Serializer::Json).await;
+    // The ACK and the push come in either order.
+    let (mut acked, mut pushed) = (false, None);
+    while !acked || pushed.is_none() {
         let m = c.recv_msg(Serializer::Json).await;
-        if m.cmd == CommandType::DownstreamMessage as i32 {
-            break m;
+        match CommandType::try_from(m.cmd) {
+            Ok(CommandType::UpstreamAck) => acked = true,
+            Ok(CommandType::DownstreamMessage) => pushed = Some(m),
+            _ => panic!("unexpected {m:?}"),
         }
-    };
+    }
+    let push = pushed.expect("pushed");
     assert_eq!((push.key.as_str(), &push.body[..]), ("echo-hello", &b"ping"[..]));
 }
 
