@@ -5,8 +5,8 @@
 #
 #   scripts/autobahn.sh [path/to/wsgw]     (default: target/debug/wsgw)
 #
-# Excludes only 9.* (performance). Compression cases (12.*, 13.*) report UNIMPLEMENTED because
-# wsgw does not negotiate permessage-deflate yet.
+# Excludes only 9.* (performance). Compression cases (12.*, 13.*) report UNIMPLEMENTED: wsgw
+# leaves permessage-deflate off (the README's Protocol section has the evaluation).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/debug/wsgw}

@@ -438,6 +438,24 @@ async fn connection_hooks_to_a_backend_without_them_fail_quietly() {
 /// from the `x-wsgw-user-id` metadata) through the node's PushService.
 #[tokio::test]
 async fn the_example_backend_answers_and_pushes_back_to_the_sender() {
+    let example = std::path::Path::new(env!("CARGO_BIN_EXE_wsgw"))
+        .parent()
+        .expect("target dir")
+        .join("examples/backend");
+    example_round_trip(tokio::process::Command::new(example)).await;
+}
+
+/// The Python example backend (`examples/python/backend.py`, grpcio; `run.sh` installs grpcio
+/// from PyPI into target/tools once and generates the stubs from proto/), same round trip.
+#[tokio::test]
+async fn the_python_example_backend_answers_and_pushes_back_to_the_sender() {
+    let run = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python/run.sh");
+    example_round_trip(tokio::process::Command::new(run)).await;
+}
+
+/// Starts `backend` (an example taking `--listen`, `--biz`, `--push-back`) for a real node,
+/// sends one upstream message and expects its ACK and the push back.
+async fn example_round_trip(mut backend: tokio::process::Command) {
     let port = crate::support::free_port();
     let node = TestNode::builder()
         .config(|c| {
@@ -451,21 +469,18 @@ async fn the_example_backend_answers_and_pushes_back_to_the_sender() {
         })
         .spawn()
         .await;
-    let example = std::path::Path::new(env!("CARGO_BIN_EXE_wsgw"))
-        .parent()
-        .expect("target dir")
-        .join("examples/backend");
-    let _backend = tokio::process::Command::new(example)
+    let _backend = backend
         .args(["--listen", &format!("127.0.0.1:{port}"), "--biz", &BIZ.to_string()])
         .args(["--push-back", &node.grpc_addr.to_string()])
         .env("WSGW_PUSH_TOKEN", crate::support::BACKEND_TOKEN)
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("run examples/backend (built with the tests)");
-    // The example is a separate process: wait until it listens (slow to start on a busy CI).
+        .expect("run the example backend");
+    // A separate process: wait until it listens (slow to start on a busy CI, or while
+    // installing its packages the first time).
     let listening = || tokio::net::TcpStream::connect(("127.0.0.1", port));
-    crate::assert_within!(30, listening().await.is_ok(), "the example backend listens");
+    crate::assert_within!(120, listening().await.is_ok(), "the example backend listens");
     let mut c = node.connect(21, BIZ).await;
     c.send(&upstream("hello", b"ping"), Serializer::Json).await;
     // The ACK and the push come in either order.
