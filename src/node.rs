@@ -377,15 +377,12 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
     let lifecycle = Arc::new(Lifecycle::default());
     let background = lifecycle.token(Stage::StopBackground);
     let metrics = Arc::new(Metrics::new());
-    let mut wire = Wire::new(
+    let wire = Wire::new(
         config.protocol.serializer,
         config.protocol.encryption.cipher()?,
         metrics.clone(),
     );
-    if !config.protocol.error_replies {
-        wire = wire.without_error_replies();
-    }
-    let wire = Arc::new(wire);
+    let wire = Arc::new(wire.with_error_replies(config.protocol.error_replies));
     let mut links = LinkRegistry::new(config.server.websocket.max_connections);
     if config.limits.max_connections_per_ip > 0 {
         links = links.counting_addresses();
@@ -403,12 +400,8 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
     let (upstream, batchers) =
         Upstream::new(config.upstream.clone(), &config.backends, context, background.clone());
 
-    let wanted = Wanted {
-        connections: config.backends.iter().filter(|b| b.hooks).map(|b| b.biz_id).collect(),
-        receipts: config.backends.iter().filter(|b| b.receipts).map(|b| b.biz_id).collect(),
-    };
     let hooks = Hooks::start(
-        wanted,
+        Wanted::of(&config.backends),
         upstream.clone(),
         metrics.clone(),
         node_id.clone(),

@@ -29,9 +29,9 @@ impl Wire {
         Self { serializer, cipher, metrics, errors: true }
     }
 
-    /// Stays silent instead of sending COMMAND_TYPE_ERROR (`protocol.error_replies: false`).
-    pub fn without_error_replies(mut self) -> Self {
-        self.errors = false;
+    /// Whether COMMAND_TYPE_ERROR is sent (`protocol.error_replies`; false: silence).
+    pub fn with_error_replies(mut self, on: bool) -> Self {
+        self.errors = on;
         self
     }
 

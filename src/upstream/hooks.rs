@@ -58,6 +58,16 @@ pub struct Wanted {
     pub receipts: HashSet<i64>,
 }
 
+impl Wanted {
+    /// What the configured backends ask for (`backends[].hooks`, `backends[].receipts`).
+    pub fn of(backends: &[crate::config::BackendConfig]) -> Self {
+        let asking = |on: fn(&crate::config::BackendConfig) -> bool| {
+            backends.iter().filter(|b| on(b)).map(|b| b.biz_id).collect()
+        };
+        Self { connections: asking(|b| b.hooks), receipts: asking(|b| b.receipts) }
+    }
+}
+
 /// Events waiting to be sent, at most.
 const QUEUE: usize = 65_536;
 /// Events in one call, at most.
