@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README; also run by .ci/run): formatting, lints, every unit and
 # integration test (against real Redis, etcd and a Kafka-protocol broker, started here), the
-# Autobahn WebSocket conformance suite and the fault harness in its short mode. Installs what it
-# needs.
+# TypeScript client's tests (scripts/js-test.sh, headless Chromium included), the Autobahn
+# WebSocket conformance suite and the fault harness in its short mode. Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +37,9 @@ else
   cargo test --locked --no-fail-fast --test it -- cluster:: admin::
 fi
 unset WSGW_TEST_REDIS
+
+step "TypeScript client (clients/js): node tests against real nodes, the demo page in Chromium"
+scripts/js-test.sh
 
 step "websocket conformance (Autobahn)"
 cargo build --locked --bin wsgw

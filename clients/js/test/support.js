@@ -144,14 +144,14 @@ export { readFileSync };
  * `count` nodes of one cluster on the Redis and etcd of scripts/services.sh (or
  * WSGW_TEST_REDIS / WSGW_TEST_ETCD), isolated by a random key prefix.
  */
-export async function clusterNodes(name, count) {
+export async function clusterNodes(name, count, extra = {}) {
   const prefix = `${name}-${randomBytes(4).toString("hex")}`;
   const cluster = {
     advertise_host: "127.0.0.1",
     redis: { url: process.env.WSGW_TEST_REDIS ?? "redis://127.0.0.1:6379", prefix: `${prefix}:` },
     etcd: { endpoints: [process.env.WSGW_TEST_ETCD ?? "127.0.0.1:2379"], prefix: `/${prefix}`, report_interval: "1s" },
   };
-  const config = { cluster, shutdown: { drain_timeout: "5s", ack_wait: "1s" } };
+  const config = { cluster, shutdown: { drain_timeout: "5s", ack_wait: "1s" }, ...extra };
   const nodes = await Promise.all(Array.from({ length: count }, (_, i) => startNode(`${name}-${i + 1}`, config)));
   // every node sees the others in the registry before a test relies on a REDIRECT
   await sleep(500);
