@@ -27,6 +27,7 @@ apt_install() {
   command -v etcd >/dev/null || missing+=(etcd-server)
   command -v etcdctl >/dev/null || missing+=(etcd-client)
   command -v protoc >/dev/null || missing+=(protobuf-compiler)
+  command -v promtool >/dev/null || missing+=(prometheus)   # promtool and a real Prometheus for the tests
   [ ${#missing[@]} -eq 0 ] && return
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

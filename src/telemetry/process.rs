@@ -3,7 +3,7 @@
 //! from `/proc/self`; absent on systems without it) and the async tasks alive in the runtime
 //! (`websocket_gateway_runtime_tasks`), which the soak run watches for leaks.
 
-use prometheus::{Gauge, IntGauge, Registry};
+use prometheus::{Counter, IntGauge, Registry};
 
 use super::metrics::PREFIX;
 
@@ -11,7 +11,8 @@ use super::metrics::PREFIX;
 pub struct ProcessGauges {
     rss: IntGauge,
     fds: IntGauge,
-    cpu: Gauge,
+    /// A counter (what the name promises to Prometheus), moved up to the kernel's figure.
+    cpu: Counter,
     tasks: IntGauge,
 }
 
@@ -22,9 +23,9 @@ impl ProcessGauges {
             registry.register(Box::new(g.clone())).expect("unique gauge");
             g
         };
-        let cpu = Gauge::new("process_cpu_seconds_total", "User and system CPU time spent.")
-            .expect("valid gauge");
-        registry.register(Box::new(cpu.clone())).expect("unique gauge");
+        let cpu = Counter::new("process_cpu_seconds_total", "User and system CPU time spent.")
+            .expect("valid counter");
+        registry.register(Box::new(cpu.clone())).expect("unique counter");
         Self {
             rss: int("process_resident_memory_bytes", "Resident memory size in bytes."),
             fds: int("process_open_fds", "Open file descriptors."),
@@ -47,7 +48,10 @@ impl ProcessGauges {
         if let Some(ticks) =
             std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| cpu_ticks(&s))
         {
-            self.cpu.set(ticks as f64 / CLOCK_TICKS);
+            let behind = ticks as f64 / CLOCK_TICKS - self.cpu.get();
+            if behind > 0.0 {
+                self.cpu.inc_by(behind);
+            }
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             self.tasks.set(rt.metrics().num_alive_tasks() as i64);

@@ -13,6 +13,7 @@ mod http;
 mod layers;
 mod lifecycle;
 mod loadtest;
+mod prometheus;
 mod protocol;
 mod tls;
 mod upstream;
