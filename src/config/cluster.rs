@@ -6,20 +6,36 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ClusterConfig {
     /// Host name or IP that clients and peer nodes use to reach this node (registered in etcd,
     /// sent in REDIRECT, used for node-to-node delivery). Empty: the listen address when it is
     /// a specific IP, otherwise 127.0.0.1.
     pub advertise_host: String,
-    /// This node's weight, location and labels in its registry entry.
+    /// This node's weight, location and labels in its registry entry. The weight defaults to
+    /// 1, as the original wrote it (tools built on the original read 0 as draining; a draining
+    /// wsgw node leaves the registry instead).
     pub weight: i32,
     pub location: String,
     pub labels: Vec<String>,
     pub redis: RedisConfig,
     pub etcd: EtcdConfig,
     pub kafka: KafkaConfig,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            advertise_host: String::new(),
+            weight: 1,
+            location: String::new(),
+            labels: Vec::new(),
+            redis: RedisConfig::default(),
+            etcd: EtcdConfig::default(),
+            kafka: KafkaConfig::default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -16,6 +16,7 @@ async fn nodes_register_with_their_load_and_leave_on_shutdown() {
     let entry = registered(&scope).await.remove(0);
     assert_eq!((entry.ip.as_str(), entry.port), ("127.0.0.1", i32::from(a.ws_addr.port())));
     assert_eq!(entry.grpc_addr(), Some(a.grpc_addr.to_string().as_str()));
+    assert_eq!(entry.weight, 1, "as the original wrote it (its tools read 0 as draining)");
     drop(client);
     a.begin_shutdown().await.expect("drained");
     assert!(registered(&scope).await.is_empty(), "deregistered on shutdown");
