@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::{
-    auth::Identity,
+    auth::{Credential, Identity},
     cluster::{NodeRegistry, SessionDirectory, SessionQuery},
     downstream::Downstream,
     links::{Link, LinkRegistry},
@@ -258,7 +258,7 @@ impl AdminService for AdminApi {
     }
 
     async fn kick(&self, request: Request<KickRequest>) -> Result<Response<KickResponse>, Status> {
-        let caller = caller(&request);
+        let by = caller(&request);
         let req = request.into_inner();
         if req.biz_id <= 0 || req.user_id <= 0 {
             return Err(Status::invalid_argument("biz_id and user_id must be positive"));
@@ -273,7 +273,7 @@ impl AdminService for AdminApi {
             }
         }
         self.node.metrics.cluster_events(ClusterEvent::Kicked, u64::from(closed));
-        info!(target: AUDIT, action = "kick", %caller, biz = who.biz_id, user = who.user_id,
+        info!(target: AUDIT, action = "kick", caller = %by.addr, credential = %by.credential, biz = who.biz_id, user = who.user_id,
             conn = req.conn_id, %reason, closed, "operator action");
         Ok(Response::new(KickResponse { closed }))
     }
@@ -282,7 +282,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<RedirectRequest>,
     ) -> Result<Response<RedirectResponse>, Status> {
-        let caller = caller(&request);
+        let by = caller(&request);
         let req = request.into_inner();
         let all = self.node.links.all();
         let n = match (req.fraction, req.count) {
@@ -300,7 +300,7 @@ impl AdminService for AdminApi {
         let frame = self.node.wire.redirect_frame(nodes);
         let redirected = all.iter().filter(|l| l.redirect(frame.clone())).take(n).count() as u32;
         self.node.metrics.cluster_events(ClusterEvent::Redirected, u64::from(redirected));
-        info!(target: AUDIT, action = "redirect", %caller, fraction = req.fraction,
+        info!(target: AUDIT, action = "redirect", caller = %by.addr, credential = %by.credential, fraction = req.fraction,
             count = req.count, redirected, "operator action");
         Ok(Response::new(RedirectResponse { redirected, targets }))
     }
@@ -309,7 +309,9 @@ impl AdminService for AdminApi {
         &self,
         request: Request<DrainRequest>,
     ) -> Result<Response<DrainResponse>, Status> {
-        info!(target: AUDIT, action = "drain", caller = %caller(&request), "operator action");
+        let by = caller(&request);
+        info!(target: AUDIT, action = "drain", caller = %by.addr, credential = %by.credential,
+            "operator action");
         self.node.lifecycle.request_drain();
         Ok(Response::new(DrainResponse {}))
     }
@@ -334,7 +336,15 @@ impl AdminService for AdminApi {
 /// The log target of operator actions (kick, redirect, drain): one line each, with the caller.
 pub const AUDIT: &str = "wsgw::audit";
 
-/// The calling address of an admin request, for the audit line.
-fn caller<T>(request: &Request<T>) -> String {
-    request.remote_addr().map_or_else(|| "unknown".to_owned(), |a| a.to_string())
+/// Who made an admin request, for the audit line: the calling address and the token presented
+/// (its config key and fingerprint, never the token).
+struct Caller {
+    addr: String,
+    credential: String,
+}
+
+fn caller<T>(request: &Request<T>) -> Caller {
+    let addr = request.remote_addr().map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+    let credential = request.extensions().get::<Credential>();
+    Caller { addr, credential: credential.map_or_else(|| "none".to_owned(), |c| c.to_string()) }
 }

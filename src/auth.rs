@@ -7,7 +7,7 @@
 
 mod bearer;
 
-pub use bearer::BearerAuth;
+pub use bearer::{BearerAuth, Credential};
 
 use std::{
     collections::HashMap,

@@ -131,6 +131,14 @@ impl GrpcConfig {
         if own.is_empty() { &self.token } else { own }
     }
 
+    /// The config key and value of the token `role`'s calls must carry (see [`Self::token_for`]).
+    pub fn token_source(&self, role: GrpcRole) -> (&'static str, &str) {
+        match self.token_for_own(role) {
+            "" => ("server.grpc.token", &self.token),
+            own => (role.key(), own),
+        }
+    }
+
     /// `role`'s own token (`tokens.*`), empty when it has none.
     pub fn token_for_own(&self, role: GrpcRole) -> &str {
         match role {

@@ -512,7 +512,10 @@ async fn serve_grpc(
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     // One credential per role: a backend's push token cannot kick or drain.
-    let auth = |role| BearerAuth::new(grpc.token_for(role));
+    let auth = |role| {
+        let (source, token) = grpc.token_source(role);
+        BearerAuth::new(source, token)
+    };
     let push = PushServiceServer::with_interceptor(
         PushApi::new(router.clone(), view.downstream.clone()),
         auth(GrpcRole::Backend),

@@ -7,7 +7,7 @@ use std::{
 
 use wsgw::{auth::TokenVerifier, config::JwtConfig};
 
-use crate::support::{Client, code, free_port, wsgw};
+use crate::support::{Client, OPERATOR_TOKEN, code, free_port, wsgw};
 
 /// A JWT secret long enough for a node to accept it.
 const CHILD_SECRET: &str = "child-process-secret-0123456789abcdef";
@@ -317,7 +317,13 @@ async fn every_operator_action_leaves_an_audit_line() {
     let stderr = node.child.stderr.as_mut().expect("piped");
     tokio::io::AsyncReadExt::read_to_string(stderr, &mut log).await.expect("read log");
     let line = log.lines().find(|l| l.contains("wsgw::audit")).expect("an audit line");
-    for part in ["operator action", "action=\"kick\"", "caller=127.0.0.1:", "user=5", "closed=1"] {
+    // which token: its config key and fingerprint, never the token itself
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(OPERATOR_TOKEN.as_bytes());
+    let fingerprint: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let credential = format!("credential=server.grpc.tokens.operator sha256:{fingerprint}");
+    let parts = ["operator action", "action=\"kick\"", "caller=127.0.0.1:", "user=5", "closed=1"];
+    for part in parts.into_iter().chain([credential.as_str()]) {
         assert!(line.contains(part), "{part} missing in {line}");
     }
+    assert!(!log.contains(OPERATOR_TOKEN), "the token is never logged");
 }
