@@ -35,6 +35,9 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod downstream;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod governor;
 pub mod grpc;

@@ -303,3 +303,23 @@ mod tests {
         assert_eq!(named_node(&anything, "", &[&only], false), None, "from etcd it must match");
     }
 }
+
+/// Feeds an untrusted body to the payload parser and the node matching (the `webhook_json` fuzz
+/// target), against a fixed registry.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_payload(body: &[u8], label: &str) {
+    let Ok(payload) = serde_json::from_slice::<Payload>(body) else { return };
+    let node = |id: &str, ip: &str| NodeEntry {
+        id: id.into(),
+        ip: ip.into(),
+        port: 9002,
+        labels: vec![format!("governor={ip}:9003"), format!("grpc={ip}:9004")],
+        ..NodeEntry::default()
+    };
+    let (a, b) = (node("node-1", "10.0.0.1"), node("node-2", "10.0.0.2"));
+    for alert in &payload.alerts {
+        let _ = alert_id(alert);
+        let _ = named_node(alert, label, &[&a, &b], false);
+        let _ = named_node(alert, label, &[&a], true);
+    }
+}

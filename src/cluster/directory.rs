@@ -25,6 +25,8 @@ use crate::{
 };
 
 pub use redis::{DirectorySettings, Redis, RedisDirectory};
+#[cfg(feature = "fuzzing")]
+pub(crate) use redis::fuzz_replies;
 
 /// A boxed future of a directory call (the trait is used as `dyn`).
 pub type DirectoryFuture<'a, T> =

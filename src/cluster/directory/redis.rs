@@ -421,3 +421,18 @@ async fn load_scripts(redis: &mut Redis) -> redis::RedisResult<()> {
 
 /// Commands in one pipeline, at most (updates written together, rebuild and sweep chunks).
 const PIPELINE: usize = 512;
+
+/// Feeds untrusted Redis replies (`parts`) to every reply parser (the `redis_reply` fuzz target).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_replies(parts: Vec<String>) {
+    use crate::auth::Identity;
+    let who = Identity { biz_id: 1, user_id: 2 };
+    let _ = replies::parse_claim(parts.concat().into_bytes());
+    let _ = replies::parse_store(&parts);
+    for part in &parts {
+        let _ = replies::parse_user(part);
+        let _ = replies::grpc_of(part);
+    }
+    let _ = replies::parse_inbox(who, parts.clone());
+    let _ = replies::parse_route(parts);
+}
