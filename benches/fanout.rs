@@ -252,7 +252,15 @@ impl Publisher {
 }
 
 async fn post(url: &str, body: &[u8]) {
-    let resp = reqwest::Client::new().post(url).body(body.to_vec()).send().await.expect("publish");
+    let resp = {
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::new()
+    }
+    .post(url)
+    .body(body.to_vec())
+    .send()
+    .await
+    .expect("publish");
     assert!(resp.status().is_success(), "publish answered {}", resp.status());
 }
 

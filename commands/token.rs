@@ -40,7 +40,8 @@ pub struct Args {
     /// it in the token's header.
     #[arg(long)]
     kid: Option<String>,
-    /// Signature algorithm (default: the first of the config's auth.jwt.algorithms).
+    /// HMAC algorithm (default: the first HMAC one of the config's auth.jwt.algorithms).
+    /// Public-key tokens come from the identity provider that holds the private key.
     #[arg(long, value_parser = parse_alg)]
     alg: Option<JwtAlgorithm>,
 }
@@ -80,7 +81,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ttl: args.ttl,
         issuer: args.issuer.or(jwt.issuer),
         audience: args.audience.or(jwt.audience),
-        algorithm: args.alg.or(jwt.algorithms.first().copied()).unwrap_or(JwtAlgorithm::HS256),
+        algorithm: args
+            .alg
+            .or(jwt.algorithms.iter().copied().find(|a| a.is_hmac()))
+            .unwrap_or(JwtAlgorithm::HS256),
         kid: args.kid,
     };
     let token = auth::mint(&spec, secret.as_bytes()).context("cannot sign the token")?;

@@ -163,7 +163,7 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand token" -s c -l config -d 'Take
 complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l issuer -d 'Claim `iss` (default: the config\'s auth.jwt.issuer)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l audience -d 'Claim `aud` (default: the config\'s auth.jwt.audience)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l kid -d 'Sign with the config\'s `auth.jwt.secrets` entry of this kid (or with --secret), and name it in the token\'s header' -r
-complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l alg -d 'Signature algorithm (default: the first of the config\'s auth.jwt.algorithms)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l alg -d 'HMAC algorithm (default: the first HMAC one of the config\'s auth.jwt.algorithms). Public-key tokens come from the identity provider that holds the private key' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand token" -l log-format -d 'Log format (overrides `log.format`)' -r -f -a "human\t''
 json\t''"
 complete -c wsgw -n "__fish_wsgw_using_subcommand token" -s h -l help -d 'Print help'

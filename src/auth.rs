@@ -6,15 +6,19 @@
 //! each failure. Must never log or return the secret or the token.
 
 mod bearer;
+mod jwks;
+mod keys;
 
 pub use bearer::{BearerAuth, Credential};
+pub use jwks::{Jwks, JwksError, JwksSource, keep_fresh};
+pub use keys::KeyError;
 
 use std::{
-    collections::HashMap,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Deserializer, Serialize, de};
 
 use crate::config::{JwtAlgorithm, JwtConfig};
@@ -60,18 +64,12 @@ impl AuthError {
     }
 }
 
-/// HMAC needs a secret; an empty one is refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the JWT secret must not be empty")]
-pub struct EmptySecret;
-
 /// Verifies handshake tokens against one configuration.
 pub struct TokenVerifier {
-    /// The key of tokens without a `kid` (none: such tokens are refused).
-    key: Option<DecodingKey>,
-    /// The keys of tokens with a `kid` (`auth.jwt.secrets`).
-    by_kid: HashMap<String, DecodingKey>,
-    validation: Validation,
+    keys: keys::Keys,
+    /// The checks of a token, per key family: only that family's configured algorithms.
+    validations: Vec<(keys::Family, Validation)>,
+    leeway: u64,
     /// Longest accepted distance from now to `exp`, in seconds (none: no limit).
     max_lifetime: Option<u64>,
 }
@@ -94,40 +92,50 @@ struct Claims {
 }
 
 impl TokenVerifier {
-    pub fn new(config: &JwtConfig, secret: &[u8]) -> Result<Self, EmptySecret> {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = config.algorithms.iter().copied().map(algorithm).collect();
-        validation.required_spec_claims.clear();
+    /// A verifier with `secret` for tokens without a `kid` and the keys of `config`.
+    pub fn new(config: &JwtConfig, secret: &[u8]) -> Result<Self, KeyError> {
+        Self::with_jwks(config, secret, None)
+    }
+
+    /// Like [`new`](Self::new), with the keys of a JWKS cache as well.
+    pub fn with_jwks(
+        config: &JwtConfig,
+        secret: &[u8],
+        jwks: Option<Arc<Jwks>>,
+    ) -> Result<Self, KeyError> {
+        let mut base = Validation::new(Algorithm::HS256);
+        base.required_spec_claims.clear();
         if config.require_exp {
-            validation.required_spec_claims.insert("exp".into());
+            base.required_spec_claims.insert("exp".into());
         }
-        validation.validate_nbf = true;
-        validation.leeway = config.leeway.as_secs();
+        base.validate_nbf = true;
+        base.leeway = config.leeway.as_secs();
         if let Some(iss) = &config.issuer {
-            validation.set_issuer(&[iss]);
-            validation.required_spec_claims.insert("iss".into());
+            base.set_issuer(&[iss]);
+            base.required_spec_claims.insert("iss".into());
         }
         match &config.audience {
             Some(aud) => {
-                validation.set_audience(&[aud]);
-                validation.required_spec_claims.insert("aud".into());
+                base.set_audience(&[aud]);
+                base.required_spec_claims.insert("aud".into());
             }
-            None => validation.validate_aud = false,
+            None => base.validate_aud = false,
         }
-        let by_kid: HashMap<String, DecodingKey> = config
-            .secrets
-            .iter()
-            .filter_map(|(kid, s)| {
-                Some((kid.clone(), DecodingKey::from_secret(s.as_bytes()).ok()?))
-            })
-            .collect();
-        let key = DecodingKey::from_secret(secret).ok();
-        if key.is_none() && by_kid.is_empty() {
-            return Err(EmptySecret);
+        let mut validations: Vec<(keys::Family, Validation)> = Vec::new();
+        for alg in config.algorithms.iter().copied().map(algorithm) {
+            match validations.iter_mut().find(|(f, _)| *f == alg.family()) {
+                Some((_, v)) => v.algorithms.push(alg),
+                None => {
+                    let mut v = base.clone();
+                    v.algorithms = vec![alg];
+                    validations.push((alg.family(), v));
+                }
+            }
         }
+        let keys = keys::Keys::load(config, secret, jwks)?;
         let max_lifetime =
             (!config.max_lifetime.is_zero()).then_some(config.max_lifetime.as_secs());
-        Ok(Self { key, by_kid, validation, max_lifetime })
+        Ok(Self { keys, validations, leeway: base.leeway, max_lifetime })
     }
 
     /// Checks `token` (an optional `Bearer ` prefix is tolerated) and returns who it is for.
@@ -141,35 +149,31 @@ impl TokenVerifier {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let kid = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?.kid;
-        let key = match &kid {
-            Some(kid) => self.by_kid.get(kid),
-            None => self.key.as_ref(),
-        };
-        let key = key.ok_or(AuthError::Invalid)?;
-        let data =
-            jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
-                match e.kind() {
-                    ErrorKind::ExpiredSignature => AuthError::Expired,
-                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                    ErrorKind::MissingRequiredClaim(c) if c == "exp" => {
-                        AuthError::Claims("exp is required")
-                    }
-                    ErrorKind::InvalidIssuer => AuthError::Issuer,
-                    ErrorKind::InvalidAudience => AuthError::Audience,
-                    ErrorKind::MissingRequiredClaim(c) if c == "iss" => AuthError::Issuer,
-                    ErrorKind::MissingRequiredClaim(c) if c == "aud" => AuthError::Audience,
-                    ErrorKind::Json(_) => {
-                        AuthError::Claims("user_id and biz_id must be positive integers")
-                    }
-                    _ => AuthError::Invalid,
-                }
-            })?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
+        let family = header.alg.family();
+        let (_, validation) =
+            self.validations.iter().find(|(f, _)| *f == family).ok_or(AuthError::Invalid)?;
+        let key = self.keys.find(header.kid.as_deref(), family).ok_or(AuthError::Invalid)?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, validation).map_err(|e| match e
+            .kind()
+        {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::MissingRequiredClaim(c) if c == "exp" => {
+                AuthError::Claims("exp is required")
+            }
+            ErrorKind::InvalidIssuer => AuthError::Issuer,
+            ErrorKind::InvalidAudience => AuthError::Audience,
+            ErrorKind::MissingRequiredClaim(c) if c == "iss" => AuthError::Issuer,
+            ErrorKind::MissingRequiredClaim(c) if c == "aud" => AuthError::Audience,
+            ErrorKind::Json(_) => AuthError::Claims("user_id and biz_id must be positive integers"),
+            _ => AuthError::Invalid,
+        })?;
         let user_id = data.claims.user_id.ok_or(AuthError::Claims("user_id is required"))?;
         let biz_id = data.claims.biz_id.ok_or(AuthError::Claims("biz_id is required"))?;
         let expires = data.claims.exp.map(|e| e.max(0.0) as u64);
         if let (Some(exp), Some(max)) = (expires, self.max_lifetime)
-            && exp > now_secs() + max + self.validation.leeway
+            && exp > now_secs() + max + self.leeway
         {
             return Err(AuthError::TooLong);
         }
@@ -194,6 +198,15 @@ fn algorithm(a: JwtAlgorithm) -> Algorithm {
         JwtAlgorithm::HS256 => Algorithm::HS256,
         JwtAlgorithm::HS384 => Algorithm::HS384,
         JwtAlgorithm::HS512 => Algorithm::HS512,
+        JwtAlgorithm::RS256 => Algorithm::RS256,
+        JwtAlgorithm::RS384 => Algorithm::RS384,
+        JwtAlgorithm::RS512 => Algorithm::RS512,
+        JwtAlgorithm::PS256 => Algorithm::PS256,
+        JwtAlgorithm::PS384 => Algorithm::PS384,
+        JwtAlgorithm::PS512 => Algorithm::PS512,
+        JwtAlgorithm::ES256 => Algorithm::ES256,
+        JwtAlgorithm::ES384 => Algorithm::ES384,
+        JwtAlgorithm::EdDSA => Algorithm::EdDSA,
     }
 }
 
@@ -404,7 +417,8 @@ mod tests {
 
     #[test]
     fn an_empty_secret_is_refused() {
-        assert_eq!(TokenVerifier::new(&JwtConfig::default(), b"").err(), Some(EmptySecret));
+        let none = TokenVerifier::new(&JwtConfig::default(), b"");
+        assert!(matches!(none, Err(KeyError::NoKeys)));
     }
 
     #[test]

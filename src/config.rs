@@ -7,6 +7,7 @@
 
 mod cluster;
 mod credentials;
+mod jwt;
 mod limits;
 mod load;
 mod validate;
@@ -24,6 +25,7 @@ pub type BackendMap = std::collections::HashMap<i64, Vec<GrpcAddr>>;
 use crate::protocol::{BodyCipher, CipherError, Serializer};
 
 pub use cluster::{ClusterConfig, EtcdConfig, KafkaConfig, RedisConfig};
+pub use jwt::{JwksConfig, JwtAlgorithm, JwtConfig};
 pub use limits::{IdleClose, LimitsConfig};
 pub use load::{ConfigError, Problem, load, load_from_env};
 
@@ -265,63 +267,6 @@ pub struct AuthConfig {
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
-pub struct JwtConfig {
-    /// HMAC secret (raw UTF-8 bytes) of tokens without a `kid`. Empty (and no `secrets`): an
-    /// ephemeral secret is generated at start (dev only).
-    pub secret: String,
-    /// Further HMAC secrets, selected by the token's `kid` header: key rotation (`kid` → secret).
-    pub secrets: std::collections::BTreeMap<String, String>,
-    /// Accepted signature algorithms.
-    pub algorithms: Vec<JwtAlgorithm>,
-    /// Required `iss` claim, when set.
-    pub issuer: Option<String>,
-    /// Required `aud` claim, when set.
-    pub audience: Option<String>,
-    /// Clock skew tolerated when checking `exp` and `nbf`.
-    #[serde(with = "humantime_serde")]
-    pub leeway: Duration,
-    /// Tokens without `exp` are refused (off: accepted, as the original did).
-    pub require_exp: bool,
-    /// Tokens valid for longer than this from now are refused; 0s: no limit.
-    #[serde(with = "humantime_serde")]
-    pub max_lifetime: Duration,
-    /// A connection is closed (4001 "token expired") when its token's `exp` passes.
-    pub close_on_expiry: bool,
-}
-
-impl Default for JwtConfig {
-    fn default() -> Self {
-        Self {
-            secret: String::new(),
-            secrets: std::collections::BTreeMap::new(),
-            algorithms: vec![JwtAlgorithm::HS256, JwtAlgorithm::HS384, JwtAlgorithm::HS512],
-            issuer: None,
-            audience: None,
-            leeway: Duration::from_secs(30),
-            require_exp: true,
-            max_lifetime: Duration::from_secs(7 * 24 * 3600),
-            close_on_expiry: true,
-        }
-    }
-}
-
-impl JwtConfig {
-    /// Whether any secret is configured (else the node uses an ephemeral one).
-    pub fn has_secret(&self) -> bool {
-        !self.secret.is_empty() || !self.secrets.is_empty()
-    }
-}
-
-/// The HMAC algorithms of the original gateway.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-pub enum JwtAlgorithm {
-    HS256,
-    HS384,
-    HS512,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default)]
 pub struct ProtocolConfig {
     pub serializer: Serializer,
     pub encryption: EncryptionConfig,
@@ -524,7 +469,7 @@ pub enum LogFormat {
 impl Config {
     /// Where the WebSocket listener binds (`server.websocket.listen`, or its default).
     pub fn websocket_listen(&self) -> SocketAddr {
-        self.server.websocket.listen_addr(self.auth.jwt.has_secret())
+        self.server.websocket.listen_addr(self.auth.jwt.has_keys())
     }
 
     /// The node id, or the host name when none is configured.

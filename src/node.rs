@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::{
     admin::{AdminApi, NodeView, Sampler},
-    auth::{BearerAuth, EmptySecret, TokenVerifier},
+    auth::{BearerAuth, Jwks, JwksError, JwksSource, KeyError, TokenVerifier},
     cluster::{Advertised, DirectoryError, SessionDirectory},
     config::{Config, GrpcConfig, GrpcRole},
     downstream::{Downstream, Fallback, Receipts},
@@ -58,7 +58,9 @@ pub enum NodeError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Secret(#[from] EmptySecret),
+    Keys(#[from] KeyError),
+    #[error("auth.jwt.jwks: {0}")]
+    Jwks(#[from] JwksError),
     #[error("protocol.encryption: {0}")]
     Cipher(#[from] CipherError),
     #[error("server.grpc.token: {0}")]
@@ -158,7 +160,7 @@ impl Node {
     /// Binds the WebSocket, gRPC and governor listeners (port 0 picks a free port) and builds
     /// the node's services.
     pub async fn bind(config: Config) -> Result<Self, NodeError> {
-        let (secret, ephemeral_secret) = match config.auth.jwt.has_secret() {
+        let (secret, ephemeral_secret) = match config.auth.jwt.has_keys() {
             false => {
                 let hex = random_hex();
                 (hex.clone(), Some(hex))
@@ -449,9 +451,20 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
         tasks.push(Box::pin(tls.clone().watch(every, metrics.clone(), background.clone())));
     }
 
+    let jwks = match &config.auth.jwt.jwks {
+        j if j.is_enabled() => Some((Arc::new(Jwks::default()), JwksSource::new(j)?)),
+        _ => None,
+    };
+    let verifier =
+        TokenVerifier::with_jwks(&config.auth.jwt, secret, jwks.as_ref().map(|(j, _)| j.clone()))?;
+    if let Some((jwks, source)) = jwks {
+        let refresh = crate::auth::keep_fresh(jwks, source, metrics.clone(), background.clone());
+        tasks.push(Box::pin(refresh));
+    }
+
     let gateway = Arc::new(Gateway {
         ws_config: Gateway::ws_config(&config),
-        verifier: TokenVerifier::new(&config.auth.jwt, secret)?,
+        verifier,
         links: links.clone(),
         wire: wire.clone(),
         upstream: upstream.clone(),

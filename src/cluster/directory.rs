@@ -24,9 +24,9 @@ use crate::{
     telemetry::{ClusterEvent, Metrics},
 };
 
-pub use redis::{DirectorySettings, Redis, RedisDirectory};
 #[cfg(feature = "fuzzing")]
 pub(crate) use redis::fuzz_replies;
+pub use redis::{DirectorySettings, Redis, RedisDirectory};
 
 /// A boxed future of a directory call (the trait is used as `dyn`).
 pub type DirectoryFuture<'a, T> =

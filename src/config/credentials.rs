@@ -6,6 +6,9 @@
 //! - No known placeholder (the values in `config/cluster.yaml`) as a token or secret.
 //! - HMAC secrets of at least 32 bytes (RFC 7518 §3.2: a key as long as the hash output).
 //! - The ephemeral development secret only behind a loopback WebSocket listener.
+//! - Public keys and a JWKS need a public-key algorithm in `auth.jwt.algorithms`; the JWKS URL
+//!   is `https://` (`http://` only to a loopback host: keys fetched in clear text could be
+//!   swapped by anyone on the path).
 
 use super::{Config, GrpcRole, Problem};
 use crate::grpc::Bearer;
@@ -37,7 +40,8 @@ pub(super) fn problems(c: &Config) -> Vec<Problem> {
     for (key, secret) in std::iter::once(("auth.jwt.secret".to_owned(), &jwt.secret)).chain(named) {
         p.extend(secret_problem(&key, secret));
     }
-    if !jwt.has_secret() && !c.websocket_listen().ip().is_loopback() {
+    p.extend(public_keys(jwt));
+    if !jwt.has_keys() && !c.websocket_listen().ip().is_loopback() {
         p.push(Problem::new(
             "auth.jwt.secret",
             "is required when server.websocket.listen is not a loopback address (the ephemeral \
@@ -69,6 +73,39 @@ fn role_tokens(c: &Config) -> Vec<Problem> {
         }
         if let Some(same) = GrpcRole::ALL[..i].iter().find(|&&r| grpc.token_for_own(r) == own) {
             p.push(Problem::new(role.key(), format!("must differ from {}", same.key())));
+        }
+    }
+    p
+}
+
+/// What is wrong with the public-key settings of `auth.jwt`.
+fn public_keys(jwt: &super::JwtConfig) -> Vec<Problem> {
+    let mut p = Vec::new();
+    let asymmetric =
+        jwt.public_key.is_some() || !jwt.public_keys.is_empty() || jwt.jwks.is_enabled();
+    if asymmetric && jwt.algorithms.iter().all(|a| a.is_hmac()) {
+        p.push(Problem::new(
+            "auth.jwt.algorithms",
+            "has only HMAC algorithms, but public keys are configured (add e.g. RS256, ES256, EdDSA)",
+        ));
+    }
+    if jwt.jwks.is_enabled() {
+        let url = reqwest::Url::parse(&jwt.jwks.url);
+        let loopback = |u: &reqwest::Url| {
+            let host = u.host_str().unwrap_or_default().trim_matches(['[', ']']);
+            host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        };
+        match url {
+            Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && loopback(&u)) => {}
+            Ok(_) => p.push(Problem::new(
+                "auth.jwt.jwks.url",
+                "must be https:// (http:// only to a loopback host)",
+            )),
+            Err(e) => p.push(Problem::new("auth.jwt.jwks.url", format!("is not a URL: {e}"))),
+        }
+        if jwt.jwks.min_refresh.is_zero() || jwt.jwks.refresh < jwt.jwks.min_refresh {
+            let why = "must be > 0 and at most auth.jwt.jwks.refresh";
+            p.push(Problem::new("auth.jwt.jwks.min_refresh", why));
         }
     }
     p
@@ -108,6 +145,28 @@ mod tests {
         c.auth.jwt.secret = "k".repeat(MIN_SECRET_BYTES);
         c.cluster.redis.url = "redis://127.0.0.1:6379".into();
         c
+    }
+
+    #[test]
+    fn public_keys_need_a_public_key_algorithm_and_a_safe_jwks_url() {
+        let mut c = Config::default();
+        c.auth.jwt.jwks.url = "http://idp.example.com/jwks.json".into();
+        assert_eq!(keys(&c), ["auth.jwt.algorithms", "auth.jwt.jwks.url"]);
+        c.auth.jwt.algorithms.push(crate::config::JwtAlgorithm::ES256);
+        assert_eq!(keys(&c), ["auth.jwt.jwks.url"], "clear text beyond loopback");
+        for ok in [
+            "https://idp.example.com/jwks.json",
+            "http://127.0.0.1:8080/jwks",
+            "http://localhost/k",
+        ] {
+            c.auth.jwt.jwks.url = ok.into();
+            assert!(keys(&c).is_empty(), "{ok}: {:?}", problems(&c));
+        }
+        c.auth.jwt.jwks.url = "not a url".into();
+        assert_eq!(keys(&c), ["auth.jwt.jwks.url"]);
+        c.auth.jwt.jwks.url = "https://idp/".into();
+        c.auth.jwt.jwks.min_refresh = std::time::Duration::ZERO;
+        assert_eq!(keys(&c), ["auth.jwt.jwks.min_refresh"]);
     }
 
     #[test]

@@ -114,6 +114,7 @@ pub struct Metrics {
     /// Records of each held partition not yet done (high watermark minus stored offset).
     pub kafka_lag: IntGaugeVec,
     tls_reloads: IntCounterVec,
+    jwks_refreshes: IntCounterVec,
     process: ProcessGauges,
     biz: DashMap<i64, Arc<BizMetrics>>,
 }
@@ -299,6 +300,12 @@ impl Metrics {
                 "Reloads of the client TLS certificate, by outcome (ok, failed).",
                 &["outcome"],
             ),
+            jwks_refreshes: counter_vec(
+                &r,
+                "jwks_refreshes_total",
+                "Fetches of the JWKS (auth.jwt.jwks.url), by outcome (ok, failed).",
+                &["outcome"],
+            ),
             commands: command_series(&r),
             handshakes: counter_vec(&r, "handshakes_total", "Handshakes by outcome.", &["outcome"]),
             hook_events: counter_vec(
@@ -353,6 +360,11 @@ impl Metrics {
     /// A reload of the client TLS certificate: applied, or failed (the old one stays).
     pub fn tls_reload(&self, ok: bool) {
         self.tls_reloads.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
+    }
+
+    /// A fetch of the JWKS: keys replaced, or failed (the last good keys stay).
+    pub fn jwks_refresh(&self, ok: bool) {
+        self.jwks_refreshes.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
     }
 
     pub fn handshake(&self, outcome: &str) {

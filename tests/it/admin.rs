@@ -265,7 +265,7 @@ fn alert(status: &str, instance: &str) -> serde_json::Value {
 }
 
 async fn post(url: &str, auth: Option<&str>, body: &serde_json::Value) -> (u16, serde_json::Value) {
-    let mut req = reqwest::Client::new()
+    let mut req = crate::support::http()
         .post(url)
         .header("content-type", "application/json")
         .body(body.to_string());

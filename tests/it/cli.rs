@@ -127,7 +127,7 @@ impl Served {
 
     async fn ready_status(&self) -> u16 {
         let url = format!("http://127.0.0.1:{}/ready", self.gov);
-        reqwest::get(url).await.map(|r| r.status().as_u16()).unwrap_or(0)
+        crate::support::http_get(url).await.map(|r| r.status().as_u16()).unwrap_or(0)
     }
 
     async fn exit_code(&mut self) -> Option<i32> {
@@ -255,7 +255,7 @@ async fn sighup_reloads_the_tls_certificate() {
     let mut node = Served::spawn(&envs, Stdio::null());
     let reloads = || async {
         let url = format!("http://127.0.0.1:{}/metrics", node.gov);
-        let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+        let text = crate::support::http_get(url).await.ok()?.text().await.ok()?;
         Some(text.contains("websocket_gateway_tls_reloads_total{outcome=\"ok\"} 1"))
     };
     for _ in 0..100 {

@@ -15,5 +15,6 @@ mod lifecycle;
 mod loadtest;
 mod prometheus;
 mod protocol;
+mod public_keys;
 mod tls;
 mod upstream;

@@ -91,7 +91,7 @@ impl Prometheus {
 
     /// `GET /api/v1/<path>`'s `data`, or None while Prometheus is not answering yet.
     async fn api(&self, path: &str) -> Option<serde_json::Value> {
-        let resp = reqwest::get(format!("{}/api/v1/{path}", self.url)).await.ok()?;
+        let resp = crate::support::http_get(format!("{}/api/v1/{path}", self.url)).await.ok()?;
         let body: serde_json::Value = serde_json::from_str(&resp.text().await.ok()?).ok()?;
         (body["status"] == "success").then(|| body["data"].clone())
     }

@@ -10,6 +10,18 @@ pub use backend::{Behaviour, TestBackend, dead_addr};
 pub use client::{Client, code};
 pub use node::{BACKEND_TOKEN, OPERATOR_TOKEN, PEER_TOKEN, SECRET, TestNode};
 
+/// An HTTP client. reqwest is built with rustls but without a crypto provider (the node uses
+/// ring; see `auth::JwksSource`), so the process default is installed first.
+pub fn http() -> reqwest::Client {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// `GET url` with [`http`].
+pub async fn http_get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http().get(url).send().await
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()

@@ -141,7 +141,8 @@ impl Endpoints {
 
     /// GET on the governor: (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let resp = reqwest::get(format!("http://{}{path}", self.governor_addr)).await.expect("GET");
+        let resp =
+            super::http_get(format!("http://{}{path}", self.governor_addr)).await.expect("GET");
         let status = resp.status().as_u16();
         (status, resp.text().await.expect("body"))
     }

@@ -51,7 +51,7 @@ impl Builder {
         let url = format!("http://{}/health", at.governor_addr);
         crate::assert_within!(
             20,
-            reqwest::get(&url).await.is_ok_and(|r| r.status() == 200),
+            super::http_get(&url).await.is_ok_and(|r| r.status() == 200),
             "wsgw serve did not come up"
         );
         node
