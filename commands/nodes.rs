@@ -3,7 +3,11 @@
 use crate::{exit, secrets};
 use std::{path::PathBuf, process::ExitCode};
 
-use wsgw::admin::client::{self, NodeClient, Target};
+use anyhow::Context;
+use wsgw::{
+    admin::client::{self, NodeClient, Target},
+    grpc::{ClientTls, ClientTlsFiles},
+};
 
 /// Which node(s): one address, or every node registered in etcd.
 #[derive(clap::Args, Clone)]
@@ -17,6 +21,16 @@ pub struct TargetArgs {
     /// Key prefix of the registry in etcd (cluster.etcd.prefix).
     #[arg(long, default_value = "")]
     pub etcd_prefix: String,
+    /// CA (PEM) of the nodes' gRPC certificates, for https:// addresses (nodes with
+    /// server.grpc.tls register theirs so); default: the system's roots.
+    #[arg(long, value_name = "FILE", env = "WSGW_GRPC_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for nodes that require mutual TLS (server.grpc.tls.client_ca).
+    #[arg(long, value_name = "FILE", env = "WSGW_GRPC_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, value_name = "FILE", env = "WSGW_GRPC_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl TargetArgs {
@@ -25,6 +39,16 @@ impl TargetArgs {
             true => Target::Addr(self.addr.clone()),
             false => Target::Etcd(self.etcd.clone(), self.etcd_prefix.clone()),
         }
+    }
+
+    /// The TLS of calls to `https://` node addresses.
+    pub fn tls(&self) -> anyhow::Result<ClientTls> {
+        let files = ClientTlsFiles {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        };
+        ClientTls::load(&files).context("gRPC TLS")
     }
 
     /// Whether the nodes come from the registry (so each answers for itself).
@@ -62,11 +86,11 @@ impl NodeArgs {
 
     /// Clients for the addressed nodes, or the exit code after printing why there are none.
     pub async fn clients(&self) -> Result<Vec<NodeClient>, ExitCode> {
-        let token = self.token().map_err(|e| {
+        let (token, tls) = self.token().and_then(|t| Ok((t, self.to.tls()?))).map_err(|e| {
             eprintln!("error: {e:#}");
             exit::failed()
         })?;
-        client::nodes(&self.target(), &token).await.map_err(|e| {
+        client::nodes(&self.target(), &token, &tls).await.map_err(|e| {
             eprintln!("error: {e}");
             exit::failed()
         })

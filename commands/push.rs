@@ -154,7 +154,9 @@ async fn addresses(args: &Args) -> Result<Vec<String>, PushFailure> {
 
 /// (connections reached, kept in the offline inbox).
 async fn push(args: &Args, addr: &str, msg: PushMessage) -> Result<(i64, bool), PushFailure> {
-    let endpoint = GrpcAddr::parse(addr).map_err(PushFailure::Grpc)?.endpoint();
+    let tls = args.to.tls().map_err(|e| PushFailure::Registry(format!("{e:#}")))?;
+    let endpoint =
+        GrpcAddr::parse(addr).and_then(|a| a.endpoint(&tls)).map_err(PushFailure::Grpc)?;
     let channel = endpoint.connect().await.map_err(PushFailure::Connect)?;
     let mut client = PushServiceClient::new(channel);
     if args.all {

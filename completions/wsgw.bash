@@ -68,7 +68,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__alert__subcmd__webhook)
-            opts="-h -V --listen --addr --etcd --etcd-prefix --token --token-file --basic-auth --basic-auth-file --admin-token --admin-token-file --percent --label --cooldown --log-format --help --version"
+            opts="-h -V --listen --addr --etcd --etcd-prefix --tls-ca --tls-cert --tls-key --token --token-file --basic-auth --basic-auth-file --admin-token --admin-token-file --percent --label --cooldown --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -87,6 +87,18 @@ _wsgw() {
                     return 0
                     ;;
                 --etcd-prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -156,7 +168,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__kick)
-            opts="-h -V --addr --etcd --etcd-prefix --token --token-file --user --biz --conn --reason --json --log-format --help --version"
+            opts="-h -V --addr --etcd --etcd-prefix --tls-ca --tls-cert --tls-key --token --token-file --user --biz --conn --reason --json --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -171,6 +183,18 @@ _wsgw() {
                     return 0
                     ;;
                 --etcd-prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -364,7 +388,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__push)
-            opts="-h -V --user --all --biz --key --addr --etcd --etcd-prefix --token --token-file --file --timeout --log-format --help --version"
+            opts="-h -V --user --all --biz --key --addr --etcd --etcd-prefix --tls-ca --tls-cert --tls-key --token --token-file --file --timeout --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -391,6 +415,18 @@ _wsgw() {
                     return 0
                     ;;
                 --etcd-prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -448,7 +484,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__sessions)
-            opts="-h -V --addr --etcd --etcd-prefix --token --token-file --biz --user --node --json --log-format --help --version"
+            opts="-h -V --addr --etcd --etcd-prefix --tls-ca --tls-cert --tls-key --token --token-file --biz --user --node --json --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -463,6 +499,18 @@ _wsgw() {
                     return 0
                     ;;
                 --etcd-prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -560,7 +608,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__top)
-            opts="-h -V --addr --etcd --etcd-prefix --token --token-file --interval --log-format --help --version"
+            opts="-h -V --addr --etcd --etcd-prefix --tls-ca --tls-cert --tls-key --token --token-file --interval --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -575,6 +623,18 @@ _wsgw() {
                     return 0
                     ;;
                 --etcd-prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

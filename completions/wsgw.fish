@@ -49,6 +49,9 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l key -d 'Message key (
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l tls-ca -d 'CA (PEM) of the nodes\' gRPC certificates, for https:// addresses (nodes with server.grpc.tls register theirs so); default: the system\'s roots' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l tls-cert -d 'Client certificate (PEM) for nodes that require mutual TLS (server.grpc.tls.client_ca)' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l tls-key -d 'Its private key (PEM)' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l token -d 'The backend token (server.grpc.tokens.backend; else WSGW_SERVER__GRPC__TOKEN)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l token-file -d 'Read the backend token from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l file -d 'Read the body from this file' -r -F
@@ -61,6 +64,9 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand push" -s V -l version -d 'Prin
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l tls-ca -d 'CA (PEM) of the nodes\' gRPC certificates, for https:// addresses (nodes with server.grpc.tls register theirs so); default: the system\'s roots' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l tls-cert -d 'Client certificate (PEM) for nodes that require mutual TLS (server.grpc.tls.client_ca)' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l tls-key -d 'Its private key (PEM)' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l token -d 'The operator token (server.grpc.tokens.operator; else WSGW_SERVER__GRPC__TOKEN)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l token-file -d 'Read the operator token from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l biz -d 'Only this business' -r
@@ -74,6 +80,9 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -s V -l version -d '
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l tls-ca -d 'CA (PEM) of the nodes\' gRPC certificates, for https:// addresses (nodes with server.grpc.tls register theirs so); default: the system\'s roots' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l tls-cert -d 'Client certificate (PEM) for nodes that require mutual TLS (server.grpc.tls.client_ca)' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l tls-key -d 'Its private key (PEM)' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l token -d 'The operator token (server.grpc.tokens.operator; else WSGW_SERVER__GRPC__TOKEN)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l token-file -d 'Read the operator token from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l user -r
@@ -88,6 +97,9 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -s V -l version -d 'Prin
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l tls-ca -d 'CA (PEM) of the nodes\' gRPC certificates, for https:// addresses (nodes with server.grpc.tls register theirs so); default: the system\'s roots' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l tls-cert -d 'Client certificate (PEM) for nodes that require mutual TLS (server.grpc.tls.client_ca)' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l tls-key -d 'Its private key (PEM)' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l token -d 'The operator token (server.grpc.tokens.operator; else WSGW_SERVER__GRPC__TOKEN)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l token-file -d 'Read the operator token from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l interval -d 'Refresh interval' -r
@@ -99,6 +111,9 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l listen -d 'W
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l tls-ca -d 'CA (PEM) of the nodes\' gRPC certificates, for https:// addresses (nodes with server.grpc.tls register theirs so); default: the system\'s roots' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l tls-cert -d 'Client certificate (PEM) for nodes that require mutual TLS (server.grpc.tls.client_ca)' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l tls-key -d 'Its private key (PEM)' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l token -d 'Token webhook requests must carry (Authorization: Bearer TOKEN; Grafana\'s "Authorization header - Credentials")' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l token-file -d 'Read the webhook token from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l basic-auth -d 'Or basic auth credentials requests must carry, as user:password' -r

@@ -133,7 +133,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let push_back = match &args.push_back {
         Some(node) => {
-            let channel = node.lazy_channel(std::time::Duration::from_secs(2));
+            let channel =
+                node.lazy_channel(std::time::Duration::from_secs(2), &Default::default())?;
             Some((PushServiceClient::new(channel), Bearer::new(&args.push_token)?))
         }
         None => None,

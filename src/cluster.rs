@@ -39,6 +39,8 @@ pub struct Advertised {
     pub ws_port: u16,
     pub grpc_port: u16,
     pub governor_port: u16,
+    /// The gRPC port serves TLS: peers and tools reach it at `https://host:port`.
+    pub grpc_tls: bool,
 }
 
 impl Advertised {
@@ -50,15 +52,20 @@ impl Advertised {
         governor: SocketAddr,
     ) -> Self {
         let host = config.advertised_host(ws);
-        Self { host, ws_port: ws.port(), grpc_port: grpc.port(), governor_port: governor.port() }
+        let (ws_port, grpc_port, governor_port) = (ws.port(), grpc.port(), governor.port());
+        Self { host, ws_port, grpc_port, governor_port, grpc_tls: false }
     }
 
     pub fn ws(&self) -> String {
         format!("{}:{}", self.host, self.ws_port)
     }
 
+    /// Where peers call this node: `host:port`, or `https://host:port` over TLS.
     pub fn grpc(&self) -> String {
-        format!("{}:{}", self.host, self.grpc_port)
+        match self.grpc_tls {
+            true => format!("https://{}:{}", self.host, self.grpc_port),
+            false => format!("{}:{}", self.host, self.grpc_port),
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use std::{net::SocketAddr, time::Duration};
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
-use crate::grpc::GrpcAddr;
+use crate::grpc::{ClientTlsFiles, GrpcAddr};
 pub use crate::protocol::EncryptionAlgorithm;
 
 /// Business → backend addresses, as discovery finds them.
@@ -80,6 +80,35 @@ pub struct GrpcConfig {
     /// first answer).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    pub tls: GrpcTlsConfig,
+}
+
+/// `server.grpc.tls`: the gRPC port over TLS, optionally mutual, and how the node reaches its
+/// peers (their ports serve the same way).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct GrpcTlsConfig {
+    /// Certificate chain (PEM); with `key`, the port serves TLS only and the node advertises
+    /// `https://host:port` to its peers.
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+    /// CA (PEM) whose certificates callers must present: mutual TLS. The node presents its own
+    /// `cert` to its peers.
+    pub client_ca: Option<std::path::PathBuf>,
+    /// CA (PEM) of the other nodes' certificates (default: `client_ca`, else the system roots).
+    pub ca: Option<std::path::PathBuf>,
+}
+
+impl GrpcTlsConfig {
+    pub fn is_enabled(&self) -> bool {
+        self.cert.is_some() || self.key.is_some()
+    }
+
+    /// How this node calls its peers: their CA, and its own certificate.
+    pub fn peer_files(&self) -> ClientTlsFiles {
+        let ca = self.ca.clone().or_else(|| self.client_ca.clone());
+        ClientTlsFiles { ca, cert: self.cert.clone(), key: self.key.clone() }
+    }
 }
 
 impl Default for GrpcConfig {
@@ -90,6 +119,7 @@ impl Default for GrpcConfig {
             tokens: RoleTokens::default(),
             max_concurrent_streams: 256,
             request_timeout: Duration::from_secs(30),
+            tls: GrpcTlsConfig::default(),
         }
     }
 }
@@ -332,6 +362,9 @@ pub struct UpstreamConfig {
     /// ...for this long, during which no call is sent to it.
     #[serde(with = "humantime_serde")]
     pub circuit_cooldown: Duration,
+    /// TLS of `https://` backend endpoints: their CA (none: the system's roots) and the
+    /// certificate the node presents (mutual TLS).
+    pub tls: ClientTlsFiles,
 }
 
 impl Default for UpstreamConfig {
@@ -347,6 +380,7 @@ impl Default for UpstreamConfig {
             dedup_capacity: 100_000,
             circuit_failures: 5,
             circuit_cooldown: Duration::from_secs(10),
+            tls: ClientTlsFiles::default(),
         }
     }
 }

@@ -1,18 +1,22 @@
 //! gRPC client plumbing shared by every caller of another process (backends, peer nodes, the
-//! operator commands): a validated address and the bearer token.
+//! operator commands): a validated address, TLS, and the bearer token.
 //!
 //! Owns: parsing `host:port` or a URL once (at config load, or where an address arrives from
-//! etcd or Redis) into a [`GrpcAddr`], building lazily connected channels, and turning a token
-//! into an `authorization` header. Must never import anything from the rest of the crate: it sits
-//! below the config.
+//! etcd or Redis) into a [`GrpcAddr`], building lazily connected channels — over TLS for
+//! `https://` addresses ([`ClientTls`]) — and turning a token into an `authorization` header.
+//! Must never import anything from the rest of the crate: it sits below the config.
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 use tonic::{
     Request,
     metadata::{Ascii, MetadataValue},
-    transport::{Channel, Endpoint, Uri},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri},
 };
 
 /// Why an address or a token is unusable.
@@ -22,6 +26,8 @@ pub enum GrpcError {
     Address(String),
     #[error("the token must be printable ASCII without spaces")]
     Token,
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A gRPC endpoint address: `host:port` (plain HTTP/2) or a URL with a host and a port.
@@ -51,15 +57,94 @@ impl GrpcAddr {
         &self.text
     }
 
-    /// A channel that connects on first use and reconnects by itself.
-    pub fn lazy_channel(&self, connect_timeout: Duration) -> Channel {
-        self.endpoint().connect_timeout(connect_timeout).tcp_nodelay(true).connect_lazy()
+    /// Whether calls go over TLS (an `https://` address).
+    pub fn is_tls(&self) -> bool {
+        self.uri.scheme_str() == Some("https")
     }
 
-    /// The tonic endpoint, for callers that set more options.
-    pub fn endpoint(&self) -> Endpoint {
-        Endpoint::from(self.uri.clone())
+    /// A channel that connects on first use and reconnects by itself.
+    pub fn lazy_channel(
+        &self,
+        connect_timeout: Duration,
+        tls: &ClientTls,
+    ) -> Result<Channel, GrpcError> {
+        Ok(self.endpoint(tls)?.connect_timeout(connect_timeout).tcp_nodelay(true).connect_lazy())
     }
+
+    /// The tonic endpoint (with `tls` for an `https://` address), for callers that set more
+    /// options.
+    pub fn endpoint(&self, tls: &ClientTls) -> Result<Endpoint, GrpcError> {
+        let endpoint = Endpoint::from(self.uri.clone());
+        match self.is_tls() {
+            false => Ok(endpoint),
+            true => {
+                let host = self.uri.host().unwrap_or_default().trim_matches(['[', ']']);
+                endpoint.tls_config(tls.config(host)).map_err(|e| GrpcError::Tls(e.to_string()))
+            }
+        }
+    }
+}
+
+/// Where a gRPC client's TLS files are (PEM): the CA that signs the servers' certificates
+/// (none: the system's roots) and the certificate and key the client presents (mutual TLS).
+/// Used for `https://` addresses only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientTlsFiles {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// A gRPC client's TLS settings, read from [`ClientTlsFiles`].
+#[derive(Clone, Debug, Default)]
+pub struct ClientTls {
+    ca: Option<Certificate>,
+    identity: Option<Identity>,
+}
+
+impl ClientTls {
+    pub fn load(files: &ClientTlsFiles) -> Result<Self, GrpcError> {
+        let ca = files.ca.as_deref().map(read).transpose()?.map(Certificate::from_pem);
+        let identity = match (&files.cert, &files.key) {
+            (Some(cert), Some(key)) => Some(Identity::from_pem(read(cert)?, read(key)?)),
+            (None, None) => None,
+            _ => return Err(GrpcError::Tls("a client certificate needs both cert and key".into())),
+        };
+        Ok(Self { ca, identity })
+    }
+
+    fn config(&self, host: &str) -> ClientTlsConfig {
+        let config = ClientTlsConfig::new().domain_name(host);
+        let config = match &self.ca {
+            Some(ca) => config.ca_certificate(ca.clone()),
+            None => config.with_native_roots(),
+        };
+        match &self.identity {
+            Some(identity) => config.identity(identity.clone()),
+            None => config,
+        }
+    }
+}
+
+/// The gRPC port's TLS: its certificate and key (PEM files), and with `client_ca` the CA whose
+/// certificates every caller must present (mutual TLS).
+pub fn server_tls(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<tonic::transport::ServerTlsConfig, GrpcError> {
+    let config = tonic::transport::ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(cert)?, read(key)?));
+    Ok(match client_ca {
+        Some(ca) => config.client_ca_root(Certificate::from_pem(read(ca)?)),
+        None => config,
+    })
+}
+
+/// The contents of a PEM file, or an error naming it.
+pub fn read(path: &Path) -> Result<Vec<u8>, GrpcError> {
+    std::fs::read(path).map_err(|e| GrpcError::Tls(format!("cannot read {}: {e}", path.display())))
 }
 
 impl TryFrom<String> for GrpcAddr {

@@ -8,16 +8,20 @@
 //! the node's task trackers, and awaited before `run` returns.
 
 mod cluster;
+mod grpc;
+
+use grpc::{client_tls, grpc_server_tls, serve_grpc};
 
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::task::TaskTracker;
+use tonic::transport::ServerTlsConfig;
 use tracing::{info, warn};
 
 use crate::{
-    admin::{AdminApi, NodeView, Sampler},
-    auth::{BearerAuth, Jwks, JwksError, JwksSource, KeyError, TokenVerifier},
+    admin::{NodeView, Sampler},
+    auth::{Jwks, JwksError, JwksSource, KeyError, TokenVerifier},
     cluster::{Advertised, DirectoryError, SessionDirectory},
     config::{Config, GrpcConfig, GrpcRole},
     downstream::{Downstream, Fallback, Receipts},
@@ -25,19 +29,8 @@ use crate::{
     governor::{self, GovernorView},
     grpc::{Bearer, GrpcError},
     links::LinkRegistry,
-    protocol::{
-        CipherError, CommandType,
-        admin_pb::admin_service_server::AdminServiceServer,
-        cluster_pb::node_service_server::NodeServiceServer,
-        pb::{
-            presence_service_server::PresenceServiceServer, push_service_server::PushServiceServer,
-        },
-    },
-    routing::{
-        Peers, Router,
-        api::{NodeApi, PushApi},
-        presence::PresenceApi,
-    },
+    protocol::{CipherError, CommandType},
+    routing::{Peers, Router},
     shutdown::{Lifecycle, Phase, Stage},
     telemetry::Metrics,
     upstream::{Hooks, Upstream, UpstreamContext, Wanted},
@@ -67,6 +60,12 @@ pub enum NodeError {
     Token(#[from] GrpcError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("{key}: {source}")]
+    GrpcTls {
+        key: &'static str,
+        #[source]
+        source: GrpcError,
+    },
     #[error("cluster: {0}")]
     Cluster(#[from] DirectoryError),
 }
@@ -105,6 +104,7 @@ struct Services {
     governor: GovernorView,
     router: Arc<Router>,
     grpc: GrpcConfig,
+    grpc_tls: Option<ServerTlsConfig>,
     drain_timeout: std::time::Duration,
     ack_wait: std::time::Duration,
     /// Connection tasks and the backend calls they start.
@@ -177,7 +177,8 @@ impl Node {
             grpc: local_addr(&listeners.grpc),
             governor: local_addr(&listeners.governor),
         };
-        let at = Advertised::new(&config.cluster, addrs.ws, addrs.grpc, addrs.governor);
+        let mut at = Advertised::new(&config.cluster, addrs.ws, addrs.grpc, addrs.governor);
+        at.grpc_tls = config.server.grpc.tls.is_enabled();
         let (services, tasks) = build(config, secret.as_bytes(), &at)?;
         Ok(Self { listeners, addrs, services, tasks, ephemeral_secret })
     }
@@ -247,7 +248,7 @@ impl Services {
             self.admin.clone(),
             self.sampler.clone(),
             self.router.clone(),
-            self.grpc.clone(),
+            (self.grpc.clone(), self.grpc_tls.clone()),
             stop,
         ));
         [governor, grpc]
@@ -398,6 +399,7 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
         tasks: connections.clone(),
         directory: adapters.directory.clone(),
         node_id: node_id.clone(),
+        tls: client_tls("upstream.tls", &config.upstream.tls)?,
     };
     let (upstream, batchers) =
         Upstream::new(config.upstream.clone(), &config.backends, context, background.clone());
@@ -427,6 +429,7 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
     let routing = TaskTracker::new();
     let peers = Peers::new(
         Bearer::new(config.server.grpc.token_for(GrpcRole::Peer))?,
+        client_tls("server.grpc.tls", &config.server.grpc.tls.peer_files())?,
         routing.clone(),
         lifecycle.token(Stage::StopRouting),
     );
@@ -497,6 +500,7 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
     });
     let (sampler, sampling) = Sampler::new(admin.clone(), background);
     tasks.push(Box::pin(sampling));
+    let grpc_tls = grpc_server_tls(&config.server.grpc.tls)?;
     let governor = GovernorView { metrics, lifecycle: lifecycle.clone(), directory };
     let services = Services {
         node_id,
@@ -506,6 +510,7 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
         governor,
         router,
         grpc: config.server.grpc.clone(),
+        grpc_tls,
         drain_timeout: config.shutdown.drain_timeout,
         ack_wait: config.shutdown.ack_wait,
         connections,
@@ -513,53 +518,6 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
         sampler,
     };
     Ok((services, Tasks { background: tasks, routing: wired.routing }))
-}
-
-/// Serves the gRPC APIs (`PushService`, `NodeService`, `AdminService`) until `stop`.
-async fn serve_grpc(
-    listener: TcpListener,
-    view: Arc<NodeView>,
-    sampler: Arc<Sampler>,
-    router: Arc<Router>,
-    grpc: GrpcConfig,
-    stop: tokio_util::sync::CancellationToken,
-) -> std::io::Result<()> {
-    // One credential per role: a backend's push token cannot kick or drain.
-    let auth = |role| {
-        let (source, token) = grpc.token_source(role);
-        BearerAuth::new(source, token)
-    };
-    let push = PushServiceServer::with_interceptor(
-        PushApi::new(router.clone(), view.downstream.clone()),
-        auth(GrpcRole::Backend),
-    );
-    let presence = PresenceServiceServer::with_interceptor(
-        PresenceApi::new(view.directory.clone()),
-        auth(GrpcRole::Backend),
-    );
-    let node = NodeServiceServer::with_interceptor(NodeApi::new(router), auth(GrpcRole::Peer));
-    let admin = AdminServiceServer::with_interceptor(
-        AdminApi::new(view, sampler),
-        auth(GrpcRole::Operator),
-    );
-    // Bounded per client connection: streams, queued calls, time per call; dead peers are
-    // found by HTTP/2 keepalive pings. TCP_NODELAY on every accepted connection: without it an
-    // answer written in two parts waits for the caller's delayed ACK (~40 ms per call).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let streams = grpc.max_concurrent_streams;
-    tonic::transport::Server::builder()
-        .max_concurrent_streams(streams)
-        .concurrency_limit_per_connection(streams as usize)
-        .timeout(grpc.request_timeout)
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-        .add_service(push)
-        .add_service(presence)
-        .add_service(node)
-        .add_service(admin)
-        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-        .await
-        .map_err(std::io::Error::other)
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {

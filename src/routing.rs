@@ -210,7 +210,7 @@ mod tests {
         );
         let addr = "127.0.0.1:1".parse().expect("addr");
         links.insert(Identity { biz_id: 9, user_id: 1 }, addr, 1 << 20);
-        let peers = Peers::new(Bearer::default(), TaskTracker::new(), stop);
+        let peers = Peers::new(Bearer::default(), Default::default(), TaskTracker::new(), stop);
         (Router::new("n1".into(), downstream, dir, peers, metrics), links)
     }
 

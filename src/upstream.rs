@@ -41,7 +41,7 @@ use self::{
 use crate::{
     cluster::{SessionDirectory, UpstreamClaim},
     config::{BackendConfig, BackendMap, UpstreamConfig},
-    grpc::GrpcAddr,
+    grpc::{ClientTls, GrpcAddr},
     links::Link,
     protocol::{CommandType, ErrorCode, Message, pb::OnReceiveRequest, pb::OnReceiveResponse},
     telemetry::Metrics,
@@ -108,6 +108,7 @@ pub struct Upstream {
     discovered: std::sync::Mutex<HashSet<i64>>,
     /// This node, as backends are told (`x-wsgw-node-id`).
     node_id: String,
+    tls: ClientTls,
 }
 
 /// What the upstream service works with, besides its config.
@@ -119,6 +120,19 @@ pub struct UpstreamContext {
     /// Cluster-wide dedup (the session directory).
     pub directory: Arc<dyn SessionDirectory>,
     pub node_id: String,
+    /// TLS of `https://` backend endpoints (`upstream.tls`).
+    pub tls: ClientTls,
+}
+
+/// A backend endpoint, or (logged) none when its TLS settings cannot be applied.
+fn endpoint(addr: &GrpcAddr, config: &UpstreamConfig, tls: &ClientTls) -> Option<Arc<Endpoint>> {
+    match Endpoint::new(addr, config.timeout, config.max_calls_per_endpoint, tls) {
+        Ok(e) => Some(Arc::new(e)),
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "backend endpoint left out");
+            None
+        }
+    }
 }
 
 impl Upstream {
@@ -131,15 +145,11 @@ impl Upstream {
         context: UpstreamContext,
         stop: CancellationToken,
     ) -> (Arc<Self>, impl Future<Output = ()> + Send + 'static) {
-        let UpstreamContext { wire, metrics, tasks, directory, node_id } = context;
+        let UpstreamContext { wire, metrics, tasks, directory, node_id, tls } = context;
         let backends = BackendRegistry::default();
         let mut batchers = Vec::new();
         for b in static_backends {
-            let endpoints = b
-                .endpoints
-                .iter()
-                .map(|a| Arc::new(Endpoint::new(a, config.timeout, config.max_calls_per_endpoint)))
-                .collect();
+            let endpoints = b.endpoints.iter().filter_map(|a| endpoint(a, &config, &tls)).collect();
             let sender = b.batch.enabled.then(|| {
                 let (batcher, sender) = batch::Batcher::new(b.biz_id, b.batch.clone());
                 batchers.push(batcher);
@@ -160,6 +170,7 @@ impl Upstream {
             tasks,
             directory,
             node_id,
+            tls,
         });
         let runs: Vec<_> =
             batchers.into_iter().map(|b| b.run(upstream.clone(), stop.clone())).collect();
@@ -196,10 +207,9 @@ impl Upstream {
             let endpoints = current.as_ref().map(|c| c.endpoints.as_slice()).unwrap_or_default();
             endpoints.iter().find(|e| e.addr == addr.as_str()).cloned()
         };
-        let (timeout, max_calls) = (self.config.timeout, self.config.max_calls_per_endpoint);
         let endpoints: Vec<Arc<Endpoint>> = addrs
             .iter()
-            .map(|a| existing(a).unwrap_or_else(|| Arc::new(Endpoint::new(a, timeout, max_calls))))
+            .filter_map(|a| existing(a).or_else(|| endpoint(a, &self.config, &self.tls)))
             .collect();
         let batcher = current.as_ref().and_then(|c| c.batch_sender());
         self.backends.set(BizBackends::new(biz, endpoints, batcher));

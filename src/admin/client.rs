@@ -1,5 +1,6 @@
 //! Reaching running nodes for the operator subcommands: one node by address, or every node
-//! registered in etcd (its `grpc=host:port` label), with the bearer token on every call.
+//! registered in etcd (its `grpc=host:port` label), with the bearer token on every call and
+//! TLS for `https://` addresses.
 
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use tonic::{Request, transport::Channel};
 
 use crate::{
     cluster::{NodeEntry, registry},
-    grpc::{Bearer, GrpcAddr, GrpcError},
+    grpc::{Bearer, ClientTls, GrpcAddr, GrpcError},
     protocol::admin_pb::admin_service_client::AdminServiceClient,
 };
 
@@ -51,9 +52,14 @@ impl NodeClient {
 }
 
 /// A lazily connected client for the node at `addr` (`host:port` or a URL).
-pub fn node(name: &str, addr: &str, token: &str) -> Result<NodeClient, ReachError> {
+pub fn node(
+    name: &str,
+    addr: &str,
+    token: &str,
+    tls: &ClientTls,
+) -> Result<NodeClient, ReachError> {
     let endpoint = GrpcAddr::parse(addr)?
-        .endpoint()
+        .endpoint(tls)?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(10));
     Ok(NodeClient {
@@ -71,14 +77,18 @@ pub async fn registered(endpoints: &[String], prefix: &str) -> Result<Vec<NodeEn
 }
 
 /// Clients for every node `target` names.
-pub async fn nodes(target: &Target, token: &str) -> Result<Vec<NodeClient>, ReachError> {
+pub async fn nodes(
+    target: &Target,
+    token: &str,
+    tls: &ClientTls,
+) -> Result<Vec<NodeClient>, ReachError> {
     match target {
-        Target::Addr(addr) => Ok(vec![node(addr, addr, token)?]),
+        Target::Addr(addr) => Ok(vec![node(addr, addr, token, tls)?]),
         Target::Etcd(endpoints, prefix) => {
             let entries = registered(endpoints, prefix).await?;
             let nodes: Vec<NodeClient> = entries
                 .iter()
-                .filter_map(|e| e.grpc_addr().map(|a| node(&e.id, a, token)))
+                .filter_map(|e| e.grpc_addr().map(|a| node(&e.id, a, token, tls)))
                 .collect::<Result<_, _>>()?;
             if nodes.is_empty() {
                 return Err(ReachError::NoNodes(registry::nodes_prefix(prefix)));

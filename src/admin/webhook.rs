@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use super::client::{self, NodeClient, Target};
-use crate::{cluster::NodeEntry, protocol::admin_pb::RedirectRequest};
+use crate::{cluster::NodeEntry, grpc::ClientTls, protocol::admin_pb::RedirectRequest};
 
 /// How the webhook acts.
 #[derive(Clone, Debug)]
@@ -47,6 +47,8 @@ pub struct WebhookConfig {
     pub label: String,
     /// An alert acted on is not acted on again within this time.
     pub cooldown: Duration,
+    /// TLS of nodes with an `https://` gRPC address.
+    pub tls: ClientTls,
 }
 
 /// A Grafana webhook body (only what is used).
@@ -197,14 +199,14 @@ impl Webhook {
         match &self.config.target {
             Target::Addr(addr) => {
                 let entry = NodeEntry { id: addr.clone(), ..NodeEntry::default() };
-                Ok(vec![(entry, client::node(addr, addr, token)?)])
+                Ok(vec![(entry, client::node(addr, addr, token, &self.config.tls)?)])
             }
             Target::Etcd(endpoints, prefix) => client::registered(endpoints, prefix)
                 .await?
                 .into_iter()
                 .filter_map(|e| {
                     let addr = e.grpc_addr()?.to_owned();
-                    Some(client::node(&e.id, &addr, token).map(|c| (e, c)))
+                    Some(client::node(&e.id, &addr, token, &self.config.tls).map(|c| (e, c)))
                 })
                 .collect(),
         }

@@ -320,6 +320,21 @@ mod tests {
     }
 
     #[test]
+    fn grpc_tls_files_come_in_pairs() {
+        let keys = |vars: &[(&str, &str)]| match load(None, env(vars)) {
+            Ok(_) => Vec::new(),
+            Err(e) => problems(e).into_iter().map(|p| p.key).collect(),
+        };
+        let cert = ("WSGW_SERVER__GRPC__TLS__CERT", "/etc/wsgw/grpc.pem");
+        let key = ("WSGW_SERVER__GRPC__TLS__KEY", "/etc/wsgw/grpc.key");
+        let ca = ("WSGW_SERVER__GRPC__TLS__CLIENT_CA", "/etc/wsgw/ca.pem");
+        assert_eq!(keys(&[cert]), ["server.grpc.tls.key"]);
+        assert_eq!(keys(&[ca]), ["server.grpc.tls.client_ca"]);
+        assert!(keys(&[cert, key, ca]).is_empty());
+        assert_eq!(keys(&[("WSGW_UPSTREAM__TLS__CERT", "/c.pem")]), ["upstream.tls.key"]);
+    }
+
+    #[test]
     fn a_loopback_advertised_host_is_refused_when_the_cluster_spans_machines() {
         let key = "cluster.advertise_host";
         let has = |vars: &[(&str, &str)]| match load(None, env(vars)) {

@@ -49,6 +49,22 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
     );
     check(grpc.request_timeout > Duration::ZERO, "server.grpc.request_timeout", "must be positive");
     check(
+        grpc.tls.cert.is_some() == grpc.tls.key.is_some(),
+        "server.grpc.tls.key",
+        "cert and key are set together (neither: plain HTTP/2)",
+    );
+    check(
+        grpc.tls.client_ca.is_none() || grpc.tls.cert.is_some(),
+        "server.grpc.tls.client_ca",
+        "mutual TLS needs the port's own cert and key",
+    );
+    let up = &c.upstream.tls;
+    check(
+        up.cert.is_some() == up.key.is_some(),
+        "upstream.tls.key",
+        "a client certificate needs both cert and key",
+    );
+    check(
         ws.tls.cert.is_empty() == ws.tls.key.is_empty(),
         "server.websocket.tls.key",
         "cert and key are set together (both empty: plain ws://)",

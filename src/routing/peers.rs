@@ -12,7 +12,7 @@ use tracing::debug;
 
 use super::{DeliverRequest, DeliverResponse, NodeServiceClient};
 use crate::{
-    grpc::{Bearer, GrpcAddr},
+    grpc::{Bearer, ClientTls, GrpcAddr},
     protocol::pb::PushMessage,
     push::{PushError, RouteError},
 };
@@ -30,6 +30,7 @@ type Job = (PushMessage, oneshot::Sender<Result<usize, RouteError>>);
 pub struct Peers {
     queues: DashMap<String, mpsc::Sender<Job>>,
     token: Bearer,
+    tls: ClientTls,
     tasks: TaskTracker,
     stop: CancellationToken,
 }
@@ -37,8 +38,9 @@ pub struct Peers {
 impl Peers {
     /// Peer tasks are started on `tasks` when a peer is first called, and end when `stop` is
     /// cancelled (pushes still queued then fail with `Unavailable`); the caller awaits `tasks`.
-    pub fn new(token: Bearer, tasks: TaskTracker, stop: CancellationToken) -> Self {
-        Self { queues: DashMap::new(), token, tasks, stop }
+    /// `tls` is used for peers whose address is `https://` (their gRPC port serves TLS).
+    pub fn new(token: Bearer, tls: ClientTls, tasks: TaskTracker, stop: CancellationToken) -> Self {
+        Self { queues: DashMap::new(), token, tls, tasks, stop }
     }
 
     /// Delivers `msg` on the peer at `addr`: how many connections took it there.
@@ -55,7 +57,9 @@ impl Peers {
             return Ok(q.clone());
         }
         let uri = GrpcAddr::parse(addr).map_err(|e| RouteError::Unavailable(e.to_string()))?;
-        let client = NodeServiceClient::new(uri.lazy_channel(Duration::from_secs(1)));
+        let channel = uri.lazy_channel(Duration::from_secs(1), &self.tls);
+        let client =
+            NodeServiceClient::new(channel.map_err(|e| RouteError::Unavailable(e.to_string()))?);
         let queue = self.queues.entry(addr.to_owned()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
             let peer = addr.to_owned();

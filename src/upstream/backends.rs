@@ -21,7 +21,7 @@ use tonic::transport::Channel;
 
 use super::batch::BatchItem;
 use crate::{
-    grpc::GrpcAddr,
+    grpc::{ClientTls, GrpcAddr, GrpcError},
     protocol::pb::{
         backend_service_client::BackendServiceClient,
         batch_backend_service_client::BatchBackendServiceClient,
@@ -39,15 +39,21 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// An endpoint whose channel connects on first use and reconnects by itself.
-    pub fn new(addr: &GrpcAddr, connect_timeout: Duration, max_calls: u32) -> Self {
-        Self {
+    /// An endpoint whose channel connects on first use and reconnects by itself (over TLS
+    /// with `tls` for an `https://` address).
+    pub fn new(
+        addr: &GrpcAddr,
+        connect_timeout: Duration,
+        max_calls: u32,
+        tls: &ClientTls,
+    ) -> Result<Self, GrpcError> {
+        Ok(Self {
             addr: addr.to_string(),
-            channel: addr.lazy_channel(connect_timeout),
+            channel: addr.lazy_channel(connect_timeout, tls)?,
             permits: Arc::new(Semaphore::new(max_calls as usize)),
             failures: AtomicU32::new(0),
             open_until: Mutex::new(None),
-        }
+        })
     }
 
     pub fn client(&self) -> BackendServiceClient<Channel> {
@@ -206,7 +212,8 @@ mod tests {
 
     fn endpoint(addr: &str, max_calls: u32) -> Arc<Endpoint> {
         let addr = GrpcAddr::parse(addr).expect("addr");
-        Arc::new(Endpoint::new(&addr, Duration::from_secs(1), max_calls))
+        let tls = ClientTls::default();
+        Arc::new(Endpoint::new(&addr, Duration::from_secs(1), max_calls, &tls).expect("endpoint"))
     }
 
     #[tokio::test]

@@ -143,7 +143,7 @@ async fn each_role_token_opens_its_own_service_only() {
         let (rc, _, err) = run_wsgw(&["sessions", "--addr", &addr, "--token", other]).await;
         assert_eq!(rc, 2, "sessions with the {other} token: {err}");
     }
-    let backend = client::node("n", &addr, "role-backend").expect("client");
+    let backend = client::node("n", &addr, "role-backend", &Default::default()).expect("client");
     let drain = backend.client.clone().drain(backend.request(DrainRequest {})).await;
     assert_eq!(drain.expect_err("a push token cannot drain").code(), tonic::Code::Unauthenticated);
     // No secret on the command line: the operator token from a file (or its variable).
@@ -161,7 +161,8 @@ async fn each_role_token_opens_its_own_service_only() {
 async fn stats_and_the_stats_feed_report_the_node() {
     let node = TestNode::spawn().await;
     let _c = node.connect(1, 9).await;
-    let n = client::node("n", &node.grpc_addr.to_string(), OPERATOR_TOKEN).expect("client");
+    let n = client::node("n", &node.grpc_addr.to_string(), OPERATOR_TOKEN, &Default::default())
+        .expect("client");
     let mut admin = n.client.clone();
     crate::assert_within!(
         5,
@@ -211,7 +212,8 @@ async fn pair(test: &str) -> Pair {
 #[tokio::test]
 async fn redirect_moves_the_asked_share_of_clients_to_a_live_peer() {
     let Pair { a, b, mut clients, .. } = pair("admin-redirect").await;
-    let n = client::node("a", &a.grpc_addr.to_string(), OPERATOR_TOKEN).expect("client");
+    let n = client::node("a", &a.grpc_addr.to_string(), OPERATOR_TOKEN, &Default::default())
+        .expect("client");
     let r = n
         .client
         .clone()
@@ -246,6 +248,7 @@ async fn webhook_on(target: Target) -> String {
         fraction: 0.5,
         label: String::new(),
         cooldown: Duration::from_secs(300),
+        tls: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -329,7 +332,8 @@ fn base64_of(s: &str) -> String {
 #[tokio::test]
 async fn drain_through_the_admin_api_stops_the_node() {
     let mut node = TestNode::spawn().await;
-    let n = client::node("n", &node.grpc_addr.to_string(), OPERATOR_TOKEN).expect("client");
+    let n = client::node("n", &node.grpc_addr.to_string(), OPERATOR_TOKEN, &Default::default())
+        .expect("client");
     let drain = n.request(DrainRequest {});
     n.client.clone().drain(drain).await.expect("drain");
     let task = node.task();

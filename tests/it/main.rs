@@ -9,6 +9,7 @@ mod cli;
 mod cluster;
 mod connections;
 mod downstream;
+mod grpc_tls;
 mod http;
 mod layers;
 mod lifecycle;

@@ -145,13 +145,29 @@ impl DeliveryReceiptService for Service {
 impl TestBackend {
     /// Starts a backend for `biz_id` on a free loopback port.
     pub async fn spawn(biz_id: i64, behaviour: Behaviour) -> TestBackend {
+        Self::spawn_with(biz_id, behaviour, None).await
+    }
+
+    /// Like [`spawn`](Self::spawn), serving TLS only.
+    pub async fn spawn_tls(biz_id: i64, tls: tonic::transport::ServerTlsConfig) -> TestBackend {
+        Self::spawn_with(biz_id, Behaviour::default(), Some(tls)).await
+    }
+
+    async fn spawn_with(
+        biz_id: i64,
+        behaviour: Behaviour,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> TestBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let record = Arc::new(Record::default());
         let service = Service { behaviour: behaviour.clone(), biz_id, record: record.clone() };
         let (stop, stopped) = oneshot::channel::<()>();
-        let mut router = tonic::transport::Server::builder()
-            .add_service(BackendServiceServer::new(service.clone()));
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).expect("backend TLS");
+        }
+        let mut router = server.add_service(BackendServiceServer::new(service.clone()));
         if behaviour.batch {
             router = router.add_service(BatchBackendServiceServer::new(service.clone()));
         }
