@@ -45,6 +45,9 @@ step "websocket conformance (Autobahn)"
 cargo build --locked --bin wsgw
 scripts/autobahn.sh target/debug/wsgw
 
+step "fuzzing smoke: every fuzz target for 10 s from its committed seeds (scripts/fuzz.sh)"
+scripts/fuzz.sh --smoke
+
 step "fault harness, short mode (docs/reliability.md): no accepted push may be lost"
 CHAOS_BIN=target/debug/wsgw scripts/chaos.sh --short
 
