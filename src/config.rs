@@ -80,6 +80,10 @@ pub struct GrpcConfig {
     /// first answer).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// A caller must have sent the HTTP/2 preface (and finished the TLS handshake) within this
+    /// time after connecting, or it is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
     pub tls: GrpcTlsConfig,
 }
 
@@ -119,6 +123,7 @@ impl Default for GrpcConfig {
             tokens: RoleTokens::default(),
             max_concurrent_streams: 256,
             request_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
             tls: GrpcTlsConfig::default(),
         }
     }

@@ -49,6 +49,11 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
     );
     check(grpc.request_timeout > Duration::ZERO, "server.grpc.request_timeout", "must be positive");
     check(
+        grpc.handshake_timeout > Duration::ZERO,
+        "server.grpc.handshake_timeout",
+        "must be positive",
+    );
+    check(
         grpc.tls.cert.is_some() == grpc.tls.key.is_some(),
         "server.grpc.tls.key",
         "cert and key are set together (neither: plain HTTP/2)",

@@ -171,8 +171,15 @@ impl<S: Stream> Connection<'_, S> {
                         Some(Err(e)) => return reason_for(&e),
                         Some(Ok(WsMessage::Text(t))) => (Bytes::from(t), true),
                         Some(Ok(WsMessage::Binary(b))) => (b, false),
-                        // Pings are answered by tungstenite, pongs only prove liveness (above);
-                        // a close is replied to and ends the stream on the next read.
+                        // Pings are answered by tungstenite, and count against the message
+                        // rate (a ping flood is closed like any other); pongs only prove
+                        // liveness (above); a close is replied to and ends the stream.
+                        Some(Ok(WsMessage::Ping(_))) => {
+                            if self.within_rate() == Verdict::Close {
+                                return CloseReason::RateLimited;
+                            }
+                            continue;
+                        }
                         Some(Ok(_)) => continue,
                     };
                     clock.application_message(now);

@@ -2,10 +2,11 @@
 //! and `AdminService` (operators), each behind its role's token, over TLS when
 //! `server.grpc.tls` is set; and the TLS of the node's own gRPC calls.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use tokio::net::TcpListener;
-use tonic::transport::ServerTlsConfig;
+use futures_util::{Stream, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tonic::transport::{ServerTlsConfig, server::TcpIncoming};
 
 use super::NodeError;
 use crate::{
@@ -57,10 +58,11 @@ pub(super) async fn serve_grpc(
     // Bounded per client connection: streams, queued calls, time per call; dead peers are
     // found by HTTP/2 keepalive pings. TCP_NODELAY on every accepted connection: without it an
     // answer written in two parts waits for the caller's delayed ACK (~40 ms per call).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = speaking(listener, grpc.handshake_timeout);
     let streams = grpc.max_concurrent_streams;
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls {
+        let tls = tls.timeout(grpc.handshake_timeout);
         server = server.tls_config(tls).map_err(std::io::Error::other)?;
     }
     server
@@ -76,6 +78,40 @@ pub(super) async fn serve_grpc(
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await
         .map_err(std::io::Error::other)
+}
+
+/// Callers waiting to be heard at once, at most; more wait in the listen backlog.
+const WAITING: usize = 1024;
+
+/// The accepted connections whose caller sent the first 24 bytes (the HTTP/2 preface, or a TLS
+/// hello) within `deadline`; the others are closed. The HTTP/2 server has no deadline of its
+/// own before the preface, so a caller that connects and stays silent would keep its socket
+/// for ever (a slowloris). Waiting happens for up to [`WAITING`] callers at once, in any order.
+fn speaking(
+    listener: TcpListener,
+    deadline: Duration,
+) -> impl Stream<Item = std::io::Result<TcpStream>> {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(move |accepted| async move {
+            let stream = accepted.ok()?;
+            let heard = tokio::time::timeout(deadline, has_bytes(&stream, 24)).await;
+            matches!(heard, Ok(true)).then_some(Ok(stream))
+        })
+        .buffer_unordered(WAITING)
+        .filter_map(std::future::ready)
+}
+
+/// Whether `n` bytes arrive on `stream` before it closes (read without consuming them).
+async fn has_bytes(stream: &TcpStream, n: usize) -> bool {
+    let mut buf = [0u8; 24];
+    loop {
+        match stream.peek(&mut buf[..n.min(24)]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(k) if k >= n.min(24) => return true,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
 }
 
 /// A gRPC client's TLS from the files at config `key`.

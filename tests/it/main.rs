@@ -10,6 +10,7 @@ mod cluster;
 mod connections;
 mod downstream;
 mod grpc_tls;
+mod hostile;
 mod http;
 mod layers;
 mod lifecycle;
