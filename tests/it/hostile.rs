@@ -14,7 +14,7 @@ use tokio::{
     net::{TcpSocket, TcpStream},
 };
 
-use crate::support::TestNode;
+use crate::support::{TestNode, upgrade_request};
 
 /// A masked client frame.
 fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
@@ -39,11 +39,7 @@ fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 /// An upgraded raw connection for user `user` (the response head read).
 async fn raw_upgraded(node: &TestNode, user: i64) -> TcpStream {
     let mut tcp = TcpStream::connect(node.ws_addr).await.expect("tcp");
-    let request = format!(
-        "GET /?token={} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        TestNode::token(user, 9)
-    );
+    let request = upgrade_request(&TestNode::token(user, 9), "");
     tcp.write_all(request.as_bytes()).await.expect("write");
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
@@ -198,11 +194,7 @@ async fn status_from(node: &TestNode, source: [u8; 4]) -> (u16, Option<TcpStream
     let socket = TcpSocket::new_v4().expect("socket");
     socket.bind(SocketAddr::from((source, 0))).expect("bind source");
     let mut tcp = socket.connect(node.ws_addr).await.expect("tcp");
-    let request = format!(
-        "GET /?token={} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        TestNode::token(7, 9)
-    );
+    let request = upgrade_request(&TestNode::token(7, 9), "");
     tcp.write_all(request.as_bytes()).await.expect("write");
     let mut head = [0u8; 12];
     tcp.read_exact(&mut head).await.expect("status line");

@@ -142,12 +142,8 @@ async fn a_deflate_offer_is_declined_and_a_compressed_frame_closes_with_1002() {
     use tokio::io::AsyncReadExt;
     let node = TestNode::spawn().await;
     let mut tcp = tokio::net::TcpStream::connect(node.ws_addr).await.expect("tcp");
-    let request = format!(
-        "GET /?token={} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
-        TestNode::token(1, 9)
-    );
+    let deflate = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+    let request = crate::support::upgrade_request(&TestNode::token(1, 9), deflate);
     tcp.write_all(request.as_bytes()).await.expect("write");
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {

@@ -22,6 +22,16 @@ pub async fn http_get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Re
     http().get(url).send().await
 }
 
+/// A raw WebSocket upgrade request with `token` in the query and `extra` header lines
+/// (each ending in `\r\n`), for tests that write their own bytes.
+pub fn upgrade_request(token: &str, extra: &str) -> String {
+    format!(
+        "GET /?token={token} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
