@@ -20,6 +20,12 @@ pub struct Args {
     /// Where to listen.
     #[arg(long, default_value = "0.0.0.0:8001")]
     listen: SocketAddr,
+    /// Serve HTTPS with this certificate chain (PEM), with --listen-key.
+    #[arg(long, value_name = "FILE", requires = "listen_key")]
+    listen_cert: Option<PathBuf>,
+    /// The private key (PEM) of --listen-cert.
+    #[arg(long, value_name = "FILE", requires = "listen_cert")]
+    listen_key: Option<PathBuf>,
     /// The node every alert acts on (--addr), or the registry the alerting node is found in.
     #[command(flatten)]
     to: TargetArgs,
@@ -75,12 +81,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         cooldown: args.cooldown,
         tls: args.to.tls()?,
     };
+    let https = match (&args.listen_cert, &args.listen_key) {
+        (Some(cert), Some(key)) => Some(https(cert, key)?),
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        info!(listen = %args.listen, "alert webhook: POST /webhook/v1");
+        let scheme = if https.is_some() { "https" } else { "http" };
+        info!(listen = %args.listen, scheme, "alert webhook: POST /webhook/v1");
         let stop = CancellationToken::new();
         let on_signal = stop.clone();
         tokio::spawn(async move {
@@ -90,7 +101,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         // Acting on an alert calls nodes (up to 10 s each): a minute per request.
         let limits =
             HttpLimits { request_timeout: Duration::from_secs(60), ..HttpLimits::default() };
-        http::serve(listener, webhook::router(config), limits, stop).await.context("webhook server")
+        let router = webhook::router(config);
+        match https {
+            Some(tls) => http::serve_tls(listener, router, limits, tls, stop).await,
+            None => http::serve(listener, router, limits, stop).await,
+        }
+        .context("webhook server")
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The TLS acceptor of --listen-cert and --listen-key.
+fn https(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let config = wsgw::config::TlsConfig {
+        cert: cert.display().to_string(),
+        key: key.display().to_string(),
+        reload_check: Duration::from_secs(60),
+    };
+    let tls = wsgw::gateway::Tls::load(&config).context("--listen-cert / --listen-key")?;
+    Ok(tls.acceptor())
 }

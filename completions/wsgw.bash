@@ -68,13 +68,21 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__alert__subcmd__webhook)
-            opts="-h -V --listen --addr --etcd --etcd-prefix --tls-ca --tls-cert --tls-key --token --token-file --basic-auth --basic-auth-file --admin-token --admin-token-file --percent --label --cooldown --log-format --help --version"
+            opts="-h -V --listen --listen-cert --listen-key --addr --etcd --etcd-prefix --tls-ca --tls-cert --tls-key --token --token-file --basic-auth --basic-auth-file --admin-token --admin-token-file --percent --label --cooldown --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --listen-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --listen-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

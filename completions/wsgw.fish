@@ -108,6 +108,8 @@ json\t''"
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -s h -l help -d 'Print help'
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -s V -l version -d 'Print version'
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l listen -d 'Where to listen' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l listen-cert -d 'Serve HTTPS with this certificate chain (PEM), with --listen-key' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l listen-key -d 'The private key (PEM) of --listen-cert' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r

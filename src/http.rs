@@ -5,6 +5,8 @@
 //! exchange within `request_timeout`. A slowloris gets its connection closed instead of a file
 //! descriptor forever.
 //!
+//! Over TLS ([`serve_tls`]) the TLS handshake must also finish within `header_timeout`.
+//!
 //! Owns: the accept loop and the connection tasks, all awaited on stop. Never routes or
 //! answers anything itself.
 
@@ -16,7 +18,12 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::Semaphore,
+};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, warn};
 
@@ -52,6 +59,27 @@ pub async fn serve(
     limits: HttpLimits,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with(listener, router, limits, None, stop).await
+}
+
+/// [`serve`] over TLS: HTTPS only.
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    acceptor: TlsAcceptor,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    serve_with(listener, router, limits, Some(acceptor), stop).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    tls: Option<TlsAcceptor>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let tasks = TaskTracker::new();
     let mut http = http1::Builder::new();
@@ -73,20 +101,17 @@ pub async fn serve(
             debug!(%remote, "HTTP connection refused: at max_connections");
             continue; // dropped: closed at once
         };
-        let service = TowerToHyperService::new(router.clone());
-        let conn = http.serve_connection(TokioIo::new(stream), service);
-        let (within, stop) = (limits.request_timeout, stop.clone());
+        let (http, router, tls, stop) = (http.clone(), router.clone(), tls.clone(), stop.clone());
         tasks.spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                done = tokio::time::timeout(within, conn.as_mut()) => {
-                    if let Ok(Err(e)) = done {
-                        debug!(%remote, error = %e, "HTTP connection ended");
+            match tls {
+                None => exchange(&http, stream, router, limits, &stop).await,
+                Some(acceptor) => {
+                    let shake =
+                        tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+                    match shake.await {
+                        Ok(Ok(tls)) => exchange(&http, tls, router, limits, &stop).await,
+                        _ => debug!(%remote, "HTTPS handshake failed or timed out"),
                     }
-                }
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(STOP_GRACE, conn).await;
                 }
             }
             drop(permit);
@@ -95,4 +120,29 @@ pub async fn serve(
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// One request on `io`, within `request_timeout`; on `stop`, a short grace.
+async fn exchange<IO>(
+    http: &http1::Builder,
+    io: IO,
+    router: Router,
+    limits: HttpLimits,
+    stop: &CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        done = tokio::time::timeout(limits.request_timeout, conn.as_mut()) => {
+            if let Ok(Err(e)) = done {
+                debug!(error = %e, "HTTP connection ended");
+            }
+        }
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(STOP_GRACE, conn).await;
+        }
+    }
 }

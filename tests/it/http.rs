@@ -62,3 +62,39 @@ async fn slow_or_surplus_clients_are_cut_off_and_requests_keep_working() {
     stop.cancel();
     server.await.expect("server task").expect("server");
 }
+
+#[tokio::test]
+async fn over_tls_only_https_is_served_and_a_silent_handshake_is_cut_off() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, c.cert.pem()).expect("write");
+    std::fs::write(&key, c.signing_key.serialize_pem()).expect("write");
+    let config = wsgw::config::TlsConfig {
+        cert: cert.display().to_string(),
+        key: key.display().to_string(),
+        reload_check: Duration::from_secs(60),
+    };
+    let acceptor = wsgw::gateway::Tls::load(&config).expect("tls").acceptor();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let router = Router::new().route("/health", get(|| async { "ok\n" }));
+    let limits = HttpLimits { header_timeout: Duration::from_millis(300), ..HttpLimits::default() };
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(http::serve_tls(listener, router, limits, acceptor, stop.clone()));
+
+    let _ = crate::support::http(); // installs the crypto provider
+    let ca = reqwest::Certificate::from_pem(c.cert.pem().as_bytes()).expect("ca");
+    let client = reqwest::Client::builder().add_root_certificate(ca).build().expect("client");
+    let url = format!("https://localhost:{}/health", addr.port());
+    let resp = client.get(&url).send().await.expect("https");
+    assert_eq!(resp.text().await.expect("body"), "ok\n");
+    let plain = get_health(addr).await.unwrap_or_default();
+    assert!(!plain.starts_with("HTTP/"), "plain HTTP gets a TLS alert, not an answer: {plain:?}");
+    let mut silent = TcpStream::connect(addr).await.expect("tcp");
+    let started = tokio::time::Instant::now();
+    assert!(until_closed(&mut silent).await.is_some(), "a silent TLS client is cut off");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    stop.cancel();
+    server.await.expect("server task").expect("server");
+}
