@@ -42,7 +42,9 @@ step "TypeScript client (clients/js): node tests against real nodes, the demo pa
 scripts/js-test.sh
 
 step "websocket conformance (Autobahn)"
-cargo build --locked --bin wsgw
+# the same build as the tests and scripts/js-test.sh (wsgw alone would unify other features and
+# build every dependency again)
+cargo build --locked --bin wsgw --example backend
 scripts/autobahn.sh target/debug/wsgw
 
 step "fuzzing smoke: every fuzz target for 10 s from its committed seeds (scripts/fuzz.sh)"
