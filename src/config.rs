@@ -215,6 +215,9 @@ pub struct WebSocketConfig {
     /// stack and limits, for the Autobahn conformance suite. Refused unless the WebSocket
     /// listener is on loopback; never enable in production.
     pub conformance_echo: bool,
+    /// Connections from `trusted_proxies` start with a PROXY protocol header (v1 or v2) naming
+    /// the client.
+    pub proxy_protocol: bool,
     /// TLS for clients (`wss://`); off while `cert` is empty.
     pub tls: TlsConfig,
 }
@@ -255,6 +258,7 @@ impl Default for WebSocketConfig {
             max_handshakes: 1024,
             accept_rate: 0.0,
             conformance_echo: false,
+            proxy_protocol: false,
             tls: TlsConfig::default(),
         }
     }

@@ -31,6 +31,7 @@ mod connection;
 mod dispatch;
 mod handshake;
 mod listener;
+mod proxy;
 mod rate;
 mod tls;
 

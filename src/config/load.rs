@@ -359,6 +359,15 @@ mod tests {
     }
 
     #[test]
+    fn the_proxy_protocol_needs_trusted_proxies() {
+        let on = ("WSGW_SERVER__WEBSOCKET__PROXY_PROTOCOL", "true");
+        let p = problems(load(None, env(&[on])).unwrap_err());
+        assert!(p.iter().any(|p| p.key == "server.websocket.proxy_protocol"), "{p:?}");
+        let lb = ("WSGW_SERVER__WEBSOCKET__TRUSTED_PROXIES", "[10.0.0.0/8]");
+        assert!(load(None, env(&[on, lb])).is_ok());
+    }
+
+    #[test]
     fn backend_addresses_and_the_grpc_token_are_validated_with_their_keys() {
         let f = yaml(
             "backends:\n  - biz_id: 1\n    endpoints: [\"127.0.0.1:50051\", \"no-port\"]\n\

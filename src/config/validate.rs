@@ -86,6 +86,11 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
             "must be an IP address or a network such as 10.0.0.0/8",
         );
     }
+    check(
+        !ws.proxy_protocol || !ws.trusted_proxies.is_empty(),
+        "server.websocket.proxy_protocol",
+        "PROXY headers are read only from server.websocket.trusted_proxies: list the load balancers",
+    );
     for (i, origin) in ws.allowed_origins.iter().enumerate() {
         check(
             origin.starts_with("http://") || origin.starts_with("https://") || origin == "null",

@@ -34,16 +34,32 @@ use crate::{
 /// Serves one accepted TCP connection from handshake (TLS first, when configured) to close.
 /// `handshake` is the connection's place among the handshakes in progress, freed once upgraded.
 pub(super) async fn serve(
-    stream: TcpStream,
+    mut stream: TcpStream,
     remote: SocketAddr,
     gw: Arc<Gateway>,
     handshake: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
+    let within = gw.config.server.websocket.handshake_timeout;
+    let proxied = gw.config.server.websocket.proxy_protocol
+        && gw.trusted_proxies.iter().any(|n| n.contains(&remote.ip()));
+    let remote = match proxied {
+        false => remote,
+        // Boxed: only needed before the handshake.
+        true => {
+            match timeout(within, Box::pin(super::proxy::read_header(&mut stream, remote))).await {
+                Ok(Ok(client)) => client,
+                Ok(Err(e)) => {
+                    gw.metrics.handshake("bad_proxy_header");
+                    return debug!(%remote, error = %e, "PROXY header refused");
+                }
+                Err(_) => return gw.metrics.handshake("timeout"),
+            }
+        }
+    };
     let Some(tls) = &gw.tls else { return serve_stream(stream, remote, &gw, handshake).await };
     // Boxed like the upgrade below: only needed until the session is up. The TLS handshake
     // has `handshake_timeout` too, then the upgrade.
-    let within = gw.config.server.websocket.handshake_timeout;
     let secured = match timeout(within, Box::pin(tls.acceptor().accept(stream))).await {
         Ok(Ok(secured)) => secured,
         Ok(Err(e)) => {

@@ -310,3 +310,59 @@ async fn handshakes_per_second_per_address_are_limited_before_the_token_is_check
     let refused = "websocket_gateway_handshakes_total{outcome=\"address_rate\"}";
     assert_eq!(node.metric(refused).await, 1.0, "counted");
 }
+
+/// Sends `header` and an upgrade request; the HTTP status answered (0: closed unanswered) and
+/// the open socket when upgraded.
+async fn via_proxy(node: &TestNode, header: &[u8], user: i64) -> (u16, Option<TcpStream>) {
+    let mut tcp = TcpStream::connect(node.ws_addr).await.expect("tcp");
+    tcp.write_all(header).await.expect("header");
+    let request = crate::support::upgrade_request(&TestNode::token(user, 9), "");
+    let _ = tcp.write_all(request.as_bytes()).await;
+    let mut head = [0u8; 12];
+    match tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut head)).await {
+        Ok(Ok(_)) => {
+            let status = String::from_utf8_lossy(&head[9..12]).parse().expect("status");
+            (status, (status == 101).then_some(tcp))
+        }
+        _ => (0, None),
+    }
+}
+
+#[tokio::test]
+async fn a_proxy_protocol_header_from_a_trusted_proxy_names_the_client() {
+    let node = TestNode::builder()
+        .config(|c| {
+            c.server.websocket.proxy_protocol = true;
+            c.server.websocket.trusted_proxies = vec!["127.0.0.1".into()];
+            c.limits.max_connections_per_ip = 1;
+        })
+        .spawn()
+        .await;
+    let v1 = |client: &str| format!("PROXY TCP4 {client} 10.0.0.1 51000 9002\r\n").into_bytes();
+    let (status, _kept) = via_proxy(&node, &v1("203.0.113.7"), 1).await;
+    assert_eq!(status, 101);
+    let sessions = node.handle.directory().clone();
+    let all = sessions.sessions(wsgw::cluster::SessionQuery::All).await.expect("sessions");
+    assert_eq!(all[0].remote, "203.0.113.7:51000", "the client, not the proxy");
+    assert_eq!(via_proxy(&node, &v1("203.0.113.7"), 2).await.0, 429, "its address's limit");
+    assert_eq!(via_proxy(&node, &v1("203.0.113.8"), 3).await.0, 101, "another client");
+    // From the trusted proxy without a header: closed unanswered, and counted.
+    assert_eq!(via_proxy(&node, b"", 4).await.0, 0);
+    crate::assert_eventually!(
+        node.metric(r#"websocket_gateway_handshakes_total{outcome="bad_proxy_header"}"#).await
+            == 1.0,
+        "counted"
+    );
+
+    // From an address that is not a trusted proxy a header is never believed.
+    let strict = TestNode::builder()
+        .config(|c| {
+            c.server.websocket.proxy_protocol = true;
+            c.server.websocket.trusted_proxies = vec!["10.9.9.9".into()];
+        })
+        .spawn()
+        .await;
+    let (status, _) = via_proxy(&strict, &v1("203.0.113.7"), 5).await;
+    assert_ne!(status, 101, "a PROXY header from an untrusted peer is not stripped");
+    assert_eq!(via_proxy(&strict, b"", 6).await.0, 101, "its clients connect directly");
+}
