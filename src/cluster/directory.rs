@@ -26,7 +26,7 @@ use crate::{
 
 #[cfg(feature = "fuzzing")]
 pub(crate) use redis::fuzz_replies;
-pub use redis::{DirectorySettings, Redis, RedisDirectory};
+pub use redis::{DirectorySettings, Redis, RedisAuth, RedisDirectory};
 
 /// A boxed future of a directory call (the trait is used as `dyn`).
 pub type DirectoryFuture<'a, T> =

@@ -6,6 +6,8 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+use crate::grpc::ClientTlsFiles;
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ClusterConfig {
@@ -46,6 +48,13 @@ pub struct RedisConfig {
     pub url: String,
     /// The Redis at `url` is a Redis Cluster (implied when `url` lists several nodes).
     pub cluster: bool,
+    /// ACL user and password (Redis 6+; a password alone is `requirepass`'s); they override
+    /// the URL's own.
+    pub username: String,
+    pub password: String,
+    /// `rediss://` URLs: the CA of Redis's certificate (none: the system's roots) and the
+    /// certificate the node presents when Redis asks for one (`tls-auth-clients`).
+    pub tls: ClientTlsFiles,
     /// Prefix of every key wsgw writes.
     pub prefix: String,
     /// A node that stops refreshing its entry for this long is dead: its sessions stop being
@@ -81,6 +90,9 @@ impl Default for RedisConfig {
         Self {
             url: String::new(),
             cluster: false,
+            username: String::new(),
+            password: String::new(),
+            tls: ClientTlsFiles::default(),
             prefix: "wsgw:".into(),
             session_ttl: Duration::from_secs(15),
             inbox_max: 100,
@@ -206,12 +218,20 @@ impl ClusterConfig {
         let mut p = Vec::new();
         let r = &self.redis;
         let urls = r.urls();
-        let url_ok = urls.iter().all(|u| u.starts_with("redis://") || u.starts_with("unix://"));
-        if !url_ok {
+        let schemes = ["redis://", "rediss://", "unix://"];
+        if !urls.iter().all(|u| schemes.iter().any(|s| u.starts_with(s))) {
             p.push((
                 "cluster.redis.url",
-                "must be redis://host:port[/db] (comma-separated for a Redis Cluster) or empty",
+                "must be redis://host:port[/db] or rediss:// (TLS), comma-separated for a Redis Cluster, or empty",
             ));
+        }
+        let tls = &r.tls;
+        if tls.cert.is_some() != tls.key.is_some() {
+            p.push(("cluster.redis.tls.key", "a client certificate needs both cert and key"));
+        }
+        let any_file = tls.ca.is_some() || tls.cert.is_some();
+        if any_file && !urls.iter().all(|u| u.starts_with("rediss://")) {
+            p.push(("cluster.redis.tls", "TLS files are used with rediss:// URLs only"));
         }
         if r.is_cluster() && urls.iter().any(|u| u.starts_with("unix://")) {
             p.push(("cluster.redis.url", "a Redis Cluster is reached over redis://, not unix://"));

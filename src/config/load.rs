@@ -359,6 +359,21 @@ mod tests {
     }
 
     #[test]
+    fn redis_tls_needs_rediss_urls_and_whole_client_certificates() {
+        let url = |u: &'static str| ("WSGW_CLUSTER__REDIS__URL", u);
+        let ca = ("WSGW_CLUSTER__REDIS__TLS__CA", "/etc/ca.pem");
+        let key_only = ("WSGW_CLUSTER__REDIS__TLS__KEY", "/etc/client.key");
+        let fine = load(None, env(&[url("rediss://127.0.0.1:6380"), ca])).err().map(problems);
+        assert!(!fine.unwrap_or_default().iter().any(|p| p.key.starts_with("cluster.redis")));
+        let p = problems(load(None, env(&[url("redis://127.0.0.1:6379"), ca])).unwrap_err());
+        assert!(p.iter().any(|p| p.key == "cluster.redis.tls"), "{p:?}");
+        let p = problems(load(None, env(&[url("rediss://127.0.0.1:6380"), key_only])).unwrap_err());
+        assert!(p.iter().any(|p| p.key == "cluster.redis.tls.key"), "{p:?}");
+        let p = problems(load(None, env(&[url("http://127.0.0.1:6379")])).unwrap_err());
+        assert!(p.iter().any(|p| p.key == "cluster.redis.url"), "{p:?}");
+    }
+
+    #[test]
     fn the_proxy_protocol_needs_trusted_proxies() {
         let on = ("WSGW_SERVER__WEBSOCKET__PROXY_PROTOCOL", "true");
         let p = problems(load(None, env(&[on])).unwrap_err());

@@ -20,7 +20,7 @@ use crate::{
     cluster::{
         Advertised, DirectoryEvent, Inbox, LocalDirectory, NodeEntry, NodeRegistry, PresenceAction,
         RedisDirectory, SessionDirectory,
-        directory::DirectorySettings,
+        directory::{DirectorySettings, RedisAuth},
         discovery::Discovery,
         kafka::{self, PushConsumer},
     },
@@ -79,6 +79,11 @@ pub(super) fn build(
             let settings = DirectorySettings {
                 cluster: c.redis.is_cluster(),
                 urls,
+                auth: RedisAuth {
+                    tls: c.redis.tls.clone(),
+                    username: c.redis.username.clone(),
+                    password: c.redis.password.clone(),
+                },
                 prefix: c.redis.prefix.clone(),
                 node_id: node_id.to_owned(),
                 grpc: at.grpc(),

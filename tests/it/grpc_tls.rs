@@ -3,60 +3,17 @@
 //! `wsgw sessions`, backends called over TLS, and two cluster nodes delivering to each other
 //! over mutual TLS.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::Bytes;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use wsgw::{
     grpc::GrpcAddr,
     protocol::{CommandType, Message, Serializer},
 };
 
-use crate::support::{TestBackend, TestNode, cluster::Scope, run_wsgw};
+use crate::support::{Pki, TestBackend, TestNode, cluster::Scope, run_wsgw};
 
 const JSON: Serializer = Serializer::Json;
-
-/// PEM files in a temporary directory: `ca.pem`, `server.pem`/`server.key`,
-/// `client.pem`/`client.key`, and `other-ca.pem` (a CA that signed nothing here).
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tmp");
-        let ca = |name: &str| {
-            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name.push(rcgen::DnType::CommonName, name);
-            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("CA")
-        };
-        let (root, other) = (ca("wsgw test CA"), ca("another CA"));
-        let write =
-            |name: &str, text: &str| std::fs::write(dir.path().join(name), text).expect("write");
-        write("ca.pem", &root.pem());
-        write("other-ca.pem", &other.pem());
-        for (name, sans) in
-            [("server", vec!["localhost", "127.0.0.1"]), ("client", vec!["operator"])]
-        {
-            let key = KeyPair::generate().expect("key");
-            let sans: Vec<String> = sans.into_iter().map(str::to_owned).collect();
-            let cert =
-                CertificateParams::new(sans).expect("params").signed_by(&key, &root).expect("sign");
-            write(&format!("{name}.pem"), &cert.pem());
-            write(&format!("{name}.key"), &key.serialize_pem());
-        }
-        Self { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn arg(&self, name: &str) -> String {
-        self.path(name).display().to_string()
-    }
-}
 
 /// `server.grpc.tls` with the server certificate, and mutual TLS with the test CA.
 fn mutual(pki: &Pki) -> impl Fn(&mut wsgw::config::Config) + Clone + use<> {

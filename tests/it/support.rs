@@ -4,11 +4,13 @@ mod backend;
 mod client;
 pub mod cluster;
 mod node;
+mod pki;
 mod process;
 
 pub use backend::{Behaviour, TestBackend, dead_addr};
 pub use client::{Client, code};
 pub use node::{BACKEND_TOKEN, OPERATOR_TOKEN, PEER_TOKEN, SECRET, TestNode};
+pub use pki::Pki;
 
 /// An HTTP client. reqwest is built with rustls but without a crypto provider (the node uses
 /// ring; see `auth::JwksSource`), so the process default is installed first.

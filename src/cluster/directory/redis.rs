@@ -86,7 +86,7 @@ mod scripts;
 mod sessions;
 mod upkeep;
 
-pub use conn::Redis;
+pub use conn::{Redis, RedisAuth};
 use nodes::NodeTable;
 
 use replies::{
@@ -117,6 +117,8 @@ pub struct DirectorySettings {
     /// One Redis: its URL; a Redis Cluster: seed nodes.
     pub urls: Vec<String>,
     pub cluster: bool,
+    /// TLS files and ACL user.
+    pub auth: RedisAuth,
     pub prefix: String,
     pub node_id: String,
     pub grpc: String,
@@ -142,7 +144,7 @@ impl RedisDirectory {
         metrics: Arc<Metrics>,
         stop: CancellationToken,
     ) -> Result<(Arc<Self>, DirectoryTask), DirectoryError> {
-        let redis = Redis::open(&s.urls, s.cluster)?;
+        let redis = Redis::open_with(&s.urls, s.cluster, &s.auth)?;
         let (updates, rx) = mpsc::channel(s.queue);
         let node_value = serde_json::json!({ "grpc": s.grpc, "ws": s.ws }).to_string();
         let dir = Arc::new(Self {

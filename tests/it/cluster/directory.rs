@@ -380,3 +380,55 @@ async fn presence_counts_a_users_connections_on_every_node() {
     let refused = a.presence(0, 9).await.expect_err("not a user");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn the_directory_works_over_tls_with_an_acl_user_and_refuses_a_wrong_password() {
+    let pki = crate::support::Pki::new();
+    let redis = Private::redis_tls(&pki, "directory-pw");
+    let mut scope = Scope::new("redis-tls");
+    scope.redis = format!("rediss://localhost:{}", redis.port);
+    let over_tls = |password: &'static str| {
+        let (ca, cert, key) = (pki.path("ca.pem"), pki.path("client.pem"), pki.path("client.key"));
+        move |c: &mut wsgw::config::Config| {
+            let r = &mut c.cluster.redis;
+            (r.username, r.password) = ("wsgw".into(), password.into());
+            (r.tls.ca, r.tls.cert, r.tls.key) = (Some(ca), Some(cert), Some(key));
+        }
+    };
+    let a = scope.node("a").config(over_tls("directory-pw")).spawn().await;
+    let b = scope.node("b").config(over_tls("directory-pw")).spawn().await;
+    let mut on_a = a.connect(8, 9).await;
+    await_sessions(&b, 8, 9, 1).await;
+    assert_eq!(b.push(8, 9, "tls", b"through b").await.expect("routed"), 1);
+    assert!(is_push(&on_a.recv_msg(JSON).await, "tls", b"through b"));
+    crate::assert_within!(10, a.get("/ready").await.0 == 200, "ready");
+
+    // The refusal is Redis's: the wrong password, not the TLS link.
+    let ping = |password: &str| {
+        let auth = wsgw::cluster::directory::RedisAuth {
+            tls: wsgw::grpc::ClientTlsFiles {
+                ca: Some(pki.path("ca.pem")),
+                cert: Some(pki.path("client.pem")),
+                key: Some(pki.path("client.key")),
+            },
+            username: "wsgw".into(),
+            password: password.into(),
+        };
+        let redis =
+            wsgw::cluster::directory::Redis::open_with(&[scope.redis.clone()], false, &auth);
+        async move { redis::cmd("PING").query_async::<String>(&mut redis.expect("open")).await }
+    };
+    assert_eq!(ping("directory-pw").await.expect("PONG"), "PONG");
+    let refused = ping("not-the-password").await.expect_err("refused").to_string();
+    assert!(refused.contains("AuthenticationFailed"), "{refused}");
+
+    let wrong = scope.node("c").config(over_tls("not-the-password")).spawn().await;
+    crate::assert_within!(
+        10,
+        wrong.get("/ready").await.0 == 503,
+        "no directory without the password"
+    );
+    let up = r#"websocket_gateway_dependency_up{dependency="redis"}"#;
+    assert_eq!(wrong.metric(up).await, 0.0);
+    assert!(wrong.push(8, 9, "refused", b"x").await.is_err(), "cannot record it");
+}

@@ -205,6 +205,22 @@ impl Private {
         Private::start(port, args.iter().map(|s| s.to_string()).collect())
     }
 
+    /// A Redis that speaks TLS only (the test CA's server certificate; clients must present a
+    /// certificate of the same CA) and lets in only the ACL user `wsgw` with `password`.
+    pub fn redis_tls(pki: &super::Pki, password: &str) -> Private {
+        let port = free_port();
+        let acl = ["--user", "wsgw", "on", &format!(">{password}"), "~*", "&*", "+@all"];
+        let args = [
+            ["redis-server", "--bind", "127.0.0.1", "--port", "0", "--save", ""].as_slice(),
+            &["--tls-port", &port.to_string(), "--tls-auth-clients", "yes"],
+            &["--tls-cert-file", &pki.arg("server.pem"), "--tls-key-file", &pki.arg("server.key")],
+            &["--tls-ca-cert-file", &pki.arg("ca.pem")],
+            &acl,
+            &["--user", "default", "off"],
+        ];
+        Private::start(port, args.concat().iter().map(|s| s.to_string()).collect())
+    }
+
     /// A tansu broker that advertises loopback port `advertised` (a [`Cut`] in front of it)
     /// instead of its own.
     pub fn kafka(advertised: u16) -> Private {

@@ -13,11 +13,14 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::{
-    Cmd, FromRedisValue, RedisFuture, RedisResult, ScriptInvocation, Value,
+    ClientTlsConfig, Cmd, ConnectionInfo, FromRedisValue, IntoConnectionInfo, RedisFuture,
+    RedisResult, ScriptInvocation, TlsCertificates, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::{ClusterClientBuilder, ClusterConfig},
     cluster_async::ClusterConnection,
 };
+
+use crate::grpc::ClientTlsFiles;
 
 /// How long connecting and each answer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -31,18 +34,79 @@ pub enum Redis {
     Cluster(ClusterConnection),
 }
 
+/// How to reach Redis beyond its URLs: the TLS files of `rediss://` URLs (a private CA, a client
+/// certificate) and an ACL user (Redis 6+), which override the URLs' own credentials.
+#[derive(Clone, Debug, Default)]
+pub struct RedisAuth {
+    pub tls: ClientTlsFiles,
+    pub username: String,
+    pub password: String,
+}
+
+impl RedisAuth {
+    /// The TLS files, read; none when no file is set (`rediss://` then trusts the system roots).
+    fn certificates(&self) -> RedisResult<Option<TlsCertificates>> {
+        let t = &self.tls;
+        if t.ca.is_none() && t.cert.is_none() && t.key.is_none() {
+            return Ok(None);
+        }
+        let client_tls = match (&t.cert, &t.key) {
+            (Some(cert), Some(key)) => Some(ClientTlsConfig {
+                client_cert: std::fs::read(cert)?,
+                client_key: std::fs::read(key)?,
+            }),
+            _ => None,
+        };
+        let root_cert = t.ca.as_deref().map(std::fs::read).transpose()?;
+        Ok(Some(TlsCertificates { client_tls, root_cert }))
+    }
+
+    fn apply(&self, info: ConnectionInfo) -> ConnectionInfo {
+        let mut redis = info.redis_settings().clone();
+        if !self.username.is_empty() {
+            redis = redis.set_username(&self.username);
+        }
+        if !self.password.is_empty() {
+            redis = redis.set_password(&self.password);
+        }
+        info.set_redis_settings(redis)
+    }
+}
+
 impl Redis {
     /// Connects lazily (the first command connects): to the one Redis at `urls[0]`, or, when
     /// `cluster`, to the cluster these seed nodes belong to.
     pub fn open(urls: &[String], cluster: bool) -> RedisResult<Self> {
+        Self::open_with(urls, cluster, &RedisAuth::default())
+    }
+
+    /// [`Redis::open`] with TLS files and an ACL user.
+    pub fn open_with(urls: &[String], cluster: bool, auth: &RedisAuth) -> RedisResult<Self> {
+        let tls = urls.iter().any(|u| u.starts_with("rediss://"));
+        let certs = if tls {
+            // rustls needs a process-wide provider; the node's is ring (as for its TLS ports).
+            let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+            auth.certificates()?
+        } else {
+            None
+        };
         if cluster {
             let config = ClusterConfig::new()
                 .set_connection_timeout(CONNECT_TIMEOUT)
                 .set_response_timeout(RESPONSE_TIMEOUT);
-            let client = ClusterClientBuilder::new(urls.iter().map(String::as_str))
+            let mut client = ClusterClientBuilder::new(urls.iter().map(String::as_str))
                 .retries(1)
-                .max_retry_wait(500)
-                .build()?;
+                .max_retry_wait(500);
+            if !auth.username.is_empty() {
+                client = client.username(&auth.username);
+            }
+            if !auth.password.is_empty() {
+                client = client.password(&auth.password);
+            }
+            if let Some(certs) = certs {
+                client = client.certs(certs);
+            }
+            let client = client.build()?;
             return Ok(Redis::Cluster(client.get_pending_async_connection_with_config(config)));
         }
         let url = urls.first().map(String::as_str).unwrap_or_default();
@@ -51,7 +115,11 @@ impl Redis {
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let client = redis::Client::open(url)?;
+        let info = auth.apply(url.into_connection_info()?);
+        let client = match certs {
+            Some(certs) => redis::Client::build_with_tls(info, certs)?,
+            None => redis::Client::open(info)?,
+        };
         Ok(Redis::One(ConnectionManager::new_lazy_with_config(client, config)?))
     }
 
