@@ -70,7 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("--percent must be in (0, 1]");
     }
     tracing_subscriber::fmt().with_env_filter("info").with_writer(std::io::stderr).init();
-    let target = args.to.target();
+    let target = args.to.target()?;
     let config = WebhookConfig {
         target,
         admin_token,

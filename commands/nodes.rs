@@ -6,6 +6,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use wsgw::{
     admin::client::{self, NodeClient, Target},
+    cluster::registry::EtcdAccess,
     grpc::{ClientTls, ClientTlsFiles},
 };
 
@@ -21,6 +22,24 @@ pub struct TargetArgs {
     /// Key prefix of the registry in etcd (cluster.etcd.prefix).
     #[arg(long, default_value = "")]
     pub etcd_prefix: String,
+    /// CA (PEM) of etcd's certificates, for https:// --etcd members; default: the system's roots.
+    #[arg(long, value_name = "FILE", env = "WSGW_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for an etcd that requires one (--client-cert-auth).
+    #[arg(long, value_name = "FILE", env = "WSGW_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, value_name = "FILE", env = "WSGW_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user, when etcd's authentication is on (cluster.etcd.username).
+    #[arg(long, env = "WSGW_CLUSTER__ETCD__USERNAME")]
+    pub etcd_user: Option<String>,
+    /// Its password (cluster.etcd.password).
+    #[arg(long, env = "WSGW_CLUSTER__ETCD__PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+    /// Read the etcd password from this file.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_password_file: Option<PathBuf>,
     /// CA (PEM) of the nodes' gRPC certificates, for https:// addresses (nodes with
     /// server.grpc.tls register theirs so); default: the system's roots.
     #[arg(long, value_name = "FILE", env = "WSGW_GRPC_CA")]
@@ -34,11 +53,27 @@ pub struct TargetArgs {
 }
 
 impl TargetArgs {
-    pub fn target(&self) -> Target {
-        match self.etcd.is_empty() {
+    pub fn target(&self) -> anyhow::Result<Target> {
+        Ok(match self.etcd.is_empty() {
             true => Target::Addr(self.addr.clone()),
-            false => Target::Etcd(self.etcd.clone(), self.etcd_prefix.clone()),
-        }
+            false => Target::Etcd(self.etcd_access()?, self.etcd_prefix.clone()),
+        })
+    }
+
+    /// How to reach the etcd of `--etcd`: TLS files, user and password.
+    pub fn etcd_access(&self) -> anyhow::Result<EtcdAccess> {
+        let password =
+            secrets::read(self.etcd_password.as_deref(), self.etcd_password_file.as_deref())?;
+        Ok(EtcdAccess {
+            endpoints: self.etcd.clone(),
+            tls: ClientTlsFiles {
+                ca: self.etcd_ca.clone(),
+                cert: self.etcd_cert.clone(),
+                key: self.etcd_key.clone(),
+            },
+            username: self.etcd_user.clone().unwrap_or_default(),
+            password,
+        })
     }
 
     /// The TLS of calls to `https://` node addresses.
@@ -76,7 +111,7 @@ impl NodeArgs {
         secrets::token(self.token.as_deref(), self.token_file.as_ref())
     }
 
-    pub fn target(&self) -> Target {
+    pub fn target(&self) -> anyhow::Result<Target> {
         self.to.target()
     }
 
@@ -86,11 +121,12 @@ impl NodeArgs {
 
     /// Clients for the addressed nodes, or the exit code after printing why there are none.
     pub async fn clients(&self) -> Result<Vec<NodeClient>, ExitCode> {
-        let (token, tls) = self.token().and_then(|t| Ok((t, self.to.tls()?))).map_err(|e| {
+        let setup = self.token().and_then(|t| Ok((t, self.to.tls()?, self.target()?)));
+        let (token, tls, target) = setup.map_err(|e| {
             eprintln!("error: {e:#}");
             exit::failed()
         })?;
-        client::nodes(&self.target(), &token, &tls).await.map_err(|e| {
+        client::nodes(&target, &token, &tls).await.map_err(|e| {
             eprintln!("error: {e}");
             exit::failed()
         })

@@ -138,7 +138,8 @@ async fn addresses(args: &Args) -> Result<Vec<String>, PushFailure> {
     if !to.whole_cluster() {
         return Ok(vec![to.addr.clone()]);
     }
-    let nodes = wsgw::admin::client::registered(&to.etcd, &to.etcd_prefix)
+    let etcd = to.etcd_access().map_err(|e| PushFailure::Registry(format!("{e:#}")))?;
+    let nodes = wsgw::admin::client::registered(&etcd, &to.etcd_prefix)
         .await
         .map_err(|e| PushFailure::Registry(e.to_string()))?;
     let mut addrs: Vec<String> =

@@ -152,8 +152,11 @@ async fn rediscover(nodes: NodeArgs, tx: mpsc::Sender<Event>, stop: Cancellation
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
-        let (Ok(token), Ok(tls)) = (nodes.token(), nodes.to.tls()) else { continue };
-        if let Ok(found) = client::nodes(&nodes.target(), &token, &tls).await {
+        let (Ok(token), Ok(tls), Ok(target)) = (nodes.token(), nodes.to.tls(), nodes.target())
+        else {
+            continue;
+        };
+        if let Ok(found) = client::nodes(&target, &token, &tls).await {
             let _ = tx.send(Event::Nodes(found)).await;
         }
     }

@@ -68,7 +68,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__alert__subcmd__webhook)
-            opts="-h -V --listen --listen-cert --listen-key --addr --etcd --etcd-prefix --tls-ca --tls-cert --tls-key --token --token-file --basic-auth --basic-auth-file --admin-token --admin-token-file --percent --label --cooldown --log-format --help --version"
+            opts="-h -V --listen --listen-cert --listen-key --addr --etcd --etcd-prefix --etcd-ca --etcd-cert --etcd-key --etcd-user --etcd-password --etcd-password-file --tls-ca --tls-cert --tls-key --token --token-file --basic-auth --basic-auth-file --admin-token --admin-token-file --percent --label --cooldown --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -95,6 +95,30 @@ _wsgw() {
                     return 0
                     ;;
                 --etcd-prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-password)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-password-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -176,7 +200,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__kick)
-            opts="-h -V --addr --etcd --etcd-prefix --tls-ca --tls-cert --tls-key --token --token-file --user --biz --conn --reason --json --log-format --help --version"
+            opts="-h -V --addr --etcd --etcd-prefix --etcd-ca --etcd-cert --etcd-key --etcd-user --etcd-password --etcd-password-file --tls-ca --tls-cert --tls-key --token --token-file --user --biz --conn --reason --json --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -191,6 +215,30 @@ _wsgw() {
                     return 0
                     ;;
                 --etcd-prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-password)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-password-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -396,7 +444,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__push)
-            opts="-h -V --user --all --biz --key --addr --etcd --etcd-prefix --tls-ca --tls-cert --tls-key --token --token-file --file --timeout --log-format --help --version"
+            opts="-h -V --user --all --biz --key --addr --etcd --etcd-prefix --etcd-ca --etcd-cert --etcd-key --etcd-user --etcd-password --etcd-password-file --tls-ca --tls-cert --tls-key --token --token-file --file --timeout --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -423,6 +471,30 @@ _wsgw() {
                     return 0
                     ;;
                 --etcd-prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-password)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-password-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -492,7 +564,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__sessions)
-            opts="-h -V --addr --etcd --etcd-prefix --tls-ca --tls-cert --tls-key --token --token-file --biz --user --node --json --log-format --help --version"
+            opts="-h -V --addr --etcd --etcd-prefix --etcd-ca --etcd-cert --etcd-key --etcd-user --etcd-password --etcd-password-file --tls-ca --tls-cert --tls-key --token --token-file --biz --user --node --json --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -507,6 +579,30 @@ _wsgw() {
                     return 0
                     ;;
                 --etcd-prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-password)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-password-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -616,7 +712,7 @@ _wsgw() {
             return 0
             ;;
         wsgw__subcmd__top)
-            opts="-h -V --addr --etcd --etcd-prefix --tls-ca --tls-cert --tls-key --token --token-file --interval --log-format --help --version"
+            opts="-h -V --addr --etcd --etcd-prefix --etcd-ca --etcd-cert --etcd-key --etcd-user --etcd-password --etcd-password-file --tls-ca --tls-cert --tls-key --token --token-file --interval --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -631,6 +727,30 @@ _wsgw() {
                     return 0
                     ;;
                 --etcd-prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-password)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --etcd-password-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -49,6 +49,12 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l key -d 'Message key (
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l etcd-ca -d 'CA (PEM) of etcd\'s certificates, for https:// --etcd members; default: the system\'s roots' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l etcd-cert -d 'Client certificate (PEM) for an etcd that requires one (--client-cert-auth)' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l etcd-key -d 'Its private key (PEM)' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l etcd-user -d 'etcd user, when etcd\'s authentication is on (cluster.etcd.username)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l etcd-password -d 'Its password (cluster.etcd.password)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l etcd-password-file -d 'Read the etcd password from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l tls-ca -d 'CA (PEM) of the nodes\' gRPC certificates, for https:// addresses (nodes with server.grpc.tls register theirs so); default: the system\'s roots' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l tls-cert -d 'Client certificate (PEM) for nodes that require mutual TLS (server.grpc.tls.client_ca)' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand push" -l tls-key -d 'Its private key (PEM)' -r -F
@@ -64,6 +70,12 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand push" -s V -l version -d 'Prin
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l etcd-ca -d 'CA (PEM) of etcd\'s certificates, for https:// --etcd members; default: the system\'s roots' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l etcd-cert -d 'Client certificate (PEM) for an etcd that requires one (--client-cert-auth)' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l etcd-key -d 'Its private key (PEM)' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l etcd-user -d 'etcd user, when etcd\'s authentication is on (cluster.etcd.username)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l etcd-password -d 'Its password (cluster.etcd.password)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l etcd-password-file -d 'Read the etcd password from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l tls-ca -d 'CA (PEM) of the nodes\' gRPC certificates, for https:// addresses (nodes with server.grpc.tls register theirs so); default: the system\'s roots' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l tls-cert -d 'Client certificate (PEM) for nodes that require mutual TLS (server.grpc.tls.client_ca)' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -l tls-key -d 'Its private key (PEM)' -r -F
@@ -80,6 +92,12 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand sessions" -s V -l version -d '
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l etcd-ca -d 'CA (PEM) of etcd\'s certificates, for https:// --etcd members; default: the system\'s roots' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l etcd-cert -d 'Client certificate (PEM) for an etcd that requires one (--client-cert-auth)' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l etcd-key -d 'Its private key (PEM)' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l etcd-user -d 'etcd user, when etcd\'s authentication is on (cluster.etcd.username)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l etcd-password -d 'Its password (cluster.etcd.password)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l etcd-password-file -d 'Read the etcd password from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l tls-ca -d 'CA (PEM) of the nodes\' gRPC certificates, for https:// addresses (nodes with server.grpc.tls register theirs so); default: the system\'s roots' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l tls-cert -d 'Client certificate (PEM) for nodes that require mutual TLS (server.grpc.tls.client_ca)' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -l tls-key -d 'Its private key (PEM)' -r -F
@@ -97,6 +115,12 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand kick" -s V -l version -d 'Prin
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l etcd-ca -d 'CA (PEM) of etcd\'s certificates, for https:// --etcd members; default: the system\'s roots' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l etcd-cert -d 'Client certificate (PEM) for an etcd that requires one (--client-cert-auth)' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l etcd-key -d 'Its private key (PEM)' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l etcd-user -d 'etcd user, when etcd\'s authentication is on (cluster.etcd.username)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l etcd-password -d 'Its password (cluster.etcd.password)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l etcd-password-file -d 'Read the etcd password from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l tls-ca -d 'CA (PEM) of the nodes\' gRPC certificates, for https:// addresses (nodes with server.grpc.tls register theirs so); default: the system\'s roots' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l tls-cert -d 'Client certificate (PEM) for nodes that require mutual TLS (server.grpc.tls.client_ca)' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand top" -l tls-key -d 'Its private key (PEM)' -r -F
@@ -113,6 +137,12 @@ complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l listen-key -
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l addr -d 'One node\'s gRPC address (server.grpc.listen)' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l etcd -d 'The nodes registered in etcd instead (host:port[,host:port])' -r
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l etcd-prefix -d 'Key prefix of the registry in etcd (cluster.etcd.prefix)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l etcd-ca -d 'CA (PEM) of etcd\'s certificates, for https:// --etcd members; default: the system\'s roots' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l etcd-cert -d 'Client certificate (PEM) for an etcd that requires one (--client-cert-auth)' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l etcd-key -d 'Its private key (PEM)' -r -F
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l etcd-user -d 'etcd user, when etcd\'s authentication is on (cluster.etcd.username)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l etcd-password -d 'Its password (cluster.etcd.password)' -r
+complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l etcd-password-file -d 'Read the etcd password from this file' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l tls-ca -d 'CA (PEM) of the nodes\' gRPC certificates, for https:// addresses (nodes with server.grpc.tls register theirs so); default: the system\'s roots' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l tls-cert -d 'Client certificate (PEM) for nodes that require mutual TLS (server.grpc.tls.client_ca)' -r -F
 complete -c wsgw -n "__fish_wsgw_using_subcommand alert-webhook" -l tls-key -d 'Its private key (PEM)' -r -F

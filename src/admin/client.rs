@@ -7,7 +7,10 @@ use std::time::Duration;
 use tonic::{Request, transport::Channel};
 
 use crate::{
-    cluster::{NodeEntry, registry},
+    cluster::{
+        NodeEntry,
+        registry::{self, EtcdAccess},
+    },
     grpc::{Bearer, ClientTls, GrpcAddr, GrpcError},
     protocol::admin_pb::admin_service_client::AdminServiceClient,
 };
@@ -30,8 +33,8 @@ pub enum ReachError {
 pub enum Target {
     /// One node's gRPC address.
     Addr(String),
-    /// Every node registered in etcd (endpoints, key prefix).
-    Etcd(Vec<String>, String),
+    /// Every node registered in etcd (how to reach it, key prefix).
+    Etcd(EtcdAccess, String),
 }
 
 /// One reachable node.
@@ -71,8 +74,8 @@ pub fn node(
 }
 
 /// The registered nodes of an etcd cluster, least loaded first.
-pub async fn registered(endpoints: &[String], prefix: &str) -> Result<Vec<NodeEntry>, ReachError> {
-    let mut etcd = registry::connect(endpoints).await?;
+pub async fn registered(etcd: &EtcdAccess, prefix: &str) -> Result<Vec<NodeEntry>, ReachError> {
+    let mut etcd = registry::connect(etcd).await?;
     Ok(registry::list_nodes(&mut etcd, prefix).await?)
 }
 
@@ -84,8 +87,8 @@ pub async fn nodes(
 ) -> Result<Vec<NodeClient>, ReachError> {
     match target {
         Target::Addr(addr) => Ok(vec![node(addr, addr, token, tls)?]),
-        Target::Etcd(endpoints, prefix) => {
-            let entries = registered(endpoints, prefix).await?;
+        Target::Etcd(etcd, prefix) => {
+            let entries = registered(etcd, prefix).await?;
             let nodes: Vec<NodeClient> = entries
                 .iter()
                 .filter_map(|e| e.grpc_addr().map(|a| node(&e.id, a, token, tls)))

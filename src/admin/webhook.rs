@@ -201,7 +201,7 @@ impl Webhook {
                 let entry = NodeEntry { id: addr.clone(), ..NodeEntry::default() };
                 Ok(vec![(entry, client::node(addr, addr, token, &self.config.tls)?)])
             }
-            Target::Etcd(endpoints, prefix) => client::registered(endpoints, prefix)
+            Target::Etcd(etcd, prefix) => client::registered(etcd, prefix)
                 .await?
                 .into_iter()
                 .filter_map(|e| {

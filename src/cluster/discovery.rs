@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::registry::connect;
+use super::registry::{EtcdAccess, connect};
 use crate::{
     config::{BackendMap, EtcdConfig},
     grpc::GrpcAddr,
@@ -33,7 +33,7 @@ struct Service {
 
 /// Watches the backend map and publishes every version of it.
 pub struct Discovery {
-    endpoints: Vec<String>,
+    etcd: EtcdAccess,
     prefix: String,
     maps: watch::Sender<Option<BackendMap>>,
     metrics: Arc<Metrics>,
@@ -47,8 +47,8 @@ impl Discovery {
         metrics: Arc<Metrics>,
     ) -> (Self, watch::Receiver<Option<BackendMap>>) {
         let (maps, rx) = watch::channel(None);
-        let endpoints = config.endpoints.clone();
-        (Self { endpoints, prefix: config.prefix.clone(), maps, metrics }, rx)
+        let etcd = EtcdAccess::of(config);
+        (Self { etcd, prefix: config.prefix.clone(), maps, metrics }, rx)
     }
 
     fn services_key(&self) -> String {
@@ -76,7 +76,7 @@ impl Discovery {
 
     /// Watches both key spaces and re-reads the map on every change.
     async fn session(&self, stop: &CancellationToken) -> Result<(), etcd_client::Error> {
-        let mut client = connect(&self.endpoints).await?;
+        let mut client = connect(&self.etcd).await?;
         let mut services = client.watch(self.services_key(), None).await?;
         let ego = format!("{}/ego/", self.prefix);
         let mut providers = client.watch(ego, Some(WatchOptions::new().with_prefix())).await?;

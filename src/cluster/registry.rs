@@ -7,6 +7,7 @@
 //! the node: every call has a deadline and failures only delay the next attempt.
 
 use std::{
+    fs,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicI64, Ordering},
@@ -14,13 +15,16 @@ use std::{
     time::Duration,
 };
 
-use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, GetOptions, Identity, PutOptions, TlsOptions,
+};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
     config::EtcdConfig,
+    grpc::ClientTlsFiles,
     protocol::pb::Node,
     telemetry::{ClusterEvent, Dependency, Metrics},
 };
@@ -76,12 +80,57 @@ pub fn client_view(node: &Node) -> Node {
     node
 }
 
+/// How to reach etcd: its members, and the TLS files and user it may require.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdAccess {
+    /// `host:port`, or `https://host:port` for TLS.
+    pub endpoints: Vec<String>,
+    /// For `https://` members: the CA of their certificates (none: the system's roots) and
+    /// the client certificate when etcd requires one (`--client-cert-auth`).
+    pub tls: ClientTlsFiles,
+    /// An etcd user (etcd's authentication enabled); empty: none.
+    pub username: String,
+    pub password: String,
+}
+
+impl EtcdAccess {
+    pub fn of(config: &EtcdConfig) -> Self {
+        Self {
+            endpoints: config.endpoints.clone(),
+            tls: config.tls.clone(),
+            username: config.username.clone(),
+            password: config.password.clone(),
+        }
+    }
+
+    fn options(&self) -> Result<ConnectOptions, etcd_client::Error> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(3));
+        if !self.username.is_empty() {
+            options = options.with_user(&self.username, &self.password);
+        }
+        if self.endpoints.iter().any(|e| e.starts_with("https://")) {
+            let files = &self.tls;
+            let tls = match &files.ca {
+                Some(ca) => TlsOptions::new().ca_certificate(Certificate::from_pem(fs::read(ca)?)),
+                None => TlsOptions::new().with_native_roots(),
+            };
+            let tls = match (&files.cert, &files.key) {
+                (Some(cert), Some(key)) => {
+                    tls.identity(Identity::from_pem(fs::read(cert)?, fs::read(key)?))
+                }
+                _ => tls,
+            };
+            options = options.with_tls(tls);
+        }
+        Ok(options)
+    }
+}
+
 /// Connects to etcd with deadlines suited to a gateway (never hang on a dead member).
-pub async fn connect(endpoints: &[String]) -> Result<Client, etcd_client::Error> {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(3));
-    Client::connect(endpoints, Some(options)).await
+pub async fn connect(access: &EtcdAccess) -> Result<Client, etcd_client::Error> {
+    Client::connect(&access.endpoints, Some(access.options()?)).await
 }
 
 /// The key prefix of node entries under `prefix`.
@@ -103,7 +152,7 @@ pub async fn list_nodes(
 
 /// This node's registration.
 pub struct NodeRegistry {
-    endpoints: Vec<String>,
+    etcd: EtcdAccess,
     prefix: String,
     entry: NodeEntry,
     ttl: Duration,
@@ -117,7 +166,7 @@ pub struct NodeRegistry {
 impl NodeRegistry {
     pub fn new(config: &EtcdConfig, entry: NodeEntry, metrics: Arc<Metrics>) -> Self {
         Self {
-            endpoints: config.endpoints.clone(),
+            etcd: EtcdAccess::of(config),
             prefix: config.prefix.clone(),
             entry,
             ttl: config.lease_ttl,
@@ -161,7 +210,7 @@ impl NodeRegistry {
         load: &impl Fn() -> i64,
         stop: &CancellationToken,
     ) -> Result<(), etcd_client::Error> {
-        let mut client = connect(&self.endpoints).await?;
+        let mut client = connect(&self.etcd).await?;
         let lease = client.lease_grant(self.ttl.as_secs() as i64, None).await?.id();
         self.lease.store(lease, Ordering::Relaxed);
         self.put(&mut client, lease, load()).await?;
@@ -210,7 +259,7 @@ impl NodeRegistry {
             return;
         }
         let revoke = async {
-            let mut client = connect(&self.endpoints).await?;
+            let mut client = connect(&self.etcd).await?;
             client.lease_revoke(lease).await.map(|_| ())
         };
         match tokio::time::timeout(Duration::from_secs(3), revoke).await {
@@ -225,7 +274,7 @@ impl NodeRegistry {
     /// Every other registered node, least loaded first.
     pub async fn peers(&self) -> Result<Vec<NodeEntry>, etcd_client::Error> {
         let list = async {
-            let mut client = connect(&self.endpoints).await?;
+            let mut client = connect(&self.etcd).await?;
             list_nodes(&mut client, &self.prefix).await
         };
         let nodes = tokio::time::timeout(Duration::from_secs(3), list)

@@ -106,8 +106,15 @@ impl Default for RedisConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct EtcdConfig {
-    /// `host:port` of etcd members; empty: no registry and no discovery.
+    /// `host:port` of etcd members (`https://host:port` for TLS); empty: no registry and no
+    /// discovery.
     pub endpoints: Vec<String>,
+    /// An etcd user, when etcd's authentication is on.
+    pub username: String,
+    pub password: String,
+    /// `https://` members: the CA of their certificates (none: the system's roots) and the
+    /// client certificate when etcd requires one (`--client-cert-auth`).
+    pub tls: ClientTlsFiles,
     /// Prepended to every key (`/services/gateway/node/…`, `gateway.backend.services`,
     /// `/ego/…`); empty keeps the original gateway's keys.
     pub prefix: String,
@@ -125,6 +132,9 @@ impl Default for EtcdConfig {
     fn default() -> Self {
         Self {
             endpoints: Vec::new(),
+            username: String::new(),
+            password: String::new(),
+            tls: ClientTlsFiles::default(),
             prefix: String::new(),
             lease_ttl: Duration::from_secs(10),
             report_interval: Duration::from_secs(5),
@@ -235,6 +245,14 @@ impl ClusterConfig {
         }
         if r.is_cluster() && urls.iter().any(|u| u.starts_with("unix://")) {
             p.push(("cluster.redis.url", "a Redis Cluster is reached over redis://, not unix://"));
+        }
+        let e = &self.etcd;
+        if e.tls.cert.is_some() != e.tls.key.is_some() {
+            p.push(("cluster.etcd.tls.key", "a client certificate needs both cert and key"));
+        }
+        let etcd_files = e.tls.ca.is_some() || e.tls.cert.is_some();
+        if etcd_files && !e.endpoints.iter().all(|u| u.starts_with("https://")) {
+            p.push(("cluster.etcd.tls", "TLS files are used with https:// endpoints only"));
         }
         if r.session_ttl < Duration::from_secs(1) {
             p.push(("cluster.redis.session_ttl", "must be at least 1s"));

@@ -359,7 +359,7 @@ mod tests {
     }
 
     #[test]
-    fn redis_tls_needs_rediss_urls_and_whole_client_certificates() {
+    fn service_tls_needs_tls_urls_and_whole_client_certificates() {
         let url = |u: &'static str| ("WSGW_CLUSTER__REDIS__URL", u);
         let ca = ("WSGW_CLUSTER__REDIS__TLS__CA", "/etc/ca.pem");
         let key_only = ("WSGW_CLUSTER__REDIS__TLS__KEY", "/etc/client.key");
@@ -371,6 +371,10 @@ mod tests {
         assert!(p.iter().any(|p| p.key == "cluster.redis.tls.key"), "{p:?}");
         let p = problems(load(None, env(&[url("http://127.0.0.1:6379")])).unwrap_err());
         assert!(p.iter().any(|p| p.key == "cluster.redis.url"), "{p:?}");
+        let plain_etcd = ("WSGW_CLUSTER__ETCD__ENDPOINTS", "[127.0.0.1:2379]");
+        let etcd_ca = ("WSGW_CLUSTER__ETCD__TLS__CA", "/etc/ca.pem");
+        let p = problems(load(None, env(&[plain_etcd, etcd_ca])).unwrap_err());
+        assert!(p.iter().any(|p| p.key == "cluster.etcd.tls"), "{p:?}");
     }
 
     #[test]

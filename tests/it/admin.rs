@@ -67,11 +67,7 @@ async fn kick_closes_every_connection_of_the_user_on_every_node_with_the_reason(
     let prefix = format!("/{}", scope.name);
     crate::assert_within!(
         10,
-        client::registered(&[crate::support::cluster::ETCD.into()], &prefix)
-            .await
-            .map(|n| n.len())
-            .unwrap_or(0)
-            == 2,
+        client::registered(&shared_etcd(), &prefix).await.map(|n| n.len()).unwrap_or(0) == 2,
         "both registered"
     );
     let etcd = ["--etcd", crate::support::cluster::ETCD, "--etcd-prefix", &prefix];
@@ -187,7 +183,7 @@ struct Pair {
     a: TestNode,
     b: TestNode,
     clients: Vec<crate::support::Client>,
-    etcd: Vec<String>,
+    etcd: wsgw::cluster::registry::EtcdAccess,
     prefix: String,
 }
 
@@ -196,7 +192,7 @@ async fn pair(test: &str) -> Pair {
     let a = scope.node("a").spawn().await;
     let b = scope.node("b").spawn().await;
     let prefix = format!("/{}", scope.name);
-    let etcd = vec![crate::support::cluster::ETCD.to_owned()];
+    let etcd = shared_etcd();
     crate::assert_within!(
         10,
         client::registered(&etcd, &prefix).await.map(|n| n.len()).unwrap_or(0) == 2,
@@ -365,4 +361,10 @@ fn the_grafana_files_parse_and_point_the_alert_at_the_webhook() {
         .filter_map(|t| t["expr"].as_str())
         .collect();
     assert!(exprs.contains(&"sum(websocket_gateway_online_users) by (instance)"), "{exprs:?}");
+}
+
+/// The shared etcd of scripts/services.sh (plain, no user).
+fn shared_etcd() -> wsgw::cluster::registry::EtcdAccess {
+    let endpoints = vec![crate::support::cluster::ETCD.to_owned()];
+    wsgw::cluster::registry::EtcdAccess { endpoints, ..Default::default() }
 }

@@ -1,5 +1,10 @@
 //! etcd: the node registry (load, drain, a killed node), backend discovery, `wsgw push --etcd`,
-//! and an unreachable etcd.
+//! an unreachable etcd, and an etcd over mutual TLS with authentication.
+
+use wsgw::{
+    admin::client,
+    cluster::registry::{self, EtcdAccess},
+};
 
 use super::*;
 
@@ -210,4 +215,62 @@ async fn unreachable_etcd_and_kafka_leave_the_node_serving() {
     assert_eq!(node.metric(etcd_down).await, 0.0);
     assert_eq!(node.push(1, 9, "k", b"still works").await.expect("push"), 1);
     assert!(is_push(&client.recv_msg(JSON).await, "k", b"still works"));
+}
+
+#[tokio::test]
+async fn the_registry_and_the_tools_reach_an_etcd_over_mutual_tls_with_a_user() {
+    let pki = crate::support::Pki::new();
+    let etcd_server = Private::etcd_tls(&pki);
+    let endpoint = format!("https://localhost:{}", etcd_server.port);
+    let access = |user: &str, password: &str| EtcdAccess {
+        endpoints: vec![endpoint.clone()],
+        tls: wsgw::grpc::ClientTlsFiles {
+            ca: Some(pki.path("ca.pem")),
+            cert: Some(pki.path("client.pem")),
+            key: Some(pki.path("client.key")),
+        },
+        username: user.into(),
+        password: password.into(),
+    };
+    let mut admin = registry::connect(&access("", "")).await.expect("etcd over mutual TLS");
+    admin.user_add("root", "etcd-pw", None).await.expect("user");
+    admin.user_grant_role("root", "root").await.expect("role");
+    admin.auth_enable().await.expect("authentication on");
+
+    let scope = Scope::new("etcd-tls");
+    let prefix = format!("/{}", scope.name);
+    let etcd = access("root", "etcd-pw");
+    let node = scope
+        .node("a")
+        .config(|c| {
+            let e = &mut c.cluster.etcd;
+            (e.endpoints, e.tls) = (etcd.endpoints.clone(), etcd.tls.clone());
+            (e.username, e.password) = ("root".into(), "etcd-pw".into());
+        })
+        .spawn()
+        .await;
+    crate::assert_within!(
+        10,
+        client::registered(&etcd, &prefix).await.is_ok_and(|n| n.iter().any(|n| n.id == "a")),
+        "registered over TLS as the etcd user"
+    );
+    let refused = client::registered(&access("root", "wrong"), &prefix).await;
+    assert!(refused.is_err(), "a wrong password is refused");
+
+    // The operator tools: --etcd-ca/--etcd-cert/--etcd-key, --etcd-user and the password from
+    // the environment.
+    let mut user = node.connect(13, 9).await;
+    await_sessions(&node, 13, 9, 1).await;
+    let out = tokio::process::Command::from(crate::support::wsgw())
+        .args(["push", "--etcd", &endpoint, "--etcd-prefix", &prefix, "--etcd-user", "root"])
+        .args(["--etcd-ca", &pki.arg("ca.pem"), "--etcd-cert", &pki.arg("client.pem")])
+        .args(["--etcd-key", &pki.arg("client.key")])
+        .args(["--user", "13", "--biz", "9", "--key", "via-tls-etcd", "hello"])
+        .env("WSGW_CLUSTER__ETCD__PASSWORD", "etcd-pw")
+        .output()
+        .await
+        .expect("run wsgw push");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(is_push(&user.recv_msg(JSON).await, "via-tls-etcd", b"hello"));
 }

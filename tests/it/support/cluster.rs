@@ -221,6 +221,26 @@ impl Private {
         Private::start(port, args.concat().iter().map(|s| s.to_string()).collect())
     }
 
+    /// An etcd that serves its clients over TLS only (the test CA's server certificate) and
+    /// requires client certificates of the same CA; its data in `pki`'s directory.
+    pub fn etcd_tls(pki: &super::Pki) -> Private {
+        let (port, peer) = (free_port(), free_port());
+        let client_url = format!("https://127.0.0.1:{port}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let (data, cert, key, ca) =
+            (pki.arg("etcd-data"), pki.arg("server.pem"), pki.arg("server.key"), pki.arg("ca.pem"));
+        let cluster = format!("tls={peer_url}");
+        let args = [
+            &["etcd", "--name", "tls", "--data-dir", data.as_str()][..],
+            &["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url],
+            &["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url],
+            &["--initial-cluster", &cluster],
+            &["--cert-file", &cert, "--key-file", &key],
+            &["--client-cert-auth", "--trusted-ca-file", &ca],
+        ];
+        Private::start(port, args.concat().iter().map(|s| s.to_string()).collect())
+    }
+
     /// A tansu broker that advertises loopback port `advertised` (a [`Cut`] in front of it)
     /// instead of its own.
     pub fn kafka(advertised: u16) -> Private {
