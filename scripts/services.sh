@@ -7,7 +7,8 @@
 #   scripts/services.sh stop      stop what `start` started
 #   scripts/services.sh status    which are up
 #   scripts/services.sh tools     only install (redis-server, etcd, protoc, tansu)
-#   scripts/services.sh protoc    only install protoc (building wsgw needs it: etcd-client)
+#   scripts/services.sh protoc    only install what building wsgw needs: protoc (etcd-client),
+#                                 pkg-config and libssl-dev (rdkafka's TLS/SASL)
 #
 # Ports: Redis 6379, a 3-master Redis Cluster 7001-7003 (cluster bus 17001-17003), etcd 2379
 # (peer 2380), Kafka 9092. State lives in target/services/.
@@ -21,12 +22,19 @@ mkdir -p "$state" "$tools/bin"
 
 log() { printf 'services: %s\n' "$*" >&2; }
 
+# Debian packages the build needs and this machine lacks, one per line.
+build_deps_missing() {
+  command -v protoc >/dev/null || echo protobuf-compiler
+  command -v pkg-config >/dev/null || echo pkg-config
+  { command -v pkg-config >/dev/null && pkg-config --exists openssl; } || echo libssl-dev
+}
+
 apt_install() {
   local missing=()
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v etcd >/dev/null || missing+=(etcd-server)
   command -v etcdctl >/dev/null || missing+=(etcd-client)
-  command -v protoc >/dev/null || missing+=(protobuf-compiler)
+  mapfile -t -O "${#missing[@]}" missing < <(build_deps_missing)
   command -v promtool >/dev/null || missing+=(prometheus)   # promtool and a real Prometheus for the tests
   [ ${#missing[@]} -eq 0 ] && return
   log "installing ${missing[*]}"
@@ -120,10 +128,11 @@ stop_one() {
 
 case ${1:-start} in
   protoc)
-    command -v protoc >/dev/null && exit 0
-    log "installing protobuf-compiler (protoc)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q protobuf-compiler >/dev/null 2>&1 ||
-      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q protobuf-compiler >/dev/null; }
+    mapfile -t deps < <(build_deps_missing)
+    [ ${#deps[@]} -eq 0 ] && exit 0
+    log "installing ${deps[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${deps[@]}" >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${deps[@]}" >/dev/null; }
     ;;
   tools) apt_install; tansu_install ;;
   start)

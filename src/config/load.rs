@@ -94,6 +94,11 @@ fn read_yaml(path: &Path, problems: &mut Vec<Problem>) -> Result<Value, ConfigEr
     }
 }
 
+/// The map whose keys are librdkafka's own dotted names: `WSGW_CLUSTER__KAFKA__PROPERTIES__SASL_PASSWORD`
+/// sets `sasl.password` (`_` stands for `.`; the one librdkafka name with an `_`, `log_level`, is
+/// set in the file), so a Kafka secret need not be in a file.
+const KAFKA_PROPERTIES: [&str; 3] = ["cluster", "kafka", "properties"];
+
 /// Applies `WSGW_*` variables. The default config's shape says which keys exist and whether a
 /// value is text (kept as is), a list (YAML flow list or comma-separated) or a scalar (YAML).
 fn apply_env(
@@ -106,7 +111,12 @@ fn apply_env(
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+        let mut path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+        if path.len() == 4 && path[..3] == KAFKA_PROPERTIES {
+            path[3] = path[3].replace('_', ".");
+            set(tree, &path, Value::String(raw));
+            continue;
+        }
         let key = path.join(".");
         let pointer = format!("/{}", path.join("/"));
         let value = match defaults.pointer(&pointer) {
@@ -281,6 +291,16 @@ mod tests {
     }
 
     #[test]
+    fn kafka_secrets_come_from_the_environment_under_librdkafka_names() {
+        let f = yaml("cluster:\n  kafka:\n    properties: { sasl.username: gw }\n");
+        let vars = env(&[("WSGW_CLUSTER__KAFKA__PROPERTIES__SASL_PASSWORD", "s3cret")]);
+        let c = load(Some(f.path()), vars).expect("valid");
+        let p = &c.cluster.kafka.properties;
+        assert_eq!(p.get("sasl.password").map(String::as_str), Some("s3cret"));
+        assert_eq!(p.get("sasl.username").map(String::as_str), Some("gw"));
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once_with_its_key() {
         let f = yaml(
             "server:\n  websocket:\n    listen: nowhere\n    bogus: 1\nlimits:\n  ping_interval: soon\n\
@@ -375,6 +395,30 @@ mod tests {
         let etcd_ca = ("WSGW_CLUSTER__ETCD__TLS__CA", "/etc/ca.pem");
         let p = problems(load(None, env(&[plain_etcd, etcd_ca])).unwrap_err());
         assert!(p.iter().any(|p| p.key == "cluster.etcd.tls"), "{p:?}");
+    }
+
+    #[test]
+    fn kafka_properties_are_checked_by_librdkafka_and_tls_and_sasl_are_built_in() {
+        let kafka = |props: &str| {
+            let text = format!(
+                "cluster:\n  kafka:\n    brokers: 127.0.0.1:9092\n    properties: {{ {props} }}\n"
+            );
+            load(Some(yaml(&text).path()), env(&[]))
+        };
+        let refused = |props: &str| {
+            let p = problems(kafka(props).unwrap_err());
+            p.iter().any(|p| p.key == "cluster.kafka.properties")
+        };
+        assert!(refused("secrity.protocol: ssl"), "a typo");
+        assert!(refused("security.protocol: carrier-pigeon"), "a refused value");
+        let fine = kafka("security.protocol: sasl_ssl, sasl.mechanisms: SCRAM-SHA-512");
+        let fine = fine.err().map(problems).unwrap_or_default();
+        assert!(!fine.iter().any(|p| p.key == "cluster.kafka.properties"), "{fine:?}");
+        let native = rdkafka::ClientConfig::new().create_native_config().expect("config");
+        let built_in = native.get("builtin.features").expect("builtin.features");
+        for feature in ["ssl", "sasl_plain", "sasl_scram", "sasl_oauthbearer"] {
+            assert!(built_in.split(',').any(|f| f == feature), "{feature} missing: {built_in}");
+        }
     }
 
     #[test]

@@ -142,9 +142,28 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
     p.extend(validate_backends(c));
     p.extend(validate_traffic(c));
     p.extend(c.cluster.problems().into_iter().map(|(k, m)| Problem::new(k, m)));
+    p.extend(kafka_property_problems(c));
     p.extend(advertised_host_problem(c));
     p.extend(super::credentials::problems(c));
     p
+}
+
+/// librdkafka's own verdict on each of `cluster.kafka.properties` (an unknown name, a refused
+/// value, a mechanism this build lacks), so that a typo fails the start instead of turning
+/// Kafka off later.
+fn kafka_property_problems(c: &Config) -> Vec<Problem> {
+    let kafka = &c.cluster.kafka;
+    if kafka.brokers.is_empty() {
+        return Vec::new();
+    }
+    let mut all = rdkafka::ClientConfig::new();
+    for (k, v) in &kafka.properties {
+        all.set(k, v);
+    }
+    match all.create_native_config() {
+        Ok(_) => Vec::new(),
+        Err(e) => vec![Problem::new("cluster.kafka.properties", e.to_string())],
+    }
 }
 
 fn validate_traffic(c: &Config) -> Vec<Problem> {

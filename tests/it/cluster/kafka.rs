@@ -268,3 +268,51 @@ async fn nodes_stop_in_bounded_time_while_their_group_rebalances() {
     let stopped = tokio::time::timeout(Duration::from_secs(30), both).await;
     assert!(stopped.is_ok(), "the nodes did not stop within 30 s");
 }
+
+/// Kafka over TLS: tansu cannot serve TLS itself, so a TLS listener (the test CA's server
+/// certificate) forwards to it and it advertises that listener; every client of it — the node's
+/// push consumer and presence producer, and this test's — speaks TLS (librdkafka `ssl`).
+#[tokio::test]
+async fn pushes_and_presence_flow_over_tls() {
+    let pki = crate::support::Pki::new();
+    let port = free_port();
+    let broker = Private::kafka_at("localhost", port);
+    let _tls = cluster::Cut::start_with(port, broker.addr(), Some(pki.acceptor())).await;
+    let brokers = format!("localhost:{port}");
+    let ca = pki.arg("ca.pem");
+    let over_tls = || {
+        let mut c = cluster::kafka_client(&brokers);
+        c.set("security.protocol", "ssl").set("ssl.ca.location", &ca);
+        c
+    };
+    let mut scope = Scope::new("kafka-tls");
+    scope.kafka = brokers.clone();
+    let (push_topic, presence_topic) = (scope.push_topic(), scope.presence_topic());
+    cluster::create_topics_with(over_tls(), &[&push_topic, &presence_topic]).await;
+    let properties = [("security.protocol", "ssl"), ("ssl.ca.location", ca.as_str())];
+    let node = scope
+        .node("a")
+        .config(|c| {
+            let p = properties.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+            c.cluster.kafka.properties = p.collect();
+        })
+        .spawn()
+        .await;
+    let mut client = node.connect(21, 9).await;
+    await_sessions(&node, 21, 9, 1).await;
+
+    let producer = cluster::producer_with(over_tls());
+    cluster::produce_push(&producer, &push_topic, "tls-1", 9, 21, b"over tls").await;
+    let m = client.recv_msg_within(JSON, KAFKA_WAIT).await.expect("the push arrives");
+    assert!(is_push(&m, "tls-1", b"over tls"), "{m:?}");
+
+    let mut reader = over_tls();
+    reader.set("group.id", "unused").set("enable.auto.commit", "false");
+    let reader: rdkafka::consumer::StreamConsumer = reader.create().expect("consumer");
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    let start = rdkafka::Offset::Beginning;
+    partitions.add_partition_offset(&presence_topic, 0, start).expect("partition");
+    rdkafka::consumer::Consumer::assign(&reader, &partitions).expect("assign");
+    let event = cluster::next_json(&reader, KAFKA_WAIT).await.expect("a presence event");
+    assert_eq!((event["userId"].as_i64(), event["action"].as_str()), (Some(21), Some("ONLINE")));
+}

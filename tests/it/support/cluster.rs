@@ -110,8 +110,19 @@ impl Scope {
 }
 
 pub async fn create_topics(brokers: &str, topics: &[&str]) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
+    create_topics_with(kafka_client(brokers), topics).await
+}
+
+/// Settings of a Kafka client of `brokers`.
+pub fn kafka_client(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers).set("log_level", "3");
+    c
+}
+
+/// Creates `topics` (one partition each) with the client settings `config`.
+pub async fn create_topics_with(config: ClientConfig, topics: &[&str]) {
+    let admin: AdminClient<DefaultClientContext> = config.create().expect("admin client");
     let new: Vec<NewTopic> =
         topics.iter().map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1))).collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -128,11 +139,14 @@ pub async fn create_topics(brokers: &str, topics: &[&str]) {
 
 /// A Kafka producer that retries for a long time (through broker restarts).
 pub fn producer(brokers: &str) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    producer_with(kafka_client(brokers))
+}
+
+/// [`producer`] with the client settings `config`.
+pub fn producer_with(mut config: ClientConfig) -> FutureProducer {
+    config
         .set("message.timeout.ms", "60000")
         .set("reconnect.backoff.max.ms", "500")
-        .set("log_level", "3")
         .create()
         .expect("producer")
 }
@@ -244,9 +258,14 @@ impl Private {
     /// A tansu broker that advertises loopback port `advertised` (a [`Cut`] in front of it)
     /// instead of its own.
     pub fn kafka(advertised: u16) -> Private {
+        Private::kafka_at("127.0.0.1", advertised)
+    }
+
+    /// A tansu broker that advertises `host:advertised` (a [`Cut`] in front of it).
+    pub fn kafka_at(host: &str, advertised: u16) -> Private {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let public = format!("tcp://127.0.0.1:{advertised}");
+        let public = format!("tcp://{host}:{advertised}");
         let bin = tansu().display().to_string();
         let args = [
             bin.as_str(),
@@ -318,21 +337,43 @@ pub struct Cut {
 impl Cut {
     /// Forwards loopback `port` to `target`.
     pub async fn start(port: u16, target: SocketAddr) -> Cut {
+        Cut::start_with(port, target, None).await
+    }
+
+    /// Forwards loopback `port` to `target`, ending TLS first when `tls` is given: a plain
+    /// service behind a TLS listener.
+    pub async fn start_with(
+        port: u16,
+        target: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Cut {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
         let open = std::sync::Arc::new(tokio::sync::watch::Sender::new(true));
         let state = open.clone();
         let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if !*state.borrow() {
                     continue; // refused: dropped at once
                 }
-                let mut closed = state.subscribe();
+                let (mut closed, tls) = (state.subscribe(), tls.clone());
                 tokio::spawn(async move {
+                    let mut inbound = inbound;
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
                         return;
                     };
+                    let copied = async {
+                        match tls {
+                            None => {
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await
+                            }
+                            Some(tls) => {
+                                let mut secured = tls.accept(inbound).await?;
+                                tokio::io::copy_bidirectional(&mut secured, &mut outbound).await
+                            }
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = copied => {}
                         _ = closed.wait_for(|open| !*open) => {}
                     }
                 });

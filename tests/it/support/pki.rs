@@ -45,4 +45,26 @@ impl Pki {
     pub fn arg(&self, name: &str) -> String {
         self.path(name).display().to_string()
     }
+
+    /// A TLS acceptor serving the server certificate (for services that cannot speak TLS
+    /// themselves, behind [`super::cluster::Cut::start_with`]).
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        use tokio_rustls::rustls::{
+            self,
+            pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+        };
+        let certs = CertificateDer::pem_file_iter(self.path("server.pem"))
+            .expect("read cert")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("cert PEM");
+        let key = PrivateKeyDer::from_pem_file(self.path("server.key")).expect("key PEM");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server config");
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+    }
 }
