@@ -357,6 +357,9 @@ pub struct UpstreamConfig {
     pub max_backoff: Duration,
     /// Upstream messages one connection may have in flight; beyond, RATE_LIMIT_EXCEEDED.
     pub max_in_flight: u32,
+    /// Upstream messages one user may have in flight across its connections on the node (its
+    /// share of the backend calls); beyond, RATE_LIMIT_EXCEEDED.
+    pub max_in_flight_per_user: u32,
     /// Calls in flight to one backend endpoint; when every endpoint of a business is at its
     /// limit, messages are refused with RATE_LIMIT_EXCEEDED instead of queueing into timeouts.
     pub max_calls_per_endpoint: u32,
@@ -384,6 +387,7 @@ impl Default for UpstreamConfig {
             backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(1),
             max_in_flight: 16,
+            max_in_flight_per_user: 32,
             max_calls_per_endpoint: 1024,
             dedup_window: Duration::from_secs(600),
             dedup_capacity: 100_000,

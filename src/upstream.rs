@@ -2,7 +2,7 @@
 //!
 //! Owns: the backend registry, the per-user dedup window, batching and the retry / circuit
 //! policy. [`Upstream::submit`] never waits: it answers from the dedup cache, refuses beyond
-//! the connection's in-flight limit (RATE_LIMIT_EXCEEDED), or spawns the backend call on the
+//! the connection's or the user's in-flight limit (RATE_LIMIT_EXCEEDED), or spawns the backend call on the
 //! node's task tracker; the answer (UPSTREAM_ACK or COMMAND_TYPE_ERROR) is queued on the link.
 //! Must never block a connection task or hold a lock across a backend call.
 //!
@@ -14,6 +14,7 @@ mod batch;
 mod dedup;
 mod hooks;
 mod sender;
+mod share;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -37,6 +38,7 @@ pub use sender::Sender;
 use self::{
     batch::BatchItem,
     dedup::{Begin, Dedup},
+    share::UserShare,
 };
 use crate::{
     cluster::{SessionDirectory, UpstreamClaim},
@@ -97,6 +99,8 @@ pub struct Upstream {
     pub backends: BackendRegistry,
     config: UpstreamConfig,
     dedup: Dedup,
+    /// Each user's share of the backend calls (`max_in_flight_per_user`).
+    share: Arc<UserShare>,
     wire: Arc<Wire>,
     metrics: Arc<Metrics>,
     tasks: TaskTracker,
@@ -163,6 +167,7 @@ impl Upstream {
             static_endpoints,
             discovered: std::sync::Mutex::default(),
             dedup: Dedup::new(config.dedup_window, config.dedup_capacity),
+            share: UserShare::new(config.max_in_flight_per_user),
             backends,
             config,
             wire,
@@ -235,6 +240,12 @@ impl Upstream {
             self.rate_limited(link, &dkey);
             return;
         }
+        let Some(share) = self.share.try_begin(link.identity) else {
+            link.end_upstream();
+            self.metrics.upstream_done(dkey.0.biz_id, "user_limited", Duration::ZERO);
+            self.rate_limited(link, &dkey);
+            return;
+        };
         let this = self.clone();
         let link = link.clone();
         self.tasks.spawn(async move {
@@ -242,6 +253,7 @@ impl Upstream {
             let sender = Sender { identity: link.identity, conn: link.id, remote: link.remote };
             let result = this.answer(sender, &dkey.1, body).await;
             link.end_upstream();
+            drop(share);
             this.finish(&link, &dkey, result, started.elapsed());
         });
     }

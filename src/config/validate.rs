@@ -188,6 +188,9 @@ fn validate_traffic(c: &Config) -> Vec<Problem> {
     if u.max_in_flight == 0 {
         p.push(Problem::new("upstream.max_in_flight", "must be at least 1"));
     }
+    if u.max_in_flight_per_user == 0 {
+        p.push(Problem::new("upstream.max_in_flight_per_user", "must be at least 1"));
+    }
     if u.max_calls_per_endpoint == 0 {
         p.push(Problem::new("upstream.max_calls_per_endpoint", "must be at least 1"));
     }

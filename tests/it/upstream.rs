@@ -226,6 +226,53 @@ async fn beyond_the_in_flight_limit_the_client_is_rate_limited() {
     );
 }
 
+/// One user's connections together get `max_in_flight_per_user` backend calls, whatever each
+/// connection's own limit: the fourth message across two connections is refused, while another
+/// user of the same business is still served.
+#[tokio::test]
+async fn one_user_cannot_take_more_than_its_share_of_the_backend_calls() {
+    let slow = Behaviour { delay: Duration::from_millis(400), ..Behaviour::default() };
+    let backend = TestBackend::spawn(BIZ, slow).await;
+    let node = TestNode::with_backend(BIZ, backend.addr)
+        .config(|c| {
+            c.upstream.max_in_flight = 8;
+            c.upstream.max_in_flight_per_user = 3;
+        })
+        .spawn()
+        .await;
+    let (mut a1, mut a2) = (node.connect(42, BIZ).await, node.connect(42, BIZ).await);
+    for key in ["a", "b"] {
+        a1.send(&upstream(key, b"x"), Serializer::Json).await;
+    }
+    // the heartbeat's answer says a and b were taken (a connection's messages are in order)
+    a1.send(&heartbeat("hb"), Serializer::Json).await;
+    assert_eq!(a1.recv_msg(Serializer::Json).await.cmd, CommandType::Heartbeat as i32);
+    for key in ["c", "d"] {
+        a2.send(&upstream(key, b"x"), Serializer::Json).await;
+    }
+    let mut other = node.connect(43, BIZ).await;
+    other.send(&upstream("e", b"x"), Serializer::Json).await;
+
+    let mut answers = Vec::new();
+    for (c, n) in [(&mut a1, 2), (&mut a2, 2), (&mut other, 1)] {
+        for _ in 0..n {
+            let m = c.recv_msg(Serializer::Json).await;
+            answers.push((m.key, CommandType::try_from(m.cmd).expect("known command")));
+        }
+    }
+    answers.sort_by(|x, y| x.0.cmp(&y.0));
+    let refused: Vec<&str> = answers
+        .iter()
+        .filter(|(_, cmd)| *cmd == CommandType::RateLimitExceeded)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert_eq!(refused, ["d"], "only the user's fourth message is over its share: {answers:?}");
+    let acked = answers.iter().filter(|(_, c)| *c == CommandType::UpstreamAck).count();
+    assert_eq!(acked, 4, "{answers:?}");
+    let (_, metrics) = node.get("/metrics").await;
+    assert!(metrics.contains("outcome=\"user_limited\""), "the refusal is counted");
+}
+
 #[tokio::test]
 async fn a_saturated_backend_sheds_load_with_rate_limit_instead_of_timing_out() {
     let slow = Behaviour { delay: Duration::from_millis(400), ..Behaviour::default() };
