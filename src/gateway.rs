@@ -31,11 +31,13 @@ mod connection;
 mod dispatch;
 mod handshake;
 mod listener;
+mod metered;
 mod proxy;
 mod rate;
 mod tls;
 
 pub use address_rate::AddressRates;
+pub use metered::ReadRate;
 pub use tls::{Tls, TlsError};
 
 /// A client's byte stream: plain TCP, or TLS over TCP.
@@ -81,6 +83,8 @@ pub struct Gateway {
     pub hooks: Option<Arc<Hooks>>,
     /// Handshakes per second per client address, when limited.
     pub address_rates: Option<AddressRates>,
+    /// Bytes per second each client's socket is read at (`limits.read_rate`).
+    pub read_rate: Arc<ReadRate>,
     /// Proxies whose `X-Forwarded-For` names the client (`server.websocket.trusted_proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Cancelled when the node drains: every connection says goodbye and ends.

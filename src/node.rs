@@ -25,7 +25,7 @@ use crate::{
     cluster::{Advertised, DirectoryError, SessionDirectory},
     config::{Config, GrpcConfig, GrpcRole},
     downstream::{Downstream, Fallback, Receipts},
-    gateway::{self, AddressRates, Gateway, Tls, TlsError},
+    gateway::{self, AddressRates, Gateway, ReadRate, Tls, TlsError},
     governor::{self, GovernorView},
     grpc::{Bearer, GrpcError},
     links::LinkRegistry,
@@ -480,6 +480,11 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
         address_rates: AddressRates::new(
             config.limits.handshake_rate_per_ip,
             config.limits.handshake_burst_per_ip,
+        ),
+        read_rate: ReadRate::new(
+            config.limits.read_rate.as_u64(),
+            config.limits.read_burst.as_u64(),
+            metrics.read_throttled.clone(),
         ),
         drain: lifecycle.token(Stage::TellClients),
         abort: lifecycle.token(Stage::DropClients),

@@ -33,6 +33,11 @@ pub struct LimitsConfig {
     pub message_rate: f32,
     /// Messages a connection may send at once above `message_rate`.
     pub message_burst: u32,
+    /// Bytes per second the node reads from one client's socket (frames of any kind, TLS, the
+    /// upgrade); beyond, it stops reading until the bucket refills (TCP slows the client). 0: off.
+    pub read_rate: ByteSize,
+    /// Bytes a client may send at once above `read_rate` (at least one second's worth).
+    pub read_burst: ByteSize,
     /// Connections one user may hold on one node; a further handshake is refused (429). 0: no
     /// limit.
     pub max_connections_per_user: usize,
@@ -59,6 +64,8 @@ impl Default for LimitsConfig {
             write_timeout: Duration::from_secs(10),
             message_rate: 100.0,
             message_burst: 200,
+            read_rate: ByteSize::mib(1),
+            read_burst: ByteSize::mib(4),
             max_connections_per_user: 32,
             max_connections_per_ip: 0,
             handshake_rate_per_ip: 0.0,

@@ -22,6 +22,7 @@ use super::{
     CloseReason, Gateway, Link, Stream,
     dispatch::{Reply, dispatch},
     handshake,
+    metered::Metered,
     rate::{RateLimit, Verdict},
 };
 use crate::{
@@ -57,6 +58,8 @@ pub(super) async fn serve(
             }
         }
     };
+    // Paced from the first byte after the PROXY header: TLS and the upgrade count too.
+    let stream = Metered::new(stream, gw.read_rate.clone());
     let Some(tls) = &gw.tls else { return serve_stream(stream, remote, &gw, handshake).await };
     // Boxed like the upgrade below: only needed until the session is up. The TLS handshake
     // has `handshake_timeout` too, then the upgrade.

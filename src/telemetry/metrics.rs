@@ -102,6 +102,8 @@ pub struct Metrics {
     pub dedup_hits: IntCounter,
     /// Client messages refused by the per-connection rate (`limits.message_rate`).
     pub rate_limited: IntCounter,
+    /// Times a client's socket reads waited for its byte rate (`limits.read_rate`).
+    pub read_throttled: IntCounter,
     /// Pushes awaiting a DOWNSTREAM_ACK.
     pub pushes_pending: IntGauge,
     upstream_latency: HistogramVec,
@@ -234,9 +236,15 @@ impl Metrics {
             "rate_limited_total",
             "Client messages refused by the per-connection message rate.",
         );
+        let read_throttled = counter(
+            &r,
+            "read_throttled_total",
+            "Times a client's socket reads waited for its byte rate (limits.read_rate).",
+        );
         Self {
             dedup_hits,
             rate_limited,
+            read_throttled,
             pushes_pending,
             upstream_latency,
             backend_errors: counter_vec(

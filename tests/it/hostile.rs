@@ -224,3 +224,34 @@ async fn thousands_of_connections_from_one_address_stop_at_its_limit() {
     assert_eq!(status_from(&node, [127, 0, 0, 6]).await.0, 101, "another address gets in");
     still_serves(&node).await;
 }
+
+#[tokio::test]
+async fn a_message_of_endless_empty_fragments_is_read_at_the_byte_rate() {
+    // No message limit sees this: the message never grows and never ends. The byte rate does.
+    let node = TestNode::builder()
+        .config(|c| {
+            c.limits.read_rate = bytesize::ByteSize::kib(64);
+            c.limits.read_burst = bytesize::ByteSize::kib(64);
+        })
+        .spawn()
+        .await;
+    let mut tcp = raw_upgraded(&node, 4).await;
+    tcp.write_all(&frame(false, 0x1, b"{")).await.expect("first fragment");
+    let empties: Vec<u8> = (0..10_000).flat_map(|_| frame(false, 0x0, b"")).collect();
+    let (started, mut sent) = (tokio::time::Instant::now(), 0usize);
+    while started.elapsed() < Duration::from_secs(3) {
+        // Partial writes keep the frame boundaries: the next write starts where this one ended.
+        let at = sent % empties.len();
+        match tokio::time::timeout(Duration::from_millis(200), tcp.write(&empties[at..])).await {
+            Ok(Ok(n)) => sent += n,
+            Ok(Err(e)) => panic!("the node hung up on a throttled client: {e}"),
+            Err(_) => {} // the node is not reading: the socket buffers are full
+        }
+    }
+    // 3 s at 64 KiB/s plus the burst is 256 KiB read, the rest sits in socket buffers (~4 MiB
+    // here); unthrottled, the node reads ~30 MiB of empty frames in the same 3 s.
+    eprintln!("sent {sent} bytes in 3 s");
+    assert!(sent < 12 << 20, "the node read {sent} bytes of empty fragments in 3 s");
+    assert!(node.metric("websocket_gateway_read_throttled_total").await > 0.0);
+    still_serves(&node).await;
+}
