@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The project's test command (README; also run by .ci/run): formatting, lints, every unit and
-# integration test (against real Redis, etcd and a Kafka-protocol broker, started here), the
-# TypeScript client's tests (scripts/js-test.sh, headless Chromium included), the Autobahn
-# WebSocket conformance suite and the fault harness in its short mode. Installs what it needs.
+# The project's test command (README; also run by .ci/run): formatting, lints, the dependency
+# policy (cargo deny), every unit and integration test (against real Redis, etcd and a
+# Kafka-protocol broker, started here), the TypeScript client's tests (scripts/js-test.sh, headless
+# Chromium included), the Autobahn WebSocket conformance suite, the fuzzing smoke and the fault
+# harness in its short mode. Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,9 @@ cargo fmt --all --check
 
 step "lint"
 cargo clippy --all-targets --locked -- -D warnings
+
+step "dependency policy: licenses, sources, duplicate versions, advisories (deny.toml)"
+scripts/deny.sh
 
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
