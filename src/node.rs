@@ -432,6 +432,7 @@ fn build(config: Config, secret: &[u8], at: &Advertised) -> Result<(Services, Ta
         client_tls("server.grpc.tls", &config.server.grpc.tls.peer_files())?,
         routing.clone(),
         lifecycle.token(Stage::StopRouting),
+        metrics.clone(),
     );
     let router = Arc::new(Router::new(
         node_id.clone(),

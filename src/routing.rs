@@ -210,7 +210,8 @@ mod tests {
         );
         let addr = "127.0.0.1:1".parse().expect("addr");
         links.insert(Identity { biz_id: 9, user_id: 1 }, addr, 1 << 20);
-        let peers = Peers::new(Bearer::default(), Default::default(), TaskTracker::new(), stop);
+        let tasks = TaskTracker::new();
+        let peers = Peers::new(Bearer::default(), Default::default(), tasks, stop, metrics.clone());
         (Router::new("n1".into(), downstream, dir, peers, metrics), links)
     }
 

@@ -50,7 +50,10 @@ pub(super) async fn serve_grpc(
         PresenceApi::new(view.directory.clone()),
         auth(GrpcRole::Backend),
     );
-    let node = NodeServiceServer::with_interceptor(NodeApi::new(router), auth(GrpcRole::Peer));
+    let node = NodeServiceServer::with_interceptor(
+        NodeApi::new(router, stop.clone()),
+        auth(GrpcRole::Peer),
+    );
     let admin = AdminServiceServer::with_interceptor(
         AdminApi::new(view, sampler),
         auth(GrpcRole::Operator),

@@ -1,9 +1,11 @@
 //! The gRPC services that take pushes in: `gatewayapi.v1.PushService` (backends, `wsgw push`)
 //! and `wsgw.cluster.v1.NodeService` (peer nodes). Both sit behind the node's bearer token.
 
-use std::sync::Arc;
+use std::{pin::Pin, sync::Arc};
 
-use tonic::{Request, Response, Status};
+use futures_util::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
 
 use super::{DeliverRequest, DeliverResponse, Router};
 use crate::{
@@ -73,13 +75,19 @@ impl PushService for PushApi {
 /// The `NodeService` implementation: deliveries from peers, on this node only.
 pub struct NodeApi {
     router: Arc<Router>,
+    /// Ends the peers' `DeliverStream`s when the node stops serving gRPC: an open stream would
+    /// otherwise hold the server's graceful shutdown until the peer closes it.
+    stop: CancellationToken,
 }
 
 impl NodeApi {
-    pub fn new(router: Arc<Router>) -> Self {
-        Self { router }
+    pub fn new(router: Arc<Router>, stop: CancellationToken) -> Self {
+        Self { router, stop }
     }
 }
+
+/// The answers of one peer's `DeliverStream`.
+type Answers = Pin<Box<dyn Stream<Item = Result<DeliverResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl NodeService for NodeApi {
@@ -88,5 +96,21 @@ impl NodeService for NodeApi {
         request: Request<DeliverRequest>,
     ) -> Result<Response<DeliverResponse>, Status> {
         Ok(Response::new(self.router.deliver_local(request.into_inner().msgs)))
+    }
+
+    type DeliverStreamStream = Answers;
+
+    /// Each request is delivered as it arrives and answered in order; no task of its own (the
+    /// server's stream polls it), and the peer's HTTP/2 window bounds what it can queue here.
+    async fn deliver_stream(
+        &self,
+        request: Request<Streaming<DeliverRequest>>,
+    ) -> Result<Response<Answers>, Status> {
+        let router = self.router.clone();
+        let answers = request
+            .into_inner()
+            .take_until(self.stop.clone().cancelled_owned())
+            .map(move |r| r.map(|req| router.deliver_local(req.msgs)));
+        Ok(Response::new(Box::pin(answers)))
     }
 }

@@ -105,6 +105,10 @@ pub enum ClusterEvent {
     DeadLetterDropped,
     PeerDelivered,
     PeerFailed,
+    /// A `DeliverStream` to a peer opened (one per peer while it stays up).
+    PeerStreamOpened,
+    /// A peer without `DeliverStream` (an older node): called with unary `Deliver` for now.
+    PeerUnary,
     Kicked,
     Redirected,
 }
@@ -143,6 +147,8 @@ impl ClusterEvent {
             DeadLetterDropped => ("kafka", "dead_letter_dropped"),
             PeerDelivered => ("peer", "delivered"),
             PeerFailed => ("peer", "failed"),
+            PeerStreamOpened => ("peer", "stream_opened"),
+            PeerUnary => ("peer", "unary_fallback"),
             Kicked => ("admin", "kicked"),
             Redirected => ("admin", "redirected"),
         }

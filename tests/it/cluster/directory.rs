@@ -432,3 +432,26 @@ async fn the_directory_works_over_tls_with_an_acl_user_and_refuses_a_wrong_passw
     assert_eq!(wrong.metric(up).await, 0.0);
     assert!(wrong.push(8, 9, "refused", b"x").await.is_err(), "cannot record it");
 }
+
+#[tokio::test]
+async fn pushes_to_another_node_ride_one_stream_that_outlives_the_call_timeout() {
+    let scope = Scope::new("peer-stream");
+    // A short per-call limit on b's gRPC port: the stream from a must outlive it.
+    let a = scope.node("a").spawn().await;
+    let short = Duration::from_millis(300);
+    let b = scope.node("b").config(|c| c.server.grpc.request_timeout = short).spawn().await;
+    let mut on_b = b.connect(8, 9).await;
+    await_sessions(&a, 8, 9, 1).await;
+
+    for i in 0..4 {
+        let key = format!("s{i}");
+        assert_eq!(a.push(8, 9, &key, b"x").await.expect("pushed through a"), 1);
+        assert!(is_push(&on_b.recv_msg(JSON).await, &key, b"x"));
+        on_b.ack(&key, JSON).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let opened = r#"websocket_gateway_cluster_events_total{event="stream_opened",service="peer"}"#;
+    assert_eq!(a.metric(opened).await, 1.0, "one stream for every push, past b's call limit");
+    let delivered = r#"websocket_gateway_cluster_events_total{event="delivered",service="peer"}"#;
+    assert_eq!(a.metric(delivered).await, 4.0);
+}
