@@ -6,12 +6,13 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt, future::Either};
 use tokio::{
     net::TcpStream,
     sync::OwnedSemaphorePermit,
     time::{Instant, sleep_until, timeout},
 };
+use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{Error as WsError, Message as WsMessage, error::ProtocolError},
@@ -27,6 +28,7 @@ use super::{
 };
 use crate::{
     config::LimitsConfig,
+    links::Slot,
     protocol::{CommandType, Message},
     telemetry::{BizMetrics, Direction},
     wire::command,
@@ -34,56 +36,87 @@ use crate::{
 
 /// Serves one accepted TCP connection from handshake (TLS first, when configured) to close.
 /// `handshake` is the connection's place among the handshakes in progress, freed once upgraded.
-pub(super) async fn serve(
-    mut stream: TcpStream,
+///
+/// Two futures one after the other, not one inside the other: the byte stream's preparation
+/// (PROXY header, TLS), then the session. An idle connection's task keeps only the session's
+/// state; an `async fn` awaiting the session would also keep its own arguments and locals
+/// (about 250 bytes) beside it for the connection's whole life.
+pub(super) fn serve(
+    stream: TcpStream,
     remote: SocketAddr,
     gw: Arc<Gateway>,
     handshake: OwnedSemaphorePermit,
-) {
+) -> impl Future<Output = ()> + Send {
+    prepare(stream, remote, gw).then(move |prepared| match prepared {
+        Some((Prepared::Plain(stream), remote, gw)) => {
+            Either::Left(Either::Left(serve_stream(stream, remote, gw, handshake)))
+        }
+        // Boxed: a TLS stream is large, and inline it would make every plain connection's task
+        // as large as a TLS one's (a future is as big as its largest state).
+        Some((Prepared::Tls(stream), remote, gw)) => {
+            Either::Left(Either::Right(Box::pin(serve_stream(*stream, remote, gw, handshake))))
+        }
+        None => Either::Right(std::future::ready(())),
+    })
+}
+
+/// A client's byte stream, ready for the WebSocket upgrade.
+enum Prepared {
+    Plain(Metered<TcpStream>),
+    Tls(Box<TlsStream<Metered<TcpStream>>>),
+}
+
+/// Reads the PROXY header (from trusted proxies, when enabled) and does the TLS handshake
+/// (when configured), within `handshake_timeout` each. `None`: refused (counted).
+async fn prepare(
+    mut stream: TcpStream,
+    remote: SocketAddr,
+    gw: Arc<Gateway>,
+) -> Option<(Prepared, SocketAddr, Arc<Gateway>)> {
     let _ = stream.set_nodelay(true);
     let within = gw.config.server.websocket.handshake_timeout;
     let proxied = gw.config.server.websocket.proxy_protocol
         && gw.trusted_proxies.iter().any(|n| n.contains(&remote.ip()));
     let remote = match proxied {
         false => remote,
-        // Boxed: only needed before the handshake.
-        true => {
-            match timeout(within, Box::pin(super::proxy::read_header(&mut stream, remote))).await {
-                Ok(Ok(client)) => client,
-                Ok(Err(e)) => {
-                    gw.metrics.handshake("bad_proxy_header");
-                    return debug!(%remote, error = %e, "PROXY header refused");
-                }
-                Err(_) => return gw.metrics.handshake("timeout"),
+        true => match timeout(within, super::proxy::read_header(&mut stream, remote)).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                gw.metrics.handshake("bad_proxy_header");
+                debug!(%remote, error = %e, "PROXY header refused");
+                return None;
             }
-        }
+            Err(_) => {
+                gw.metrics.handshake("timeout");
+                return None;
+            }
+        },
     };
     // Paced from the first byte after the PROXY header: TLS and the upgrade count too.
     let stream = Metered::new(stream, gw.read_rate.clone());
-    let Some(tls) = &gw.tls else { return serve_stream(stream, remote, &gw, handshake).await };
-    // Boxed like the upgrade below: only needed until the session is up. The TLS handshake
-    // has `handshake_timeout` too, then the upgrade.
-    let secured = match timeout(within, Box::pin(tls.acceptor().accept(stream))).await {
-        Ok(Ok(secured)) => secured,
+    let Some(tls) = &gw.tls else { return Some((Prepared::Plain(stream), remote, gw)) };
+    // Boxed: the TLS handshake's state is large.
+    match timeout(within, Box::pin(tls.acceptor().accept(stream))).await {
+        Ok(Ok(secured)) => Some((Prepared::Tls(Box::new(secured)), remote, gw)),
         Ok(Err(e)) => {
             gw.metrics.handshake("tls_failed");
-            return debug!(%remote, error = %e, "TLS handshake failed");
+            debug!(%remote, error = %e, "TLS handshake failed");
+            None
         }
-        Err(_) => return gw.metrics.handshake("timeout"),
-    };
-    // Boxed: a TLS stream is large, and inline it would make every plain connection's task
-    // as large as a TLS one's (a future is as big as its largest state).
-    Box::pin(serve_stream(secured, remote, &gw, handshake)).await
+        Err(_) => {
+            gw.metrics.handshake("timeout");
+            None
+        }
+    }
 }
 
 /// Serves one client byte stream from the WebSocket upgrade to close.
 async fn serve_stream<S: Stream>(
     stream: S,
     remote: SocketAddr,
-    gw: &Arc<Gateway>,
+    gw: Arc<Gateway>,
     handshake: OwnedSemaphorePermit,
 ) {
-    let gw = gw.clone();
     // Boxed: the handshake's state is large and only needed until the upgrade; keeping it out of
     // this task's future keeps every idle connection small. Matched as a temporary: a named
     // result would keep a second WebSocketStream's worth of room in every connection's task.
@@ -95,46 +128,12 @@ async fn serve_stream<S: Stream>(
             return;
         }
     };
-    gw.metrics.handshake("ok");
-    // Taken apart at once: only the slot lives as long as the connection (the rest would
-    // otherwise take room in every idle connection's task).
-    let handshake::Accepted { identity, client, expires, auto_close, slot } = accepted;
-    let limit = gw.config.limits.outbound_queue_bytes.as_u64() as usize;
-    let (link, first) = gw.links.insert(identity, client, limit);
-    let biz = gw.metrics.biz(identity.biz_id);
-    if first {
-        biz.online_users.inc();
-    }
-    biz.online_connections.inc();
-    gw.directory.connected(&link, first);
-    if let Some(hooks) = &gw.hooks {
-        hooks.connected(&link);
-    }
-    gw.metrics.connections_open.inc();
-    debug!(conn = link.id, biz = identity.biz_id, user = identity.user_id, %client, "connected");
-
-    let idle = gw.idle_applies(auto_close);
-    let expires = expires.filter(|_| gw.config.auth.jwt.close_on_expiry);
-    let expires = expires.map(|exp| expiry_instant(exp, gw.config.auth.jwt.leeway));
-    let burst = gw.config.limits.message_burst as f32;
-    let rate = RateLimit::new(burst, Instant::now());
-    let mut conn = Connection { ws, link: link.clone(), gw: &gw, biz: biz.clone(), rate };
-    let reason = conn.serve(idle, expires).await;
+    // Set up and torn down outside this future: what they use would otherwise stay in every
+    // idle connection's task (a local copied before an await keeps its room until the end).
+    let (mut conn, slot, deadlines) = Connection::open(ws, accepted, &gw);
+    let reason = conn.serve(deadlines).await;
     Box::pin(conn.goodbye(reason)).await;
-
-    gw.metrics.connections_open.dec();
-    let last = gw.links.remove(&link);
-    if last {
-        biz.online_users.dec();
-    }
-    biz.online_connections.dec();
-    gw.directory.disconnected(&link, last);
-    let code = reason.code().unwrap_or(1006);
-    if let Some(hooks) = &gw.hooks {
-        hooks.disconnected(&link, code, reason.as_str());
-    }
-    gw.metrics.closed(code, reason.as_str());
-    debug!(conn = link.id, reason = reason.as_str(), "closed");
+    conn.closed(reason);
     drop(slot);
 }
 
@@ -157,9 +156,67 @@ struct Connection<'a, S> {
     rate: RateLimit,
 }
 
-impl<S: Stream> Connection<'_, S> {
+/// When an open connection's idle and expiry rules apply.
+struct Deadlines {
+    idle: bool,
+    expires: Option<Instant>,
+}
+
+impl<'a, S: Stream> Connection<'a, S> {
+    /// Registers an upgraded client (link, directory, hooks, metrics) and returns its
+    /// connection, its upgrade slot and its deadlines.
+    fn open(
+        ws: WebSocketStream<S>,
+        accepted: handshake::Accepted<'a>,
+        gw: &'a Gateway,
+    ) -> (Self, Slot<'a>, Deadlines) {
+        gw.metrics.handshake("ok");
+        // Taken apart at once: only the slot lives as long as the connection.
+        let handshake::Accepted { identity, client, expires, auto_close, slot } = accepted;
+        let limit = gw.config.limits.outbound_queue_bytes.as_u64() as usize;
+        let (link, first) = gw.links.insert(identity, client, limit);
+        let biz = gw.metrics.biz(identity.biz_id);
+        if first {
+            biz.online_users.inc();
+        }
+        biz.online_connections.inc();
+        gw.directory.connected(&link, first);
+        if let Some(hooks) = &gw.hooks {
+            hooks.connected(&link);
+        }
+        gw.metrics.connections_open.inc();
+        debug!(conn = link.id, biz = identity.biz_id, user = identity.user_id, %client, "connected");
+
+        let idle = gw.idle_applies(auto_close);
+        let expires = expires.filter(|_| gw.config.auth.jwt.close_on_expiry);
+        let expires = expires.map(|exp| expiry_instant(exp, gw.config.auth.jwt.leeway));
+        let burst = gw.config.limits.message_burst as f32;
+        let rate = RateLimit::new(burst, Instant::now());
+        let conn = Connection { ws, link, gw, biz, rate };
+        (conn, slot, Deadlines { idle, expires })
+    }
+
+    /// Unregisters the connection once it has said goodbye.
+    fn closed(&self, reason: CloseReason) {
+        let (gw, link, biz) = (self.gw, &self.link, &self.biz);
+        gw.metrics.connections_open.dec();
+        let last = gw.links.remove(link);
+        if last {
+            biz.online_users.dec();
+        }
+        biz.online_connections.dec();
+        gw.directory.disconnected(link, last);
+        let code = reason.code().unwrap_or(1006);
+        if let Some(hooks) = &gw.hooks {
+            hooks.disconnected(link, code, reason.as_str());
+        }
+        gw.metrics.closed(code, reason.as_str());
+        debug!(conn = link.id, reason = reason.as_str(), "closed");
+    }
+
     /// Runs until the connection must end, and says why.
-    async fn serve(&mut self, idle: bool, expires: Option<Instant>) -> CloseReason {
+    async fn serve(&mut self, deadlines: Deadlines) -> CloseReason {
+        let Deadlines { idle, expires } = deadlines;
         let gw = self.gw;
         let link = self.link.clone();
         let mut clock = Liveness::new(Instant::now(), &gw.config.limits, idle);
