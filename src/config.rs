@@ -369,6 +369,9 @@ pub struct UpstreamConfig {
     pub dedup_window: Duration,
     /// Most remembered acknowledgements (oldest are forgotten first).
     pub dedup_capacity: u64,
+    /// Most bytes of remembered acknowledgements (keys and ACK bodies, 64 bytes of overhead
+    /// each): a backend's large ACK bodies take the room of several small ones.
+    pub dedup_max_bytes: ByteSize,
     /// Consecutive failures that open an endpoint's circuit...
     pub circuit_failures: u32,
     /// ...for this long, during which no call is sent to it.
@@ -391,6 +394,7 @@ impl Default for UpstreamConfig {
             max_calls_per_endpoint: 1024,
             dedup_window: Duration::from_secs(600),
             dedup_capacity: 100_000,
+            dedup_max_bytes: ByteSize::mib(64),
             circuit_failures: 5,
             circuit_cooldown: Duration::from_secs(10),
             tls: ClientTlsFiles::default(),

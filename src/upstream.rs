@@ -166,7 +166,11 @@ impl Upstream {
         let upstream = Arc::new(Self {
             static_endpoints,
             discovered: std::sync::Mutex::default(),
-            dedup: Dedup::new(config.dedup_window, config.dedup_capacity),
+            dedup: Dedup::new(
+                config.dedup_window,
+                config.dedup_capacity,
+                config.dedup_max_bytes.as_u64(),
+            ),
             share: UserShare::new(config.max_in_flight_per_user),
             backends,
             config,

@@ -4,6 +4,10 @@
 //! sent nothing, so a client whose ACK was lost could never succeed). A key still in flight
 //! adds the asking connection as a waiter for the one backend call. Failed calls are forgotten
 //! so that the client can retry.
+//!
+//! The remembered ACKs are bounded twice: at most `capacity` of them and at most `max_bytes`.
+//! Each weighs its key and body plus [`OVERHEAD`], and at least `max_bytes / capacity`, so one
+//! bound on the total weight keeps both.
 
 use std::{
     sync::{Arc, Weak},
@@ -19,6 +23,9 @@ pub(super) type Key = (Identity, String);
 
 /// Waiters kept per in-flight key; more duplicates than this are simply dropped.
 const MAX_WAITERS: usize = 8;
+/// What one remembered ACK costs beyond its key and body (the entry, its identity, the cache's
+/// bookkeeping), in bytes.
+const OVERHEAD: u64 = 64;
 
 pub(super) struct Dedup {
     acks: moka::sync::Cache<Key, Bytes>,
@@ -37,8 +44,18 @@ pub(super) enum Begin {
 }
 
 impl Dedup {
-    pub(super) fn new(window: Duration, capacity: u64) -> Self {
-        let acks = moka::sync::Cache::builder().max_capacity(capacity).time_to_live(window).build();
+    /// At most `capacity` ACKs and `max_bytes` of them, each for `window`.
+    pub(super) fn new(window: Duration, capacity: u64, max_bytes: u64) -> Self {
+        let least = max_bytes.div_ceil(capacity.max(1)).max(1);
+        let weigh = move |key: &Key, ack: &Bytes| {
+            let bytes = (key.1.len() + ack.len()) as u64 + OVERHEAD;
+            u32::try_from(bytes.max(least)).unwrap_or(u32::MAX)
+        };
+        let acks = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(weigh)
+            .time_to_live(window)
+            .build();
         Self { acks, in_flight: DashMap::new() }
     }
 
@@ -89,7 +106,7 @@ mod tests {
         let links = LinkRegistry::new(10);
         let (a, _) = links.insert(key("").0, "127.0.0.1:1".parse().expect("addr"), 1024);
         let (b, _) = links.insert(key("").0, "127.0.0.1:2".parse().expect("addr"), 1024);
-        let d = Dedup::new(Duration::from_secs(60), 100);
+        let d = Dedup::new(Duration::from_secs(60), 100, 1 << 20);
         assert_eq!(d.begin(&key("k"), &a), Begin::New);
         assert_eq!(d.begin(&key("k"), &b), Begin::Joined);
         let waiters = d.finish(&key("k"), Some(&Bytes::from_static(b"ack")));
@@ -100,10 +117,34 @@ mod tests {
     }
 
     #[test]
+    fn remembered_acks_are_bounded_in_count_and_in_bytes() {
+        let links = LinkRegistry::new(10);
+        let (a, _) = links.insert(key("").0, "127.0.0.1:1".parse().expect("addr"), 1024);
+        let remember = |d: &Dedup, n: usize, body: usize| {
+            for i in 0..n {
+                let k = key(&format!("k{i}"));
+                assert_eq!(d.begin(&k, &a), Begin::New);
+                d.finish(&k, Some(&Bytes::from(vec![b'a'; body])));
+            }
+            d.acks.run_pending_tasks();
+        };
+        // Small ACKs: the count binds (10,000 bytes / 100 = at least 100 bytes each).
+        let d = Dedup::new(Duration::from_secs(60), 100, 10_000);
+        remember(&d, 1_000, 1);
+        assert!(d.acks.entry_count() <= 100, "{}", d.acks.entry_count());
+        assert!(d.acks.entry_count() >= 50, "still remembers: {}", d.acks.entry_count());
+        // Large ACKs: the bytes bind (each weighs ~1 KiB, so ~10 fit, not 100).
+        let d = Dedup::new(Duration::from_secs(60), 100, 10_000);
+        remember(&d, 1_000, 1_000);
+        assert!(d.acks.weighted_size() <= 10_000, "{}", d.acks.weighted_size());
+        assert!(d.acks.entry_count() <= 10, "{}", d.acks.entry_count());
+    }
+
+    #[test]
     fn failures_are_forgotten() {
         let links = LinkRegistry::new(10);
         let (a, _) = links.insert(key("").0, "127.0.0.1:1".parse().expect("addr"), 1024);
-        let d = Dedup::new(Duration::from_secs(60), 100);
+        let d = Dedup::new(Duration::from_secs(60), 100, 1 << 20);
         assert_eq!(d.begin(&key("k"), &a), Begin::New);
         assert!(d.finish(&key("k"), None).is_empty());
         assert_eq!(d.begin(&key("k"), &a), Begin::New, "the client may retry");
