@@ -193,9 +193,9 @@ pub struct LinkRegistry {
 }
 
 /// A place under the node's connection capacity, released when dropped.
-pub struct Slot<'a>(&'a LinkRegistry);
+pub struct Slot(Arc<LinkRegistry>);
 
-impl Drop for Slot<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
         self.0.admitted.fetch_sub(1, Ordering::AcqRel);
     }
@@ -225,13 +225,13 @@ impl LinkRegistry {
     }
 
     /// A place for one more connection, or `None` at capacity.
-    pub fn admit(&self) -> Option<Slot<'_>> {
+    pub fn admit(self: &Arc<Self>) -> Option<Slot> {
         self.admitted
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.capacity).then_some(n + 1)
             })
             .ok()
-            .map(|_| Slot(self))
+            .map(|_| Slot(self.clone()))
     }
 
     /// Registers a new link. Returns it and whether it is the user's first on this node.
@@ -347,7 +347,7 @@ mod tests {
 
     #[test]
     fn capacity_is_enforced_and_released() {
-        let r = LinkRegistry::new(2);
+        let r = Arc::new(LinkRegistry::new(2));
         let a = r.admit().expect("first");
         let _b = r.admit().expect("second");
         assert!(r.admit().is_none());

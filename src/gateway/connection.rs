@@ -110,48 +110,59 @@ async fn prepare(
     }
 }
 
-/// Serves one client byte stream from the WebSocket upgrade to close.
-async fn serve_stream<S: Stream>(
+/// Serves one client byte stream from the WebSocket upgrade to close: the upgrade, then the
+/// session, chained like [`serve`]'s two parts so the session keeps nothing of the upgrade.
+fn serve_stream<S: Stream>(
     stream: S,
     remote: SocketAddr,
     gw: Arc<Gateway>,
     handshake: OwnedSemaphorePermit,
-) {
-    // Boxed: the handshake's state is large and only needed until the upgrade; keeping it out of
-    // this task's future keeps every idle connection small. Matched as a temporary: a named
-    // result would keep a second WebSocketStream's worth of room in every connection's task.
-    let (ws, accepted) = match Box::pin(upgrade(stream, remote, &gw, handshake)).await {
-        Ok(ok) => ok,
-        Err(outcome) => {
-            gw.metrics.handshake(outcome);
-            debug!(%remote, outcome, "handshake refused");
-            return;
-        }
-    };
-    // Set up and torn down outside this future: what they use would otherwise stay in every
-    // idle connection's task (a local copied before an await keeps its room until the end).
-    let (mut conn, slot, deadlines) = Connection::open(ws, accepted, &gw);
-    let reason = conn.serve(deadlines).await;
-    Box::pin(conn.goodbye(reason)).await;
-    conn.closed(reason);
-    drop(slot);
+) -> impl Future<Output = ()> + Send {
+    // Boxed: the handshake's state is large and only needed until the upgrade.
+    Box::pin(upgrade(stream, remote, gw, handshake)).then(|upgraded| match upgraded {
+        // Registered outside the session's future: what it takes would otherwise stay in every
+        // idle connection's task (a local copied before an await keeps its room to the end).
+        Some((ws, accepted, gw)) => Either::Left(session(Connection::open(ws, accepted, gw))),
+        None => Either::Right(std::future::ready(())),
+    })
 }
 
 /// The WebSocket upgrade, holding the connection's place among the handshakes in progress
-/// until it is done.
-async fn upgrade<'a, S: Stream>(
+/// until it is done. `None`: refused (counted; the client was answered when it could be).
+async fn upgrade<S: Stream>(
     stream: S,
-    peer: SocketAddr,
-    gw: &'a Gateway,
+    remote: SocketAddr,
+    gw: Arc<Gateway>,
     _handshake: OwnedSemaphorePermit,
-) -> Result<(WebSocketStream<S>, handshake::Accepted<'a>), &'static str> {
-    handshake::accept(stream, peer, gw).await
+) -> Option<(WebSocketStream<S>, handshake::Accepted, Arc<Gateway>)> {
+    match handshake::accept(stream, remote, &gw).await {
+        Ok((ws, accepted)) => Some((ws, accepted, gw)),
+        Err(outcome) => {
+            gw.metrics.handshake(outcome);
+            debug!(%remote, outcome, "handshake refused");
+            None
+        }
+    }
 }
 
-struct Connection<'a, S> {
+/// An upgraded client's session to close. Not an `async fn`: its arguments would be kept twice
+/// (an `async fn` moves them into locals and keeps both), ~400 bytes per idle connection.
+#[allow(clippy::manual_async_fn)]
+fn session<S: Stream>(
+    (mut conn, slot, deadlines): (Connection<S>, Slot, Deadlines),
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let reason = conn.serve(deadlines).await;
+        Box::pin(conn.goodbye(reason)).await;
+        conn.closed(reason);
+        drop(slot);
+    }
+}
+
+struct Connection<S> {
     ws: WebSocketStream<S>,
     link: Arc<Link>,
-    gw: &'a Gateway,
+    gw: Arc<Gateway>,
     biz: Arc<BizMetrics>,
     rate: RateLimit,
 }
@@ -162,14 +173,14 @@ struct Deadlines {
     expires: Option<Instant>,
 }
 
-impl<'a, S: Stream> Connection<'a, S> {
+impl<S: Stream> Connection<S> {
     /// Registers an upgraded client (link, directory, hooks, metrics) and returns its
     /// connection, its upgrade slot and its deadlines.
     fn open(
         ws: WebSocketStream<S>,
-        accepted: handshake::Accepted<'a>,
-        gw: &'a Gateway,
-    ) -> (Self, Slot<'a>, Deadlines) {
+        accepted: handshake::Accepted,
+        gw: Arc<Gateway>,
+    ) -> (Self, Slot, Deadlines) {
         gw.metrics.handshake("ok");
         // Taken apart at once: only the slot lives as long as the connection.
         let handshake::Accepted { identity, client, expires, auto_close, slot } = accepted;
@@ -198,7 +209,7 @@ impl<'a, S: Stream> Connection<'a, S> {
 
     /// Unregisters the connection once it has said goodbye.
     fn closed(&self, reason: CloseReason) {
-        let (gw, link, biz) = (self.gw, &self.link, &self.biz);
+        let (gw, link, biz) = (&*self.gw, &self.link, &self.biz);
         gw.metrics.connections_open.dec();
         let last = gw.links.remove(link);
         if last {
@@ -217,7 +228,7 @@ impl<'a, S: Stream> Connection<'a, S> {
     /// Runs until the connection must end, and says why.
     async fn serve(&mut self, deadlines: Deadlines) -> CloseReason {
         let Deadlines { idle, expires } = deadlines;
-        let gw = self.gw;
+        let gw = self.gw.clone();
         let link = self.link.clone();
         let mut clock = Liveness::new(Instant::now(), &gw.config.limits, idle);
         clock.expires = expires;
@@ -292,8 +303,8 @@ impl<'a, S: Stream> Connection<'a, S> {
         }
         self.biz.message(Direction::In, data.len());
         self.link.received();
-        let gw = self.gw;
         let verdict = self.within_rate();
+        let gw = &*self.gw;
         if verdict == Verdict::Close {
             return Err(CloseReason::RateLimited);
         }

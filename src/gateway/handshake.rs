@@ -15,7 +15,7 @@ use crate::auth::{AuthError, Identity};
 use crate::links::Slot;
 
 /// A client that passed the handshake.
-pub(super) struct Accepted<'a> {
+pub(super) struct Accepted {
     pub identity: Identity,
     /// The client's address (through trusted proxies).
     pub client: SocketAddr,
@@ -23,17 +23,17 @@ pub(super) struct Accepted<'a> {
     pub expires: Option<u64>,
     /// The client sent `X-AutoClose: true`: close it when idle.
     pub auto_close: bool,
-    pub slot: Slot<'a>,
+    pub slot: Slot,
 }
 
 /// Performs the handshake within `server.websocket.handshake_timeout`. On refusal returns the
 /// handshake-outcome label (the client has already been answered when it could be).
-pub(super) async fn accept<'a, S: Stream>(
+pub(super) async fn accept<S: Stream>(
     stream: S,
     peer: SocketAddr,
-    gw: &'a Gateway,
-) -> Result<(WebSocketStream<S>, Accepted<'a>), &'static str> {
-    let mut decision: Option<Result<Accepted<'a>, &'static str>> = None;
+    gw: &Gateway,
+) -> Result<(WebSocketStream<S>, Accepted), &'static str> {
+    let mut decision: Option<Result<Accepted, &'static str>> = None;
     // The callback's error type is tungstenite's (a full HTTP response).
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, mut resp: Response| match check(req, peer, gw) {
@@ -97,7 +97,7 @@ impl Refusal {
     }
 }
 
-fn check<'a>(req: &Request, peer: SocketAddr, gw: &'a Gateway) -> Result<Accepted<'a>, Refusal> {
+fn check(req: &Request, peer: SocketAddr, gw: &Gateway) -> Result<Accepted, Refusal> {
     let ws = &gw.config.server.websocket;
     if !ws.allowed_origins.is_empty() {
         let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
