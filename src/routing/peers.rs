@@ -198,11 +198,10 @@ impl Peer {
 
     /// Sends one batch: on the stream (opened if needed), or as a unary call to a peer
     /// without streams.
-    async fn send(&mut self, msgs: Vec<PushMessage>, waiters: Vec<Waiter>) {
+    async fn send(&mut self, mut msgs: Vec<PushMessage>, waiters: Vec<Waiter>) {
         if self.unary_until.is_some_and(|t| Instant::now() < t) {
             return self.call(msgs, waiters).await;
         }
-        let mut msgs = msgs;
         if let Some(pipe) = &mut self.pipe {
             match pipe.requests.try_send(DeliverRequest { msgs }) {
                 Ok(()) => return pipe.waiting.push_back((Instant::now(), waiters)),
@@ -262,8 +261,17 @@ impl Peer {
 
 async fn run(mut peer: Peer, mut rx: mpsc::Receiver<Job>, stop: CancellationToken) {
     let mut jobs = Vec::with_capacity(MAX_PER_CALL);
+    // One timer for the oldest unanswered message, moved only when that message changes (not
+    // a new timer per loop turn: this loop turns twice per cross-node push).
+    let timer = tokio::time::sleep(PEER_TIMEOUT);
+    tokio::pin!(timer);
+    let mut armed = None;
     loop {
         let deadline = peer.deadline();
+        if let Some(at) = deadline.filter(|_| deadline != armed) {
+            timer.as_mut().reset(at);
+        }
+        armed = deadline;
         let can_send = peer.can_send();
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -278,7 +286,7 @@ async fn run(mut peer: Peer, mut rx: mpsc::Receiver<Job>, stop: CancellationToke
                 }
             }
             answer = peer.next_answer() => peer.answered(answer),
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+            () = &mut timer, if deadline.is_some() => {
                 peer.broken(Status::deadline_exceeded("the peer did not answer in time"));
             }
         }
@@ -360,10 +368,14 @@ mod tests {
         addr.to_string()
     }
 
-    fn peers(stop: &CancellationToken) -> (Peers, Arc<Metrics>) {
+    /// Serves `peer` and returns what calls it: (stop, its address, the callers, their metrics).
+    async fn start(peer: &TestPeer) -> (CancellationToken, String, Peers, Arc<Metrics>) {
+        let stop = CancellationToken::new();
+        let addr = serve(peer.clone(), stop.clone()).await;
         let metrics = Arc::new(Metrics::new());
-        let (tasks, stop) = (TaskTracker::new(), stop.clone());
-        (Peers::new(Bearer::default(), Default::default(), tasks, stop, metrics.clone()), metrics)
+        let (tasks, token) = (TaskTracker::new(), Bearer::default());
+        let peers = Peers::new(token, Default::default(), tasks, stop.clone(), metrics.clone());
+        (stop, addr, peers, metrics)
     }
 
     fn push(user: i64) -> PushMessage {
@@ -372,10 +384,8 @@ mod tests {
 
     #[tokio::test]
     async fn pushes_ride_one_stream_and_each_gets_its_own_answer() {
-        let stop = CancellationToken::new();
         let peer = TestPeer { streams: true, ..Default::default() };
-        let addr = serve(peer.clone(), stop.clone()).await;
-        let (peers, _) = peers(&stop);
+        let (stop, addr, peers, _) = start(&peer).await;
         let all = join_all((1..=200).map(|u| peers.deliver(&addr, push(u)))).await;
         assert_eq!(all, (1..=200).map(|u| Ok(u as usize)).collect::<Vec<_>>());
         for u in 201..=205 {
@@ -387,10 +397,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_older_peer_is_called_with_unary_deliver() {
-        let stop = CancellationToken::new();
         let peer = TestPeer { streams: false, ..Default::default() };
-        let addr = serve(peer.clone(), stop.clone()).await;
-        let (peers, metrics) = peers(&stop);
+        let (stop, addr, peers, metrics) = start(&peer).await;
         for u in 1..=3 {
             assert_eq!(peers.deliver(&addr, push(u)).await, Ok(u as usize));
         }
@@ -403,10 +411,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_the_peer_ends_is_opened_again_for_the_next_push() {
-        let stop = CancellationToken::new();
         let peer = TestPeer { streams: true, end_after: 1, ..Default::default() };
-        let addr = serve(peer.clone(), stop.clone()).await;
-        let (peers, _) = peers(&stop);
+        let (stop, addr, peers, _) = start(&peer).await;
         assert_eq!(peers.deliver(&addr, push(1)).await, Ok(1));
         // The end is read as it comes, before the next push is sent.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -417,10 +423,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_stops_answering_fails_its_pushes_in_time() {
-        let stop = CancellationToken::new();
         let peer = TestPeer { streams: true, silent: true, ..Default::default() };
-        let addr = serve(peer.clone(), stop.clone()).await;
-        let (peers, _) = peers(&stop);
+        let (stop, addr, peers, _) = start(&peer).await;
         let within = PEER_TIMEOUT + Duration::from_secs(3);
         let got = tokio::time::timeout(within, peers.deliver(&addr, push(1))).await;
         let got = got.expect("answered within the peer timeout");
