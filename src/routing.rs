@@ -106,14 +106,51 @@ impl Router {
     pub async fn push(&self, msg: PushMessage) -> Result<Routed, RouteError> {
         self.downstream.admit(&msg)?;
         let msg = self.downstream.keyed(msg);
-        let nodes = match self.directory.route(&msg).await {
-            Ok(Route::Stored) => return Ok(Routed { connections: 0, stored: true }),
-            Ok(Route::Nodes(nodes)) => nodes,
-            Err(e) => return Err(RouteError::Unavailable(e.to_string())),
+        match self.directory.route(&msg).await {
+            Ok(route) => self.deliver(&msg, route).await,
+            Err(e) => Err(RouteError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// [`Router::push`] for several pushes at once (a Kafka batch): one directory round trip for
+    /// all of them, then each push's deliveries. Results in order; one push refused or failed
+    /// never fails the others, except that a failed directory call fails every push it routed.
+    pub async fn push_many(&self, msgs: Vec<PushMessage>) -> Vec<Result<Routed, RouteError>> {
+        let mut results = Vec::with_capacity(msgs.len());
+        let (mut admitted, mut at) = (Vec::with_capacity(msgs.len()), Vec::new());
+        for msg in msgs {
+            match self.downstream.admit(&msg) {
+                Ok(()) => {
+                    at.push(results.len());
+                    admitted.push(self.downstream.keyed(msg));
+                    results.push(Ok(Routed { connections: 0, stored: false }));
+                }
+                Err(e) => results.push(Err(e.into())),
+            }
+        }
+        let routed = match self.directory.route_many(&admitted).await {
+            Ok(routes) => {
+                let each = admitted.iter().zip(routes).map(|(msg, r)| self.deliver(msg, r));
+                join_all(each).await
+            }
+            Err(e) => {
+                admitted.iter().map(|_| Err(RouteError::Unavailable(e.to_string()))).collect()
+            }
+        };
+        for (i, r) in at.into_iter().zip(routed) {
+            results[i] = r;
+        }
+        results
+    }
+
+    /// Delivers `msg` where the directory said (`route`).
+    async fn deliver(&self, msg: &PushMessage, route: Route) -> Result<Routed, RouteError> {
+        let nodes = match route {
+            Route::Stored => return Ok(Routed { connections: 0, stored: true }),
+            Route::Nodes(nodes) => nodes,
         };
         let calls = nodes.iter().map(|(node, addr)| self.deliver_to(node, addr, msg.clone()));
-        let settled = settle(join_all(calls).await);
-        outcome(settled, self.directory.keeps_inboxes(), &msg)
+        outcome(settle(join_all(calls).await), self.directory.keeps_inboxes(), msg)
     }
 
     async fn deliver_to(
@@ -165,6 +202,13 @@ impl Router {
 impl PushSink for Router {
     fn push(&self, msg: PushMessage) -> impl Future<Output = Result<Routed, RouteError>> + Send {
         Router::push(self, msg)
+    }
+
+    fn push_many(
+        &self,
+        msgs: Vec<PushMessage>,
+    ) -> impl Future<Output = Vec<Result<Routed, RouteError>>> + Send {
+        Router::push_many(self, msgs)
     }
 
     async fn keep(&self, msg: PushMessage) -> Result<(), RouteError> {
@@ -245,6 +289,32 @@ mod tests {
         assert_eq!(big, Err(PushError::TooLarge { size: 17, max: 16 }.into()), "key counts too");
         let invalid = router.push(push("k4", 0, b"hi")).await;
         assert_eq!(invalid, Err(PushError::Invalid.into()));
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_answered_per_push_in_order() {
+        let config = DownstreamConfig { max_push_size: ByteSize::b(16), ..Default::default() };
+        let (router, _links) = single_node(config);
+        let batch = vec![
+            push("k1", 0, b"hi"),
+            push("k2", 1, b"hi"),
+            push("k3", 2, b"hi"),
+            push("k4", 1, &[0; 15]),
+            push("k5", 1, b"again"),
+        ];
+        let r = router.push_many(batch).await;
+        assert_eq!(
+            r,
+            [
+                Err(PushError::Invalid.into()),
+                Ok(Routed { connections: 1, stored: false }),
+                Err(PushError::NotConnected { biz: 9, user: 2 }.into()),
+                Err(PushError::TooLarge { size: 17, max: 16 }.into()),
+                Ok(Routed { connections: 1, stored: false }),
+            ],
+            "one refused push never fails the others"
+        );
+        assert!(router.push_many(Vec::new()).await.is_empty());
     }
 
     fn unavailable() -> Result<usize, RouteError> {

@@ -143,6 +143,11 @@ pub trait SessionDirectory: Send + Sync {
     /// must have its key.
     fn route<'a>(&'a self, msg: &'a PushMessage) -> DirectoryFuture<'a, Route>;
 
+    /// [`SessionDirectory::route`] for several pushes in one round trip (a Kafka batch): their
+    /// routes in order. An error fails them all (some may have been recorded: a retry records
+    /// nothing twice, the inbox is keyed by push key).
+    fn route_many<'a>(&'a self, msgs: &'a [PushMessage]) -> DirectoryFuture<'a, Vec<Route>>;
+
     /// Records `msg` in its receiver's inbox without a lookup. `false`: this directory keeps no
     /// inbox.
     fn store<'a>(&'a self, msg: &'a PushMessage) -> DirectoryFuture<'a, bool>;
@@ -229,6 +234,11 @@ impl SessionDirectory for LocalDirectory {
         Box::pin(std::future::ready(Ok(here)))
     }
 
+    fn route_many<'a>(&'a self, msgs: &'a [PushMessage]) -> DirectoryFuture<'a, Vec<Route>> {
+        let here = || Route::Nodes(vec![(self.node_id.clone(), String::new())]);
+        Box::pin(std::future::ready(Ok(msgs.iter().map(|_| here()).collect())))
+    }
+
     fn store<'a>(&'a self, _: &'a PushMessage) -> DirectoryFuture<'a, bool> {
         Box::pin(std::future::ready(Ok(false)))
     }
@@ -311,7 +321,10 @@ mod tests {
         assert!(events.try_recv().is_err(), "the second connection is not a presence change");
 
         let msg = PushMessage { biz_id: 9, receiver_id: 1, ..Default::default() };
-        assert_eq!(dir.route(&msg).await.ok(), Some(Route::Nodes(vec![("n1".into(), "".into())])));
+        let here = Route::Nodes(vec![("n1".into(), "".into())]);
+        assert_eq!(dir.route(&msg).await.ok(), Some(here));
+        let two = dir.route_many(&[msg.clone(), msg.clone()]).await.expect("no error");
+        assert_eq!(two.len(), 2, "one route per push");
         assert!(!dir.store(&msg).await.expect("no error"), "no inbox");
 
         let user = dir.sessions(SessionQuery::User(who(9, 1))).await.expect("sessions");

@@ -3,7 +3,9 @@
 //!
 //! Pushes: every node consumes the topic as one consumer group, so each push is read once,
 //! by one node, and routed to the node(s) holding its receiver (never "every node reads
-//! everything"). Up to `concurrency` pushes are routed at once; offsets are stored per
+//! everything"). The records the consumer already holds are routed together (up to [`BATCH`]:
+//! one directory round trip records and looks up all of them); a push that fails there is
+//! retried on its own. Up to `concurrency` pushes are routed at once; offsets are stored per
 //! partition, in order, and only after the push was recorded in its user's inbox (cluster mode)
 //! (`Offsets`: a stuck record holds back its own partition's offsets, never the others'), then committed by
 //! librdkafka's auto-commit: at-least-once, with the push key for dedup. A push that cannot be
@@ -24,7 +26,7 @@ use std::{sync::Arc, time::Duration};
 use base64::Engine as _;
 use std::collections::{BTreeMap, HashMap};
 
-use futures_util::{StreamExt, stream::FuturesUnordered};
+use futures_util::{FutureExt as _, StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use rdkafka::{
     ClientConfig, Message as _,
     consumer::Consumer,
@@ -39,7 +41,7 @@ use crate::{
     auth::Identity,
     config::KafkaConfig,
     protocol::pb::PushMessage,
-    push::{DeadLetter, PushError, PushSink, RouteError},
+    push::{DeadLetter, PushError, PushSink, RouteError, Routed},
     telemetry::{ClusterEvent, Dependency, Metrics, Untrusted},
 };
 
@@ -142,29 +144,52 @@ impl<S: PushSink> PushConsumer<S> {
             return warn!(error = %e, "cannot subscribe to the push topic; pushes from Kafka are off");
         }
         info!(topic = %self.config.push_topic, group = %self.config.group_id, "consuming pushes");
-        let mut inflight = FuturesUnordered::new();
-        let mut offsets = Offsets::default();
+        let mut inflight = FuturesUnordered::<BoxFuture<'static, Finished>>::new();
+        let (mut offsets, mut open) = (Offsets::default(), 0usize);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                Some((partition, offset, done)) = inflight.next(), if !inflight.is_empty() => {
-                    if done && let Some(upto) = offsets.finish(partition, offset) {
-                        let _ = consumer.get().store_offset(&self.config.push_topic, partition, upto);
+                Some(finished) = inflight.next(), if !inflight.is_empty() => {
+                    for (partition, offset, outcome) in finished {
+                        match outcome {
+                            Outcome::Done => {
+                                open -= 1;
+                                if let Some(upto) = offsets.finish(partition, offset) {
+                                    let _ = consumer.get().store_offset(&self.config.push_topic, partition, upto);
+                                }
+                            }
+                            Outcome::Retry(msg, started) => {
+                                let retry = self.retry(msg, started, stop.clone());
+                                inflight.push(Box::pin(async move { vec![(partition, offset, retry.await)] }));
+                            }
+                            Outcome::Stopped => open -= 1,
+                        }
                     }
                 }
-                received = consumer.get().recv(), if inflight.len() < self.config.concurrency => match received {
+                received = consumer.get().recv(), if open < self.config.concurrency => match received {
                     Ok(m) => {
                         self.metrics.dependency(Dependency::Kafka, true);
-                        let payload = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
-                        let (partition, offset) = (m.partition(), m.offset());
-                        let route = self.handle(payload, stop.clone());
-                        offsets.begin(partition, offset);
-                        inflight.push(async move { (partition, offset, route.await) });
+                        let mut batch = vec![self.record(&m)];
+                        // What else the consumer already holds goes along: one directory round
+                        // trip for the batch.
+                        while batch.len() < BATCH && open + batch.len() < self.config.concurrency {
+                            match consumer.get().recv().now_or_never() {
+                                Some(Ok(m)) => batch.push(self.record(&m)),
+                                Some(Err(e)) => {
+                                    self.consume_error(&e);
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        open += batch.len();
+                        for r in &batch {
+                            offsets.begin(r.partition, r.offset);
+                        }
+                        inflight.push(Box::pin(self.route(batch)));
                     }
                     Err(e) => {
-                        self.metrics.dependency(Dependency::Kafka, false);
-                        self.metrics.cluster_event(ClusterEvent::ConsumeError);
-                        warn!(error = %e, "Kafka consumer error");
+                        self.consume_error(&e);
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 },
@@ -177,53 +202,67 @@ impl<S: PushSink> PushConsumer<S> {
         self.metrics.kafka_lag.reset();
     }
 
-    /// Routes one record; true when its offset may be committed.
-    fn handle(
+    /// Reads a record; one that is not a valid push is counted and logged here.
+    fn record(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+        let payload = m.payload().unwrap_or_default();
+        let push = serde_json::from_slice::<KafkaPush>(payload).ok().and_then(KafkaPush::into_push);
+        if push.is_none() {
+            self.metrics.cluster_event(ClusterEvent::PushInvalid);
+            warn!(record = %Untrusted(payload), "skipping a push record that is not valid JSON");
+        }
+        Record { partition: m.partition(), offset: m.offset(), push }
+    }
+
+    fn consume_error(&self, e: &rdkafka::error::KafkaError) {
+        self.metrics.dependency(Dependency::Kafka, false);
+        self.metrics.cluster_event(ClusterEvent::ConsumeError);
+        warn!(error = %e, "Kafka consumer error");
+    }
+
+    /// Routes a batch of records together (one attempt); what failed but may succeed later
+    /// comes back as [`Outcome::Retry`].
+    fn route(&self, batch: Vec<Record>) -> impl Future<Output = Finished> + Send + 'static {
+        let (sink, metrics) = (self.sink.clone(), self.metrics.clone());
+        async move {
+            let started = tokio::time::Instant::now();
+            let mut out = Vec::with_capacity(batch.len());
+            let mut valid = Vec::with_capacity(batch.len());
+            for r in batch {
+                match r.push {
+                    Some(msg) => valid.push((r.partition, r.offset, msg)),
+                    None => out.push((r.partition, r.offset, Outcome::Done)),
+                }
+            }
+            metrics.cluster_event(ClusterEvent::RouteBatch);
+            let msgs = valid.iter().map(|(_, _, msg)| msg.clone()).collect::<Vec<_>>();
+            let n = msgs.len();
+            let results = tokio::time::timeout(ATTEMPT_TIMEOUT, sink.push_many(msgs))
+                .await
+                .unwrap_or_else(|_| vec![Err(late()); n]);
+            for ((partition, offset, msg), routed) in valid.into_iter().zip(results) {
+                let outcome = match judge(&metrics, &msg, routed) {
+                    true => Outcome::Done,
+                    false => Outcome::Retry(msg, started),
+                };
+                out.push((partition, offset, outcome));
+            }
+            out
+        }
+    }
+
+    /// Routes one push again and again (with back-off) until it is routed, refused for good, or
+    /// (after `route_timeout` since `started`) kept in its receiver's inbox.
+    fn retry(
         &self,
-        payload: Vec<u8>,
+        msg: PushMessage,
+        started: tokio::time::Instant,
         stop: CancellationToken,
-    ) -> impl Future<Output = bool> + Send + 'static {
-        let sink = self.sink.clone();
-        let metrics = self.metrics.clone();
+    ) -> impl Future<Output = Outcome> + Send + 'static {
+        let (sink, metrics) = (self.sink.clone(), self.metrics.clone());
         let route_timeout = self.config.route_timeout;
         async move {
-            let Some(msg) =
-                serde_json::from_slice::<KafkaPush>(&payload).ok().and_then(KafkaPush::into_push)
-            else {
-                metrics.cluster_event(ClusterEvent::PushInvalid);
-                warn!(record = %Untrusted(&payload), "skipping a push record that is not valid JSON");
-                return true;
-            };
-            let (started, mut backoff) = (tokio::time::Instant::now(), Duration::from_millis(100));
+            let mut backoff = Duration::from_millis(100);
             loop {
-                // One attempt never waits longer than this: a hung dependency must not hold a
-                // slot of the in-flight window (and its partition's offsets) forever.
-                let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, sink.push(msg.clone()));
-                let routed = attempt.await.unwrap_or_else(|_| {
-                    Err(RouteError::Unavailable("routing did not finish in time".into()))
-                });
-                match routed {
-                    Ok(r) => {
-                        metrics.cluster_event(match r.stored {
-                            true => ClusterEvent::PushStored,
-                            false => ClusterEvent::PushRouted,
-                        });
-                        return true;
-                    }
-                    Err(RouteError::Push(e @ PushError::TooLarge { .. })) => {
-                        metrics.cluster_event(ClusterEvent::PushTooLarge);
-                        warn!(error = %e, key = %Untrusted::text(&msg.key), "skipping a push record that is too large");
-                        return true;
-                    }
-                    Err(e) if !e.is_retriable() => {
-                        metrics.cluster_event(ClusterEvent::PushUndeliverable);
-                        return true;
-                    }
-                    Err(e) => {
-                        metrics.cluster_event(ClusterEvent::PushRetried);
-                        warn!(error = %e, retry_in = ?backoff, key = %Untrusted::text(&msg.key), "push from Kafka not routed yet");
-                    }
-                }
                 // Held back long enough: keep it for the user's next connection, so that it
                 // stops holding back the records behind it.
                 if started.elapsed() >= route_timeout {
@@ -231,7 +270,7 @@ impl<S: PushSink> PushConsumer<S> {
                         Ok(()) => {
                             metrics.cluster_event(ClusterEvent::PushKept);
                             warn!(key = %Untrusted::text(&msg.key), "push from Kafka not routable in time; kept in the inbox");
-                            return true;
+                            return Outcome::Done;
                         }
                         Err(e) => {
                             warn!(error = %e, key = %Untrusted::text(&msg.key), "push from Kafka can be neither routed nor kept yet")
@@ -239,11 +278,72 @@ impl<S: PushSink> PushConsumer<S> {
                     }
                 }
                 tokio::select! {
-                    _ = stop.cancelled() => return false,
+                    _ = stop.cancelled() => return Outcome::Stopped,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
+                // One attempt never waits longer than this: a hung dependency must not hold a
+                // slot of the in-flight window (and its partition's offsets) forever.
+                let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, sink.push(msg.clone()));
+                if judge(&metrics, &msg, attempt.await.unwrap_or_else(|_| Err(late()))) {
+                    return Outcome::Done;
+                }
             }
+        }
+    }
+}
+
+/// The most records routed together (one directory round trip).
+const BATCH: usize = 128;
+
+/// A record as read: where it is and its push (`None`: not a valid push, counted and skipped).
+struct Record {
+    partition: i32,
+    offset: i64,
+    push: Option<PushMessage>,
+}
+
+/// What became of a record in flight.
+enum Outcome {
+    /// Routed, refused for good or kept: its offset may be stored.
+    Done,
+    /// Not routed yet; routing started at the instant given.
+    Retry(PushMessage, tokio::time::Instant),
+    /// Not routed, and the node is stopping: its offset is not stored.
+    Stopped,
+}
+
+/// Records in flight that finished an attempt: (partition, offset, outcome).
+type Finished = Vec<(i32, i64, Outcome)>;
+
+fn late() -> RouteError {
+    RouteError::Unavailable("routing did not finish in time".into())
+}
+
+/// Counts what became of one routing attempt of `msg`; true when it is done (routed, or
+/// refused for good), false when it is worth another attempt.
+fn judge(metrics: &Metrics, msg: &PushMessage, routed: Result<Routed, RouteError>) -> bool {
+    match routed {
+        Ok(r) => {
+            metrics.cluster_event(match r.stored {
+                true => ClusterEvent::PushStored,
+                false => ClusterEvent::PushRouted,
+            });
+            true
+        }
+        Err(RouteError::Push(e @ PushError::TooLarge { .. })) => {
+            metrics.cluster_event(ClusterEvent::PushTooLarge);
+            warn!(error = %e, key = %Untrusted::text(&msg.key), "skipping a push record that is too large");
+            true
+        }
+        Err(e) if !e.is_retriable() => {
+            metrics.cluster_event(ClusterEvent::PushUndeliverable);
+            true
+        }
+        Err(e) => {
+            metrics.cluster_event(ClusterEvent::PushRetried);
+            warn!(error = %e, key = %Untrusted::text(&msg.key), "push from Kafka not routed yet");
+            false
         }
     }
 }

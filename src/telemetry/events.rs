@@ -97,6 +97,9 @@ pub enum ClusterEvent {
     PushRouted,
     /// Not routable within `route_timeout`; kept in the user's inbox.
     PushKept,
+    /// Records routed together (one directory round trip); `push_routed + push_stored` over this is
+    /// the mean batch.
+    RouteBatch,
     PresenceProduced,
     PresenceFailed,
     PresenceDropped,
@@ -139,6 +142,7 @@ impl ClusterEvent {
             PushStored => ("kafka", "push_stored"),
             PushRouted => ("kafka", "push_routed"),
             PushKept => ("kafka", "push_kept"),
+            RouteBatch => ("kafka", "route_batch"),
             PresenceProduced => ("kafka", "presence_produced"),
             PresenceFailed => ("kafka", "presence_failed"),
             PresenceDropped => ("kafka", "presence_dropped"),

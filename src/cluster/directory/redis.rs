@@ -205,6 +205,38 @@ impl RedisDirectory {
         self.resolve(nodes).await
     }
 
+    /// Routes `msgs` with one ROUTE script each, sent together: one pipeline on one Redis, one
+    /// command per slot at once on a cluster (see `conn.rs`).
+    async fn route_many(&self, msgs: &[PushMessage]) -> Result<Vec<Route>, DirectoryError> {
+        let mut batch = conn::Batch::new();
+        for msg in msgs {
+            let id = Identity { biz_id: msg.biz_id, user_id: msg.receiver_id };
+            let mut call = scripts::ROUTE.key(self.keys.user(id));
+            call.key(&self.keys.inbox(id));
+            self.record_args(&mut call, msg);
+            batch.script(&call);
+        }
+        let mut r: redis::RedisResult<Vec<Vec<String>>> = self.redis.run(&batch).await;
+        if r.as_ref().is_err_and(is_noscript) {
+            r = match scripts::ROUTE.prepare_invoke().load_async(&mut self.redis.clone()).await {
+                Ok(_) => self.redis.run(&batch).await,
+                Err(e) => Err(e),
+            };
+        }
+        let replies = self.observe(r)?;
+        if replies.len() != msgs.len() {
+            let e = std::io::Error::other("ROUTE pipeline: one reply per push expected");
+            return Err(DirectoryError(e.into()));
+        }
+        let mut routes = Vec::with_capacity(msgs.len());
+        for (msg, reply) in msgs.iter().zip(replies) {
+            let (nodes, dropped) = parse_route(reply);
+            self.recorded(msg, dropped);
+            routes.push(self.resolve(nodes).await?);
+        }
+        Ok(routes)
+    }
+
     /// The arguments of an inbox record (see `scripts.rs`): key, JSON, bounds, TTL.
     fn record_args(&self, call: &mut redis::ScriptInvocation<'_>, msg: &PushMessage) {
         call.arg(&msg.key)
@@ -368,6 +400,10 @@ impl SessionDirectory for RedisDirectory {
 
     fn route<'a>(&'a self, msg: &'a PushMessage) -> DirectoryFuture<'a, Route> {
         Box::pin(RedisDirectory::route(self, msg))
+    }
+
+    fn route_many<'a>(&'a self, msgs: &'a [PushMessage]) -> DirectoryFuture<'a, Vec<Route>> {
+        Box::pin(RedisDirectory::route_many(self, msgs))
     }
 
     fn store<'a>(&'a self, msg: &'a PushMessage) -> DirectoryFuture<'a, bool> {

@@ -124,6 +124,57 @@ async fn a_kafka_outage_mid_stream_loses_no_push() {
     node.begin_shutdown().await.expect("drained");
 }
 
+/// A burst of records is routed in batches (one directory round trip for many records): each
+/// push reaches its user once wherever they are (on the consuming node, on another node, offline
+/// and connecting later), and there are fewer batches than records.
+#[tokio::test]
+async fn a_burst_of_kafka_pushes_is_routed_in_batches_to_every_kind_of_receiver() {
+    let scope = Scope::new("kafka-batches");
+    scope.create_topics().await;
+    let a = scope.node("a").spawn().await;
+    let b = scope.node("b").config(|c| c.cluster.kafka.push_topic.clear()).spawn().await;
+    let (mut here, mut there) = (a.connect(21, 9).await, b.connect(22, 9).await);
+    await_sessions(&a, 22, 9, 1).await;
+
+    const EACH: usize = 60;
+    let producer = cluster::producer(&scope.kafka);
+    let topic = scope.push_topic();
+    let keys: Vec<(String, i64)> =
+        (0..3 * EACH).map(|i| (format!("b-{i}"), 21 + (i % 3) as i64)).collect();
+    let sends = keys
+        .iter()
+        .map(|(key, user)| cluster::produce_push(&producer, &topic, key, 9, *user, key.as_bytes()));
+    futures_util::future::join_all(sends).await;
+
+    let (mut got_here, mut got_there) = (HashSet::new(), HashSet::new());
+    collect(&mut here, &mut got_here, EACH).await;
+    collect(&mut there, &mut got_there, EACH).await;
+    let event = |e: &str| {
+        format!("websocket_gateway_cluster_events_total{{event=\"{e}\",service=\"kafka\"}}")
+    };
+    crate::assert_within!(
+        30,
+        a.metric(&event("push_stored")).await == EACH as f64,
+        "offline pushes stored"
+    );
+    assert_eq!(a.metric(&event("push_routed")).await, (2 * EACH) as f64);
+    let batches = a.metric(&event("route_batch")).await;
+    assert!(
+        batches >= 1.0 && batches < (3 * EACH) as f64,
+        "{batches} batches for {} records",
+        3 * EACH
+    );
+
+    let mut later = b.connect(23, 9).await;
+    let mut got_later = HashSet::new();
+    collect(&mut later, &mut got_later, EACH).await;
+    for (got, user) in [(got_here, 21), (got_there, 22), (got_later, 23)] {
+        let want: HashSet<String> =
+            keys.iter().filter(|(_, u)| *u == user).map(|(k, _)| k.clone()).collect();
+        assert_eq!(got, want, "user {user} got exactly their pushes");
+    }
+}
+
 /// Receives pushes (acknowledging each) until `seen` holds `n` distinct keys.
 async fn collect(client: &mut Client, seen: &mut HashSet<String>, n: usize) {
     while seen.len() < n {

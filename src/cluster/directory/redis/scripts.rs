@@ -14,8 +14,9 @@ use std::sync::LazyLock;
 use redis::Script;
 
 /// Functions shared by the scripts that touch an inbox: `forget(k)` removes push `k`,
-/// `expire(ttl)` removes pushes accepted more than `ttl` ms ago (returns how many), `record()`
-/// adds ARGV[R] (key) / ARGV[R+1] (JSON) unless that key is already there, drops the oldest
+/// `expire(ttl, now)` removes pushes accepted more than `ttl` ms before `now` (ms; returns how
+/// many), `record()` (one `TIME` per record) adds ARGV[R] (key) / ARGV[R+1] (JSON) unless that
+/// key is already there, drops the oldest
 /// beyond ARGV[R+2] pushes or ARGV[R+4] bytes (the newest always stays), expires pushes older
 /// than ARGV[R+3] ms and sets twice that TTL on the keys: an entry past its TTL is found,
 /// counted and removed by the next script that touches the inbox; only the inbox of a user who
@@ -33,8 +34,8 @@ local function forget(k)
   redis.call('HINCRBY', KEYS[INBOX + 2], 'bytes', -len)
   return 1
 end
-local function expire(ttl)
-  local before = string.format('(%.0f', (now_ms() - ttl) * 1000)
+local function expire(ttl, now)
+  local before = string.format('(%.0f', (now - ttl) * 1000)
   local old = redis.call('ZRANGEBYSCORE', KEYS[INBOX + 1], '-inf', before)
   for _, k in ipairs(old) do forget(k) end
   return #old
@@ -42,10 +43,11 @@ end
 local function record()
   local key, json = ARGV[R], ARGV[R + 1]
   local max, ttl, max_bytes = tonumber(ARGV[R + 2]), tonumber(ARGV[R + 3]), tonumber(ARGV[R + 4])
-  local expired, dropped = expire(ttl), 0
+  local now = now_ms()
+  local expired, dropped = expire(ttl, now), 0
   if redis.call('HSETNX', KEYS[INBOX], key, json) == 1 then
     local seq = redis.call('HINCRBY', KEYS[INBOX + 2], 'seq', 1) % 1000
-    redis.call('ZADD', KEYS[INBOX + 1], string.format('%.0f', now_ms() * 1000 + seq), key)
+    redis.call('ZADD', KEYS[INBOX + 1], string.format('%.0f', now * 1000 + seq), key)
     local bytes = redis.call('HINCRBY', KEYS[INBOX + 2], 'bytes', #json)
     local n = redis.call('ZCARD', KEYS[INBOX + 1])
     while n > 1 and (n > max or bytes > max_bytes) do
@@ -59,7 +61,7 @@ local function record()
   return { dropped, expired }
 end
 local function read(ttl)
-  local out = { tostring(expire(ttl)) }
+  local out = { tostring(expire(ttl, now_ms())) }
   for _, k in ipairs(redis.call('ZRANGE', KEYS[INBOX + 1], 0, -1)) do
     local v = redis.call('HGET', KEYS[INBOX], k)
     if v then
