@@ -30,7 +30,9 @@ use std::{
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use futures_util::future::join_all;
 use tokio::{sync::mpsc, time::Instant};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -38,7 +40,7 @@ use crate::{
     auth::Identity,
     cluster::SessionDirectory,
     config::DownstreamConfig,
-    links::LinkRegistry,
+    links::{Link, LinkRegistry},
     protocol::{CommandType, Message, pb::PushMessage},
     push::{DeadLetter, PushError},
     telemetry::{ClusterEvent, Metrics, PushEvent},
@@ -118,6 +120,35 @@ pub struct Downstream {
     next_key: AtomicU64,
     /// Body bytes of `pending` (bounded by `max_pending_bytes`).
     pending_bytes: AtomicUsize,
+    /// When the last broadcast ended.
+    pace: Pace,
+}
+
+/// Hands `frame` to each of `links` (directly where idle); how many took it.
+fn fan_out(wire: &Wire, links: &[Arc<Link>], frame: WsMessage, cmd: i32) -> u64 {
+    let mut fanout = wire.fanout(frame, cmd, true);
+    for link in links {
+        fanout.send(link);
+    }
+    fanout.finish()
+}
+
+/// How long after a broadcast the next one counts as arriving after a quiet spell.
+const QUIET: Duration = Duration::from_millis(10);
+
+/// When the last broadcast ended.
+#[derive(Default)]
+struct Pace(std::sync::Mutex<Option<Instant>>);
+
+impl Pace {
+    fn quiet(&self, now: Instant) -> bool {
+        let last = *self.0.lock().unwrap_or_else(|e| e.into_inner());
+        last.is_none_or(|t| now.saturating_duration_since(t) >= QUIET)
+    }
+
+    fn ended(&self, now: Instant) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+    }
 }
 
 impl Downstream {
@@ -143,6 +174,7 @@ impl Downstream {
             node_id,
             next_key: AtomicU64::new(1),
             pending_bytes: AtomicUsize::new(0),
+            pace: Pace::default(),
         });
         (downstream.clone(), downstream.run_retries(stop))
     }
@@ -202,7 +234,7 @@ impl Downstream {
         }
         let cmd = CommandType::DownstreamMessage.into();
         let msg = Message { cmd, key: key.clone(), body: self.wire.seal(plaintext) };
-        let mut fanout = self.wire.fanout(self.wire.frame(&msg), cmd);
+        let mut fanout = self.wire.fanout(self.wire.frame(&msg), cmd, true);
         links.iter().for_each(|l| {
             fanout.send(l);
         });
@@ -211,19 +243,67 @@ impl Downstream {
 
     /// Sends one message to every connection of business `biz_id` (every connection when 0),
     /// encoded (and encrypted) once and shared. Not tracked for acknowledgement. Returns how
-    /// many connections it was queued on.
-    pub fn broadcast(&self, biz_id: i64, key: String, body: &[u8]) -> Result<usize, PushError> {
+    /// many connections took it.
+    ///
+    /// A broadcast that comes after a quiet spell (no broadcast ended within [`QUIET`]) is
+    /// latency-bound: its frame is written straight to every idle plain connection, one task per
+    /// runtime worker. Back-to-back broadcasts are throughput-bound: they queue, and each
+    /// connection's task writes what piled up in one wake-up.
+    pub async fn broadcast(
+        &self,
+        biz_id: i64,
+        key: String,
+        body: &[u8],
+    ) -> Result<usize, PushError> {
         self.fits(key.len() + body.len())?;
         let cmd = CommandType::DownstreamMessage.into();
         let frame = self.wire.frame(&Message { cmd, key, body: self.wire.seal(body) });
-        let mut fanout = self.wire.fanout(frame, cmd);
-        self.links.for_each(|link| {
-            if biz_id == 0 || link.identity.biz_id == biz_id {
-                fanout.send(link);
+        let wanted = |link: &Link| biz_id == 0 || link.identity.biz_id == biz_id;
+        let sent = match self.pace.quiet(Instant::now()) {
+            true => {
+                let mut links = Vec::new();
+                self.links.for_each(|l| {
+                    if wanted(l) {
+                        links.push(l.clone());
+                    }
+                });
+                self.write_each(links, frame, cmd).await
             }
-        });
+            false => {
+                let mut fanout = self.wire.fanout(frame, cmd, false);
+                self.links.for_each(|l| {
+                    if wanted(l) {
+                        fanout.send(l);
+                    }
+                });
+                fanout.finish()
+            }
+        };
+        self.pace.ended(Instant::now());
         self.metrics.push_event(PushEvent::Broadcast);
-        Ok(fanout.finish() as usize)
+        Ok(sent as usize)
+    }
+
+    /// Hands `frame` to `links`, written directly where they are idle: in this task on a
+    /// runtime with one worker, else split evenly into one task per worker (writes are
+    /// syscalls: several workers make them on several cores at once).
+    async fn write_each(&self, links: Vec<Arc<Link>>, frame: WsMessage, cmd: i32) -> u64 {
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        if workers <= 1 {
+            return fan_out(&self.wire, &links, frame, cmd);
+        }
+        let per_task = links.len().div_ceil(workers).max(1);
+        let mut links = links.into_iter();
+        let mut tasks = Vec::with_capacity(workers);
+        loop {
+            let part: Vec<Arc<Link>> = links.by_ref().take(per_task).collect();
+            if part.is_empty() {
+                break;
+            }
+            let (wire, frame) = (self.wire.clone(), frame.clone());
+            tasks.push(tokio::spawn(async move { fan_out(&wire, &part, frame, cmd) }));
+        }
+        join_all(tasks).await.into_iter().map(|sent| sent.unwrap_or(0)).sum()
     }
 
     /// Whether this node would take `msg` at all: valid ids and within `max_push_size` (a push

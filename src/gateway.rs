@@ -44,8 +44,20 @@ pub use tls::{Tls, TlsError};
 pub(crate) trait Stream:
     tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
 {
+    /// The socket's gate, when publishers may write to it directly (plain TCP).
+    fn gate(&self) -> Option<&Arc<crate::links::Gate>> {
+        None
+    }
 }
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+impl Stream for metered::Metered<crate::links::GateStream> {
+    fn gate(&self) -> Option<&Arc<crate::links::Gate>> {
+        Some(&self.get_ref().0)
+    }
+}
+
+/// TLS records are not whole frames: only the task writes.
+impl Stream for tokio_rustls::server::TlsStream<metered::Metered<tokio::net::TcpStream>> {}
 
 use std::sync::Arc;
 

@@ -2,27 +2,39 @@
 //!
 //! A [`Link`] is how anything outside a connection's task talks to it: a bounded outbound queue
 //! (bounded in bytes) and a close request. Enqueueing never blocks; a full queue marks the link
-//! as a slow consumer, which its task then closes. The registry is low level on purpose: the
+//! as a slow consumer, which its task then closes. A plain connection's link can also write a
+//! message straight to the socket when the connection is idle (see `gate.rs`): the common case
+//! of a push or broadcast costs no task wake-up. The registry is low level on purpose: the
 //! connection task, upstream and downstream all use it, and none of them reaches into another.
-//! Must never hold a socket or await anything but the link's own wake-up.
+//! Must never own a socket (a link only borrows its connection's [`Gate`] while the task lives)
+//! or await anything but the link's own wake-up.
 
 mod close;
+mod gate;
 
 pub use close::CloseReason;
+pub use gate::{Direct, Gate, GateStream};
 
 use std::{
     collections::VecDeque,
     net::{IpAddr, SocketAddr},
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, Weak,
         atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::SystemTime,
 };
 
+use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::{
+    Message as WsMessage,
+    protocol::frame::{
+        Frame,
+        coding::{Data, OpCode},
+    },
+};
 
 use crate::auth::Identity;
 
@@ -47,6 +59,8 @@ pub struct Link {
     limit: usize,
     outbound: Mutex<Outbound>,
     wake: Notify,
+    /// The plain socket, for direct writes while the connection's task lives.
+    gate: Option<Weak<Gate>>,
     /// Upstream messages of this connection waiting for a backend.
     upstream_in_flight: AtomicU32,
     /// Data messages received from the client.
@@ -63,6 +77,8 @@ struct Outbound {
     close_text: Option<String>,
     /// Messages accepted for sending.
     sent: u64,
+    /// The task took messages and has not written them all yet.
+    in_flight: bool,
 }
 
 impl Link {
@@ -71,13 +87,38 @@ impl Link {
         self.outbound.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `msg` without waiting. A queue over its byte limit marks the link as a slow
-    /// consumer: its task closes it and nothing more is accepted.
+    /// Queues `msg` without waiting, or writes it to the socket at once when the connection is
+    /// idle (plain connections; see `gate.rs`). A queue over its byte limit marks the link as a
+    /// slow consumer: its task closes it and nothing more is accepted.
     pub fn send(&self, msg: WsMessage) -> Result<(), SendError> {
+        self.send_with(msg, None, true)
+    }
+
+    /// Queues `msg` for the connection's task, never writing it here.
+    pub fn queue(&self, msg: WsMessage) -> Result<(), SendError> {
+        self.send_with(msg, None, false)
+    }
+
+    /// [`Link::send`] of a message whose frame is encoded already (by [`encode`]; a broadcast
+    /// encodes once for every link).
+    pub fn send_encoded(&self, msg: WsMessage, frame: &Bytes) -> Result<(), SendError> {
+        self.send_with(msg, Some(frame), true)
+    }
+
+    fn send_with(
+        &self,
+        msg: WsMessage,
+        frame: Option<&Bytes>,
+        direct: bool,
+    ) -> Result<(), SendError> {
         let len = msg.len();
         let mut out = self.lock();
         if out.closing.is_some() {
             return Err(SendError::Closed);
+        }
+        if direct && out.queue.is_empty() && !out.in_flight && self.write_now(&msg, frame) {
+            out.sent += 1;
+            return Ok(());
         }
         if out.bytes + len > self.limit {
             out.closing = Some(CloseReason::SlowConsumer);
@@ -92,6 +133,37 @@ impl Link {
         drop(out);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Writes `msg` to the socket directly if it has a gate that takes it now (called with
+    /// nothing queued or in flight). A frame written in part leaves its end to the task.
+    fn write_now(&self, msg: &WsMessage, frame: Option<&Bytes>) -> bool {
+        let Some(gate) = self.gate.as_ref().and_then(Weak::upgrade) else { return false };
+        let encoded;
+        let frame = match frame {
+            Some(frame) => frame,
+            None => match encode(msg) {
+                Some(f) => {
+                    encoded = f;
+                    &encoded
+                }
+                None => return false,
+            },
+        };
+        match gate.try_frame(frame) {
+            Direct::Written { rest } => {
+                if rest {
+                    self.wake.notify_one();
+                }
+                true
+            }
+            Direct::Busy => false,
+        }
+    }
+
+    /// Whether a direct write left the end of a frame for the task.
+    pub fn has_partial(&self) -> bool {
+        self.gate.as_ref().and_then(Weak::upgrade).is_some_and(|g| g.has_partial())
     }
 
     /// Asks the connection's task to close with `reason` (the first request wins).
@@ -157,7 +229,10 @@ impl Link {
         let mut out = self.lock();
         match out.closing {
             Some(reason) => Err(reason),
-            None => Ok(std::mem::take(&mut out.queue)),
+            None => {
+                out.in_flight = !out.queue.is_empty();
+                Ok(std::mem::take(&mut out.queue))
+            }
         }
     }
 
@@ -177,7 +252,21 @@ impl Link {
     pub fn written(&self, bytes: usize) {
         let mut out = self.lock();
         out.bytes = out.bytes.saturating_sub(bytes);
+        out.in_flight = false;
     }
+}
+
+/// The frame a server sends for a data message (`None` for other messages, which always queue).
+pub fn encode(msg: &WsMessage) -> Option<Bytes> {
+    let (payload, data): (Bytes, _) = match msg {
+        WsMessage::Text(t) => (t.clone().into(), Data::Text),
+        WsMessage::Binary(b) => (b.clone(), Data::Binary),
+        _ => return None,
+    };
+    let frame = Frame::message(payload, OpCode::Data(data), true);
+    let mut out = Vec::with_capacity(frame.len());
+    frame.format(&mut out).ok()?;
+    Some(out.into())
 }
 
 /// Every live link of the node, by connection and by user.
@@ -241,6 +330,18 @@ impl LinkRegistry {
         remote: SocketAddr,
         limit: usize,
     ) -> (Arc<Link>, bool) {
+        self.insert_gated(identity, remote, limit, None)
+    }
+
+    /// [`LinkRegistry::insert`] of a plain connection whose socket publishers may write directly
+    /// (the link keeps only a weak reference: the socket closes with its task).
+    pub fn insert_gated(
+        &self,
+        identity: Identity,
+        remote: SocketAddr,
+        limit: usize,
+        gate: Option<&Arc<Gate>>,
+    ) -> (Arc<Link>, bool) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let link = Arc::new(Link {
             id,
@@ -250,6 +351,7 @@ impl LinkRegistry {
             limit,
             outbound: Mutex::default(),
             wake: Notify::new(),
+            gate: gate.map(Arc::downgrade),
             upstream_in_flight: AtomicU32::new(0),
             messages_in: AtomicU64::new(0),
         });
@@ -343,6 +445,46 @@ mod tests {
 
     fn addr() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 1))
+    }
+
+    /// Reads exactly `want` from `client`.
+    async fn expect_bytes(client: &mut tokio::net::TcpStream, want: &[u8]) {
+        use tokio::io::AsyncReadExt;
+        let mut got = vec![0u8; want.len()];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn an_idle_link_writes_at_once_and_never_overtakes_what_its_task_holds() {
+        let (gate, mut client) = gate::tests::pair().await;
+        let r = LinkRegistry::new(10);
+        let (link, _) = r.insert_gated(ALICE, addr(), 1 << 20, Some(&gate));
+        let text = |t: &str| WsMessage::Text(t.into());
+        let frame = |t: &str| encode(&text(t)).expect("a data frame");
+
+        link.send(text("a")).expect("sent");
+        expect_bytes(&mut client, &frame("a")).await;
+        assert!(link.take().expect("open").is_empty(), "written, not queued");
+
+        // The task took "b" and has not written it yet: "c" must wait behind it.
+        link.queue(text("b")).expect("queued");
+        assert_eq!(link.take().expect("open").len(), 1);
+        link.send(text("c")).expect("queued behind b");
+        assert_eq!(link.take().expect("open").into_iter().collect::<Vec<_>>(), [text("c")]);
+        link.written(2);
+        // Nothing held any more: written at once again. Control messages always queue.
+        link.send(text("d")).expect("sent");
+        expect_bytes(&mut client, &frame("d")).await;
+        link.send(WsMessage::Ping(Bytes::new())).expect("queued");
+        assert_eq!(link.take().expect("open").len(), 1);
+        assert_eq!(link.message_counts().1, 5, "every message counts as sent");
+
+        // Once the task is gone (its stream dropped), the link queues as any other.
+        drop(gate);
+        link.written(0);
+        link.send(text("e")).expect("queued");
+        assert_eq!(link.take().expect("open").len(), 1);
     }
 
     #[test]

@@ -311,7 +311,7 @@ impl Services {
         }
         let wire = &self.admin.wire;
         let cmd = CommandType::Redirect.into();
-        let mut fanout = wire.fanout(wire.redirect_frame(nodes), cmd);
+        let mut fanout = wire.fanout(wire.redirect_frame(nodes), cmd, false);
         self.admin.links.for_each(|link| {
             fanout.send(link);
         });

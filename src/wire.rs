@@ -82,10 +82,13 @@ impl Wire {
 
     /// A counter for queueing one shared frame on many links (a broadcast): counts in bulk
     /// instead of per link. Call [`Fanout::finish`] at the end.
-    pub fn fanout(&self, frame: WsMessage, cmd: i32) -> Fanout<'_> {
+    /// `direct`: a link whose connection is idle may have the frame written at once (see
+    /// [`Link::send`]); otherwise every link queues it.
+    pub fn fanout(&self, frame: WsMessage, cmd: i32, direct: bool) -> Fanout<'_> {
         Fanout {
             wire: self,
             len: frame.len(),
+            encoded: if direct { crate::links::encode(&frame) } else { None },
             frame,
             cmd,
             biz: None,
@@ -127,6 +130,8 @@ pub fn command(cmd: i32) -> CommandType {
 pub struct Fanout<'a> {
     wire: &'a Wire,
     frame: WsMessage,
+    /// The frame's bytes, encoded once for the links that write directly (`None`: queue).
+    encoded: Option<bytes::Bytes>,
     len: usize,
     cmd: i32,
     biz: Option<(i64, Arc<BizMetrics>)>,
@@ -136,9 +141,15 @@ pub struct Fanout<'a> {
 }
 
 impl Fanout<'_> {
-    /// Queues the frame on `link`; false when its queue refused it.
+    /// Queues the frame on `link` (or writes it, see [`Link::send`]); false when its queue
+    /// refused it.
     pub fn send(&mut self, link: &Link) -> bool {
-        if link.send(self.frame.clone()).is_err() {
+        let msg = self.frame.clone();
+        let sent = match &self.encoded {
+            Some(frame) => link.send_encoded(msg, frame),
+            None => link.queue(msg),
+        };
+        if sent.is_err() {
             self.dropped += 1;
             return false;
         }

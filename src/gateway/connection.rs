@@ -1,4 +1,6 @@
-//! The task that owns one client connection: the socket's only reader and only writer.
+//! The task that owns one client connection: the socket's only reader, and its writer (on a
+//! plain connection a publisher may also write a whole frame while the connection is idle:
+//! `links/gate.rs`).
 //!
 //! One loop selects over: the node draining, the link's outbound queue, the next frame, and one
 //! timer for ping / pong / idle deadlines (re-armed only when it fires, never per frame).
@@ -28,7 +30,7 @@ use super::{
 };
 use crate::{
     config::LimitsConfig,
-    links::Slot,
+    links::{Gate, GateStream, Slot},
     protocol::{CommandType, Message},
     telemetry::{BizMetrics, Direction},
     wire::command,
@@ -62,7 +64,7 @@ pub(super) fn serve(
 
 /// A client's byte stream, ready for the WebSocket upgrade.
 enum Prepared {
-    Plain(Metered<TcpStream>),
+    Plain(Metered<GateStream>),
     Tls(Box<TlsStream<Metered<TcpStream>>>),
 }
 
@@ -93,8 +95,11 @@ async fn prepare(
         },
     };
     // Paced from the first byte after the PROXY header: TLS and the upgrade count too.
+    let Some(tls) = &gw.tls else {
+        let plain = Metered::new(GateStream(Gate::new(stream)), gw.read_rate.clone());
+        return Some((Prepared::Plain(plain), remote, gw));
+    };
     let stream = Metered::new(stream, gw.read_rate.clone());
-    let Some(tls) = &gw.tls else { return Some((Prepared::Plain(stream), remote, gw)) };
     // Boxed: the TLS handshake's state is large.
     match timeout(within, Box::pin(tls.acceptor().accept(stream))).await {
         Ok(Ok(secured)) => Some((Prepared::Tls(Box::new(secured)), remote, gw)),
@@ -185,7 +190,8 @@ impl<S: Stream> Connection<S> {
         // Taken apart at once: only the slot lives as long as the connection.
         let handshake::Accepted { identity, client, expires, auto_close, slot } = accepted;
         let limit = gw.config.limits.outbound_queue_bytes.as_u64() as usize;
-        let (link, first) = gw.links.insert(identity, client, limit);
+        let gate = ws.get_ref().gate();
+        let (link, first) = gw.links.insert_gated(identity, client, limit, gate);
         let biz = gw.metrics.biz(identity.biz_id);
         if first {
             biz.online_users.inc();
@@ -357,6 +363,10 @@ impl<S: Stream> Connection<S> {
     async fn flush(&mut self) -> Result<(), CloseReason> {
         let batch = self.link.take()?;
         if batch.is_empty() {
+            // Woken for the end of a frame a publisher wrote in part: flushing writes it.
+            if self.link.has_partial() {
+                within(self.gw.config.limits.write_timeout, self.ws.flush()).await?;
+            }
             return Ok(());
         }
         let bytes: usize = batch.iter().map(WsMessage::len).sum();

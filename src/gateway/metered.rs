@@ -71,6 +71,11 @@ impl<S> Metered<S> {
         Self { inner, rate, tokens, refilled_ms, wait: None }
     }
 
+    /// The socket read through this.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// Adds what the time since the last refill earned (up to the burst). Returns how long to
     /// wait when the bucket is still empty.
     fn refill(&mut self) -> Option<Duration> {

@@ -66,7 +66,7 @@ impl PushService for PushApi {
                 "biz_id must be positive, or 0 for every connection",
             ));
         }
-        let n = self.downstream.broadcast(req.biz_id, req.key, &req.body);
+        let n = self.downstream.broadcast(req.biz_id, req.key, &req.body).await;
         let n = n.map_err(|e| status(e.into()))?;
         Ok(Response::new(BroadcastResponse { connections: n as i64 }))
     }

@@ -214,3 +214,33 @@ async fn unacknowledged_push_bytes_are_bounded_and_acks_make_room() {
         "the ack freed 400 bytes"
     );
 }
+
+/// Pushes to a client that reads nothing for a while: the first are written straight to its
+/// socket, one is cut short when the socket fills (its end waits for the connection's task),
+/// the rest queue behind it. Once the client reads, every push arrives whole and in order.
+#[tokio::test]
+async fn pushes_written_straight_to_a_slow_reader_arrive_whole_and_in_order() {
+    let node = TestNode::builder()
+        .config(|c| {
+            c.downstream.max_push_size = bytesize::ByteSize::mib(1);
+            c.limits.outbound_queue_bytes = bytesize::ByteSize::mib(128);
+            c.downstream.retry_interval = Duration::from_secs(60);
+        })
+        .spawn()
+        .await;
+    let mut client = node.connect(44, BIZ).await;
+    const N: u8 = 48;
+    for i in 0..N {
+        let body = vec![b'a' + i % 26; 512 * 1024];
+        let key = format!("big-{i}");
+        assert_eq!(node.push(44, BIZ, &key, &body).await.expect("delivered"), 1, "{key}");
+    }
+    for i in 0..N {
+        let m = expect_push(&mut client, &format!("big-{i}")).await;
+        assert_eq!(m.body.len(), 512 * 1024);
+        assert!(m.body.iter().all(|&b| b == b'a' + i % 26), "push {i} intact");
+    }
+    ack(&mut client, "big-0").await;
+    client.send_text(r#"{"cmd":"COMMAND_TYPE_HEARTBEAT","key":"after"}"#).await;
+    assert_eq!(client.recv_msg(Serializer::Json).await.key, "after", "still in step");
+}
