@@ -124,15 +124,6 @@ pub struct Downstream {
     pace: Pace,
 }
 
-/// Hands `frame` to each of `links` (directly where idle); how many took it.
-fn fan_out(wire: &Wire, links: &[Arc<Link>], frame: WsMessage, cmd: i32) -> u64 {
-    let mut fanout = wire.fanout(frame, cmd, true);
-    for link in links {
-        fanout.send(link);
-    }
-    fanout.finish()
-}
-
 /// How long after a broadcast the next one counts as arriving after a quiet spell.
 const QUIET: Duration = Duration::from_millis(10);
 
@@ -246,8 +237,8 @@ impl Downstream {
     /// many connections took it.
     ///
     /// A broadcast that comes after a quiet spell (no broadcast ended within [`QUIET`]) is
-    /// latency-bound: its frame is written straight to every idle plain connection, one task per
-    /// runtime worker. Back-to-back broadcasts are throughput-bound: they queue, and each
+    /// latency-bound: its frame is written straight to every idle plain connection (split into
+    /// one task per runtime worker when there are several). Back-to-back broadcasts are throughput-bound: they queue, and each
     /// connection's task writes what piled up in one wake-up.
     pub async fn broadcast(
         &self,
@@ -259,39 +250,41 @@ impl Downstream {
         let cmd = CommandType::DownstreamMessage.into();
         let frame = self.wire.frame(&Message { cmd, key, body: self.wire.seal(body) });
         let wanted = |link: &Link| biz_id == 0 || link.identity.biz_id == biz_id;
-        let sent = match self.pace.quiet(Instant::now()) {
-            true => {
-                let mut links = Vec::new();
-                self.links.for_each(|l| {
-                    if wanted(l) {
-                        links.push(l.clone());
-                    }
-                });
-                self.write_each(links, frame, cmd).await
-            }
-            false => {
-                let mut fanout = self.wire.fanout(frame, cmd, false);
-                self.links.for_each(|l| {
-                    if wanted(l) {
-                        fanout.send(l);
-                    }
-                });
-                fanout.finish()
-            }
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        let direct = self.pace.quiet(Instant::now());
+        let sent = if direct && workers > 1 {
+            let mut links = Vec::new();
+            self.links.for_each(|l| {
+                if wanted(l) {
+                    links.push(l.clone());
+                }
+            });
+            self.write_each(links, frame, cmd, workers).await
+        } else {
+            // One worker (or queueing only): straight from the registry, no snapshot.
+            let mut fanout = self.wire.fanout(frame, cmd, direct);
+            self.links.for_each(|l| {
+                if wanted(l) {
+                    fanout.send(l);
+                }
+            });
+            fanout.finish()
         };
         self.pace.ended(Instant::now());
         self.metrics.push_event(PushEvent::Broadcast);
         Ok(sent as usize)
     }
 
-    /// Hands `frame` to `links`, written directly where they are idle: in this task on a
-    /// runtime with one worker, else split evenly into one task per worker (writes are
-    /// syscalls: several workers make them on several cores at once).
-    async fn write_each(&self, links: Vec<Arc<Link>>, frame: WsMessage, cmd: i32) -> u64 {
-        let workers = tokio::runtime::Handle::current().metrics().num_workers();
-        if workers <= 1 {
-            return fan_out(&self.wire, &links, frame, cmd);
-        }
+    /// Hands `frame` to `links`, written directly where they are idle, split evenly into one
+    /// task per runtime worker (writes are syscalls: several workers make them on several cores
+    /// at once).
+    async fn write_each(
+        &self,
+        links: Vec<Arc<Link>>,
+        frame: WsMessage,
+        cmd: i32,
+        workers: usize,
+    ) -> u64 {
         let per_task = links.len().div_ceil(workers).max(1);
         let mut links = links.into_iter();
         let mut tasks = Vec::with_capacity(workers);
@@ -301,7 +294,13 @@ impl Downstream {
                 break;
             }
             let (wire, frame) = (self.wire.clone(), frame.clone());
-            tasks.push(tokio::spawn(async move { fan_out(&wire, &part, frame, cmd) }));
+            tasks.push(tokio::spawn(async move {
+                let mut fanout = wire.fanout(frame, cmd, true);
+                for link in &part {
+                    fanout.send(link);
+                }
+                fanout.finish()
+            }));
         }
         join_all(tasks).await.into_iter().map(|sent| sent.unwrap_or(0)).sum()
     }

@@ -244,3 +244,35 @@ async fn pushes_written_straight_to_a_slow_reader_arrive_whole_and_in_order() {
     client.send_text(r#"{"cmd":"COMMAND_TYPE_HEARTBEAT","key":"after"}"#).await;
     assert_eq!(client.recv_msg(Serializer::Json).await.key, "after", "still in step");
 }
+
+/// A broadcast after a quiet spell is written straight to the connections (one task per
+/// runtime worker: two here), the ones right behind it queue; every connection of the business
+/// gets each of them once, in order, and nobody else does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_written_directly_or_queued_reach_every_connection_once_in_order() {
+    let node = TestNode::spawn().await;
+    let mut clients = Vec::new();
+    for user in 0..40 {
+        clients.push(node.connect(100 + user, BIZ).await);
+    }
+    let mut outsider = node.connect(7, BIZ + 1).await;
+    let mut push = node.push_client().await;
+    let keys = ["first", "second", "third"];
+    for key in keys {
+        let req = wsgw::protocol::pb::BroadcastRequest {
+            biz_id: BIZ,
+            key: key.into(),
+            body: key.as_bytes().to_vec().into(),
+        };
+        let r = push.broadcast(req).await.expect("broadcast");
+        assert_eq!(r.get_ref().connections, 40, "{key}");
+    }
+    for c in &mut clients {
+        for key in keys {
+            let m = c.recv_msg(Serializer::Json).await;
+            assert_eq!((m.key.as_str(), &m.body[..]), (key, key.as_bytes()));
+        }
+    }
+    outsider.send_text(r#"{"cmd":"COMMAND_TYPE_HEARTBEAT","key":"mine"}"#).await;
+    assert_eq!(outsider.recv_msg(Serializer::Json).await.key, "mine", "no broadcast of biz 9999");
+}
