@@ -107,6 +107,9 @@ fn main() {
                 u.per_second, u.latency_ms.p50, u.latency_ms.p90, u.latency_ms.p99, u.latency_ms.p999,
                 u.per_second / rate, u.latency_ms.p99 - lat.1, cpu * 1e6 / u.answered.max(1) as f64
             );
+            if errors > 0 {
+                println!("  errors by kind: {:?}, rate-limited {}", u.errors, u.rate_limited);
+            }
         }
         let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
         let _ = server.wait();

@@ -158,6 +158,8 @@ fn session<S: Stream>(
 ) -> impl Future<Output = ()> + Send {
     async move {
         let reason = conn.serve(deadlines).await;
+        // From here on nothing is written beside the goodbye (no direct write after a close).
+        conn.link.close(reason);
         Box::pin(conn.goodbye(reason)).await;
         conn.closed(reason);
         drop(slot);
