@@ -31,6 +31,7 @@ mod connection;
 mod dispatch;
 mod handshake;
 mod listener;
+mod liveness;
 mod metered;
 mod proxy;
 mod rate;
