@@ -13,6 +13,9 @@
 //! else: see [`GateStream`]). Order with queued messages is the link's part (nothing queued or
 //! in flight, see `Link::send`).
 //!
+//! A frame written here is the plain server frame `links::encode` makes: right only while no
+//! WebSocket extension is negotiated (wsgw offers none; permessage-deflate would change frames).
+//!
 //! Owns: the socket's write side and that state. Must never block: publishers only try
 //! (`try_write`), and the task's writes wait for readiness like any socket's.
 
