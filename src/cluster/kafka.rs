@@ -233,6 +233,9 @@ impl<S: PushSink> PushConsumer<S> {
                     None => out.push((r.partition, r.offset, Outcome::Done)),
                 }
             }
+            if valid.is_empty() {
+                return out;
+            }
             metrics.cluster_event(ClusterEvent::RouteBatch);
             let msgs = valid.iter().map(|(_, _, msg)| msg.clone()).collect::<Vec<_>>();
             let n = msgs.len();

@@ -208,6 +208,9 @@ impl RedisDirectory {
     /// Routes `msgs` with one ROUTE script each, sent together: one pipeline on one Redis, one
     /// command per slot at once on a cluster (see `conn.rs`).
     async fn route_many(&self, msgs: &[PushMessage]) -> Result<Vec<Route>, DirectoryError> {
+        if msgs.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut batch = conn::Batch::new();
         for msg in msgs {
             let id = Identity { biz_id: msg.biz_id, user_id: msg.receiver_id };
