@@ -13,7 +13,8 @@ mod close;
 mod gate;
 
 pub use close::CloseReason;
-pub use gate::{Direct, Gate, GateStream};
+use gate::Direct;
+pub use gate::{Gate, GateStream};
 
 use std::{
     collections::VecDeque,

@@ -68,20 +68,11 @@ pub struct DeadLetter {
 pub trait PushSink: Send + Sync + 'static {
     fn push(&self, msg: PushMessage) -> impl Future<Output = Result<Routed, RouteError>> + Send;
 
-    /// [`PushSink::push`] for several pushes (a Kafka batch); the results in order. By default
-    /// one push after the other; a sink that can route them together does.
+    /// [`PushSink::push`] for several pushes at once (a Kafka batch): the results in order.
     fn push_many(
         &self,
         msgs: Vec<PushMessage>,
-    ) -> impl Future<Output = Vec<Result<Routed, RouteError>>> + Send {
-        async move {
-            let mut out = Vec::with_capacity(msgs.len());
-            for msg in msgs {
-                out.push(self.push(msg).await);
-            }
-            out
-        }
-    }
+    ) -> impl Future<Output = Vec<Result<Routed, RouteError>>> + Send;
 
     /// Keeps `msg` for its receiver's next connection (the offline inbox) instead of routing it;
     /// `Unavailable` when there is no inbox or it cannot be written now.

@@ -195,14 +195,8 @@ impl RedisDirectory {
     }
 
     async fn route(&self, msg: &PushMessage) -> Result<Route, DirectoryError> {
-        let id = Identity { biz_id: msg.biz_id, user_id: msg.receiver_id };
-        let mut call = scripts::ROUTE.key(self.keys.user(id));
-        call.key(&self.keys.inbox(id));
-        self.record_args(&mut call, msg);
-        let r: redis::RedisResult<Vec<String>> = call.invoke_async(&mut self.redis.clone()).await;
-        let (nodes, dropped) = parse_route(self.observe(r)?);
-        self.recorded(msg, dropped);
-        self.resolve(nodes).await
+        let mut routes = self.route_many(std::slice::from_ref(msg)).await?;
+        routes.pop().ok_or_else(|| DirectoryError(std::io::Error::other("no ROUTE reply").into()))
     }
 
     /// Routes `msgs` with one ROUTE script each, sent together: one pipeline on one Redis, one
