@@ -7,8 +7,10 @@
 //!
 //! Publish kinds: `http:URL` (POST the body: nchan, Node ws, the floor), `pushpin:URL` (GRIP
 //! publish JSON), `wsgw:HOST:PORT` (gRPC PushService.Broadcast). The client prints one JSON
-//! line: connects/s, RSS per idle connection (server), median fan-out time to every
-//! connection, and sustained deliveries/s over a burst of back-to-back messages.
+//! line: connects/s and the server's CPU per connection set up (from /proc: the connect rate
+//! is bounded by this one-core client, the CPU cost is the server's own), RSS per idle
+//! connection (server), median fan-out time to every connection, and sustained deliveries/s
+//! over a burst of back-to-back messages.
 
 use std::{
     io::{Read, Write},
@@ -25,7 +27,7 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage, protocol::WebSocketConfig};
 use wsgw::{
     auth::{self, Identity, TokenSpec},
-    loadtest::rss_of,
+    loadtest::{cpu_seconds, rss_of},
     protocol::{
         Message, Serializer, pb::BroadcastRequest, pb::push_service_client::PushServiceClient,
     },
@@ -93,6 +95,7 @@ async fn client(o: Options) {
         last: (0..MAX_MESSAGES).map(|_| AtomicU64::new(0)).collect(),
     });
     let rss_before = rss_sum(&o.server_pids);
+    let cpu_before = cpu_sum(&o.server_pids);
     let gate = Arc::new(Semaphore::new(256));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(o.conns);
@@ -125,6 +128,12 @@ async fn client(o: Options) {
     }
     let connected = readers.len();
     let setup_rate = connected as f64 / started.elapsed().as_secs_f64();
+    // The server's CPU per connection set up: what its connect rate would be with the load
+    // generator (one core, the same for every server) out of the way.
+    let setup_cpu_us = match (cpu_before, cpu_sum(&o.server_pids)) {
+        (Some(a), Some(b)) if connected > 0 => Some((b - a) * 1e6 / connected as f64),
+        _ => None,
+    };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_idle = rss_sum(&o.server_pids);
     let publisher = Publisher::new(&o.publish).await;
@@ -167,6 +176,7 @@ async fn client(o: Options) {
         serde_json::json!({
             "connections": connected,
             "setup_per_second": setup_rate,
+            "setup_server_cpu_us_per_connection": setup_cpu_us,
             "rss_per_idle_connection_bytes": per_conn,
             "fanout_ms_median": fanouts.get(fanouts.len() / 2),
             "fanout_ms_all": fanouts,
@@ -311,6 +321,13 @@ fn read_body(req: &mut StdStream) -> Vec<u8> {
             return buf[end + 4..end + 4 + len].to_vec();
         }
     }
+}
+
+fn cpu_sum(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| cpu_seconds(*p)).sum()
 }
 
 fn rss_sum(pids: &[u32]) -> Option<u64> {

@@ -167,18 +167,7 @@ async fn direct(backend: SocketAddr, callers: usize, period: Duration) -> (f64, 
 
 /// CPU time (user + system) the process has used so far, in seconds (0 when unreadable).
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
-    ticks / clock_ticks()
-}
-
-/// Clock ticks per second of `/proc` times.
-fn clock_ticks() -> f64 {
-    let out = Command::new("getconf").arg("CLK_TCK").output();
-    out.ok().and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok()).unwrap_or(100.0)
+    wsgw::loadtest::cpu_seconds(pid).unwrap_or_default()
 }
 
 fn start_wsgw(program: &str, backend: SocketAddr, batch: bool) -> Child {

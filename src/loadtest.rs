@@ -17,7 +17,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use tokio::time::Instant;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use stats::{Report, Stats, rss_of};
+pub use stats::{Report, Stats, cpu_seconds, rss_of};
 
 use crate::{
     auth::{self, Identity, TokenSpec},

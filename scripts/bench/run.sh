@@ -6,9 +6,9 @@
 #   SERVERS="floor base wsgw" BASE_BIN=/path/to/older/wsgw scripts/bench/run.sh   # before/after
 #
 # Each server is pinned to CPU 0, the load (benches/fanout.rs) to CPU 1. For each server, size
-# and run it measures: connection setup rate, server RSS per idle connection, the time to fan
-# one 64-byte message out to every connection (median of 5) and sustained deliveries/s over a
-# burst of 20 back-to-back messages. Results: $OUT/raw.jsonl, results.json and results.md
+# and run it measures: connection setup rate and the server CPU per connection set up, server
+# RSS per idle connection, the time to fan one 64-byte message out to every connection (median
+# of 5) and sustained deliveries/s over a burst of 20 back-to-back messages. Results: $OUT/raw.jsonl, results.json and results.md
 # (median and min–max over the runs), plus the versions. A benchmark: it never fails on a number.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

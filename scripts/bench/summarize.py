@@ -14,6 +14,7 @@ METRICS = [
     ("fanout_ms_median", "fan-out to all (ms)", lambda v: v),
     ("sustained_deliveries_per_second", "sustained deliveries/s", lambda v: v),
     ("setup_per_second", "connects/s", lambda v: v),
+    ("setup_server_cpu_us_per_connection", "server CPU µs/connect", lambda v: v),
 ]
 summary = {}
 for (size, server), results in sorted(by.items()):
@@ -33,7 +34,7 @@ print("| target | server | " + " | ".join(h for _, h, _ in METRICS) + " |")
 print("|---|---|" + "---|" * len(METRICS))
 for name, entry in summary.items():
     server, size = name.split("@")
-    fmts = [lambda v: f"{v:.0f}", lambda v: f"{v:.1f}", lambda v: f"{v:.0f}", lambda v: f"{v/1000:.1f}k", lambda v: f"{v/1000:.1f}k"]
+    fmts = [lambda v: f"{v:.0f}", lambda v: f"{v:.1f}", lambda v: f"{v:.0f}", lambda v: f"{v/1000:.1f}k", lambda v: f"{v/1000:.1f}k", lambda v: f"{v:.0f}"]
     cells = [cell(entry, key, f) for (key, _, _), f in zip(METRICS, fmts)]
     print(f"| {size} | {server} | " + " | ".join(cells) + " |")
 print()

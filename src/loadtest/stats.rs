@@ -289,9 +289,10 @@ pub fn rss_of(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// CPU seconds this process has used (user + system), from /proc.
-fn own_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// CPU seconds a process has used so far (user + system), from /proc.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces) start at the last ')'.
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
@@ -409,7 +410,7 @@ impl LoadGenReport {
     fn now(connections: u64) -> Self {
         let rss = rss_of(std::process::id());
         Self {
-            cpu_seconds: own_cpu_seconds(),
+            cpu_seconds: cpu_seconds(std::process::id()),
             rss_bytes: rss,
             rss_per_connection_bytes: rss
                 .filter(|_| connections > 0)

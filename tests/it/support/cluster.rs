@@ -4,7 +4,7 @@
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
@@ -196,10 +196,17 @@ pub struct Private {
     pub port: u16,
     child: Option<Child>,
     command: Vec<String>,
+    /// The process's working directory (its data), when not the test's.
+    dir: Option<PathBuf>,
 }
 
 fn tansu() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/bin/tansu")
+}
+
+/// tansu built with its SQLite storage, the one that keeps SCRAM users (`scripts/kafka-sasl.sh`).
+fn tansu_sql() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/bin/tansu-sql")
 }
 
 impl Private {
@@ -280,8 +287,38 @@ impl Private {
         Private::start(port, args.iter().map(|s| s.to_string()).collect())
     }
 
+    /// A tansu broker that requires SASL/SCRAM-SHA-512 of every client and knows one user,
+    /// `user` with `password`, created while authentication was still off (its data in `dir`).
+    /// It advertises `host:advertised` (a [`Cut`] in front of it).
+    pub fn kafka_scram(
+        dir: &Path,
+        host: &str,
+        advertised: u16,
+        user: &str,
+        password: &str,
+    ) -> Private {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let public = format!("tcp://{host}:{advertised}");
+        let bin = tansu_sql().display().to_string();
+        let args = [&bin, "broker", "--listener-url", &url, "--advertised-listener-url", &public];
+        let mut command: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        command.extend(["--storage-engine".into(), "sqlite://tansu.db".into()]);
+        let mut broker = Private { port, child: None, command, dir: Some(dir.to_owned()) };
+        broker.restart();
+        let created = Command::new(&bin)
+            .args(["user", "create", "--broker", &url, "--mechanism", "scram512", user, password])
+            .stdout(Stdio::null())
+            .status()
+            .expect("tansu user create");
+        assert!(created.success(), "tansu user create: {created}");
+        broker.command.push("--authentication".into());
+        broker.restart();
+        broker
+    }
+
     fn start(port: u16, command: Vec<String>) -> Private {
-        let mut p = Private { port, child: None, command };
+        let mut p = Private { port, child: None, command, dir: None };
         p.restart();
         p
     }
@@ -301,7 +338,11 @@ impl Private {
     /// Starts the process (again) and waits until its port accepts connections.
     pub fn restart(&mut self) {
         self.kill();
-        let child = Command::new(&self.command[0])
+        let mut command = Command::new(&self.command[0]);
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        let child = command
             .args(&self.command[1..])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
