@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The project's test command (README; also run by .ci/run): formatting, lints, the dependency
 # policy (cargo deny), every unit and integration test (against real Redis, etcd and a
-# Kafka-protocol broker, started here), the TypeScript client's tests (scripts/js-test.sh, headless
-# Chromium included), the Autobahn WebSocket conformance suite, the fuzzing smoke and the fault
-# harness in its short mode. Installs what it needs.
+# Kafka-protocol broker, started here; Kafka SASL against a broker built for it), the
+# TypeScript client's tests (scripts/js-test.sh, headless Chromium included), the Autobahn
+# WebSocket conformance suite, the fuzzing smoke and the fault harness in its short mode.
+# Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +42,9 @@ else
   cargo test --locked --no-fail-fast --test it -- cluster:: admin::
 fi
 unset WSGW_TEST_REDIS
+
+step "Kafka SASL/SCRAM over TLS against a broker that requires it (scripts/kafka-sasl.sh)"
+scripts/kafka-sasl.sh
 
 step "TypeScript client (clients/js): node tests against real nodes, the demo page in Chromium"
 scripts/js-test.sh

@@ -384,7 +384,7 @@ async fn pushes_and_presence_flow_over_tls() {
 /// a wrong password shows Kafka as down and keeps serving its clients.
 ///
 /// Needs tansu's SQLite build, the one that keeps SCRAM users (the default build stores none):
-/// `scripts/kafka-sasl.sh` builds it once and runs this test.
+/// `scripts/kafka-sasl.sh` (a step of the test command) builds it once and runs this test.
 #[tokio::test]
 #[ignore = "needs target/tools/bin/tansu-sql: scripts/kafka-sasl.sh builds it and runs this"]
 async fn pushes_and_presence_flow_over_sasl_scram_and_tls() {
