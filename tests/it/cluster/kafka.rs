@@ -329,6 +329,13 @@ fn kafka_client_with(brokers: &str, properties: &[(&str, &str)]) -> rdkafka::Cli
     c
 }
 
+/// Node `a` of `scope` with `properties` as its `cluster.kafka.properties`.
+async fn node_with_kafka_properties(scope: &Scope, properties: &[(&str, &str)]) -> TestNode {
+    let properties: std::collections::BTreeMap<String, String> =
+        properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    scope.node("a").config(move |c| c.cluster.kafka.properties = properties).spawn().await
+}
+
 /// A node whose Kafka clients use `properties` (`cluster.kafka.properties`) consumes a push
 /// from `brokers` and produces its presence event there; this test's clients use the same.
 async fn pushes_and_presence_flow(test: &str, brokers: &str, properties: &[(&str, &str)]) {
@@ -337,14 +344,7 @@ async fn pushes_and_presence_flow(test: &str, brokers: &str, properties: &[(&str
     scope.kafka = brokers.to_owned();
     let (push_topic, presence_topic) = (scope.push_topic(), scope.presence_topic());
     cluster::create_topics_with(client(), &[&push_topic, &presence_topic]).await;
-    let node = scope
-        .node("a")
-        .config(|c| {
-            let p = properties.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-            c.cluster.kafka.properties = p.collect();
-        })
-        .spawn()
-        .await;
+    let node = node_with_kafka_properties(&scope, properties).await;
     let mut ws = node.connect(21, 9).await;
     await_sessions(&node, 21, 9, 1).await;
 
@@ -422,14 +422,7 @@ async fn pushes_and_presence_flow_over_sasl_scram_and_tls() {
     let topics = [scope.push_topic(), scope.presence_topic()];
     let good = kafka_client_with(&brokers, &sasl(PASSWORD));
     cluster::create_topics_with(good, &[&topics[0], &topics[1]]).await;
-    let node = scope
-        .node("a")
-        .config(|c| {
-            let p = bad.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-            c.cluster.kafka.properties = p.collect();
-        })
-        .spawn()
-        .await;
+    let node = node_with_kafka_properties(&scope, &bad).await;
     let down = "websocket_gateway_dependency_up{service=\"kafka\"} 0\n";
     crate::assert_within!(30, node.get("/metrics").await.1.contains(down), "Kafka not shown down");
     let mut ws = node.connect(22, 9).await;
