@@ -369,8 +369,9 @@ pub struct UpstreamConfig {
     pub dedup_window: Duration,
     /// Most remembered acknowledgements (oldest are forgotten first).
     pub dedup_capacity: u64,
-    /// Most bytes of remembered acknowledgements (keys and ACK bodies, 64 bytes of overhead
-    /// each): a backend's large ACK bodies take the room of several small ones.
+    /// Most bytes of remembered acknowledgements (each twice its key, its ACK body and 96 bytes
+    /// of overhead): a backend's large ACK bodies take the room of several small ones. The
+    /// oldest are forgotten first.
     pub dedup_max_bytes: ByteSize,
     /// Consecutive failures that open an endpoint's circuit...
     pub circuit_failures: u32,
