@@ -12,12 +12,12 @@
 //! seconds after a lost ACK, never minutes, so the newest ACKs are the ones worth keeping.
 //! (The general-purpose cache this module used before, moka, admits a new entry into a full
 //! cache by comparing how often keys were seen: with 10,000 ACKs through room for 2,000, it
-//! had forgotten 56 of the last 1,000 while keeping older ones. It also cost more CPU per
-//! message than the rest of the dedup step: see `docs/benchmarks.md`.)
+//! had forgotten 56 of the last 1,000 while keeping older ones. Its CPU per message was no
+//! different: `docs/benchmarks.md`.)
 //!
 //! Every entry lives for the same window, so insertion order is expiry order: each shard keeps
 //! its ACKs in a queue, oldest first, and drops from its front what is expired or over the
-//! shard's share of the bounds. One lock and one hash lookup per step; the map holds both the
+//! shard's share of the bounds. One shard lock per step; the shard's map holds both the
 //! in-flight keys and the remembered ACKs. Keys are hashed with the standard library's
 //! randomly seeded SipHash: they come from clients.
 //!
