@@ -1,13 +1,15 @@
-//! Upstream round trips (client → wsgw → tonic backend → UPSTREAM_ACK), against a baseline
-//! measured in the same run: the same backend called directly over gRPC (no gateway).
+//! Upstream round trips (client → wsgw → tonic backend → UPSTREAM_ACK), against two baselines
+//! measured in the same run: the same backend called directly over gRPC (no gateway), and a
+//! floor server (`upstream/floor.rs`: the least a Rust server on the same crates does for the
+//! same round trip) driven by the same clients, pinned to the same core.
 //!
 //!   cargo build --release
 //!   taskset -c 1 cargo bench --bench upstream -- [--conns 1000] [--rates 10000,25000,50000] [--batch]
 //!
-//! wsgw runs as its own process pinned to CPU 0; this process (load generator and the fast
+//! wsgw (and, before it, the floor) runs as its own process pinned to CPU 0; this process (load generator and the fast
 //! in-process backend) should run on CPU 1. For each offered rate (messages/s in total, open
 //! loop: every client sends on its own clock) it prints the achieved ACK rate, the latency
-//! percentiles and the wsgw process's CPU time per acknowledged message (utime + stime from
+//! percentiles and each server process's CPU time per acknowledged message (utime + stime from
 //! `/proc/<pid>/stat`, minus what the same run costs with no messages: connecting and holding
 //! the clients). A benchmark: nothing fails on a number.
 
@@ -22,6 +24,9 @@ use hdrhistogram::Histogram;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
+#[path = "upstream/floor.rs"]
+mod floor;
+
 use wsgw::{
     loadtest::{self, Plan, Stats, Tokens},
     protocol::{
@@ -71,6 +76,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flag =
         |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    if let (Some(listen), Some(backend)) = (flag("--serve-floor"), args.last()) {
+        return floor::serve(&listen, backend);
+    }
     let conns: usize = flag("--conns").and_then(|v| v.parse().ok()).unwrap_or(1000);
     let rates: Vec<f64> = flag("--rates")
         .unwrap_or_else(|| "2000,5000,8000,12000".into())
@@ -86,34 +94,67 @@ fn main() {
         println!("baseline: direct gRPC to the backend, 64 callers, closed loop, 5 s");
         let (rate, lat) = direct(backend, 64, Duration::from_secs(5)).await;
         println!("  {rate:.0} calls/s, p50 {:.3} ms, p99 {:.3} ms", lat.0, lat.1);
-        let mut server = start_wsgw(&wsgw, backend, batch);
-        println!("\nwsgw → backend: {}", if batch { "BatchOnReceive (batch.enabled)" } else { "OnReceive, one call per message" });
-        let pid = server.id();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let before = cpu_seconds(pid);
-        gateway(conns, 0.0).await;
-        let idle = cpu_seconds(pid) - before;
-        println!("\nwsgw CPU for the same run without messages (connect, hold, close): {idle:.3} s");
-        println!("\n| offered msg/s | ACKs/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | vs direct gRPC | wsgw CPU µs/msg |");
-        println!("|---|---|---|---|---|---|---|---|---|");
-        for offered in rates {
-            let before = cpu_seconds(pid);
-            let report = gateway(conns, offered).await;
-            let cpu = cpu_seconds(pid) - before - idle;
-            let u = &report.upstream;
-            let errors: u64 = u.errors.values().sum::<u64>() + u.rate_limited;
-            println!(
-                "| {offered:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {errors} | {:.2}x rate, p99 +{:.3} ms | {:.1} |",
-                u.per_second, u.latency_ms.p50, u.latency_ms.p90, u.latency_ms.p99, u.latency_ms.p999,
-                u.per_second / rate, u.latency_ms.p99 - lat.1, cpu * 1e6 / u.answered.max(1) as f64
-            );
-            if errors > 0 {
-                println!("  errors by kind: {:?}, rate-limited {}", u.errors, u.rate_limited);
+        println!("\nfloor: {}", floor::ABOUT);
+        let floor = measure(start_floor(backend), FLOOR_WS, conns, &rates).await;
+        let mode = if batch { "BatchOnReceive (batch.enabled)" } else { "OnReceive, one call per message" };
+        println!("wsgw → backend: {mode}");
+        let gateway = measure(start_wsgw(&wsgw, backend, batch), WSGW_WS, conns, &rates).await;
+        println!("\n| offered msg/s | server | ACKs/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | p99 vs direct gRPC | CPU µs/msg | CPU vs floor |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        for (f, g) in floor.iter().zip(&gateway) {
+            for (name, row) in [("floor", f), ("wsgw", g)] {
+                let u = &row.report.upstream;
+                println!(
+                    "| {:.0} | {name} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} | +{:.3} ms | {:.1} | {:.2}x |",
+                    row.offered, u.per_second, u.latency_ms.p50, u.latency_ms.p90, u.latency_ms.p99,
+                    u.latency_ms.p999, row.errors(), u.latency_ms.p99 - lat.1, row.cpu_us, row.cpu_us / f.cpu_us
+                );
             }
         }
-        let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
-        let _ = server.wait();
+        for row in floor.iter().chain(&gateway).filter(|r| r.errors() > 0) {
+            let u = &row.report.upstream;
+            println!("errors at {:.0} msg/s: {:?}, rate-limited {}", row.offered, u.errors, u.rate_limited);
+        }
     });
+}
+
+const WSGW_WS: &str = "127.0.0.1:19602";
+const FLOOR_WS: &str = "127.0.0.1:19605";
+
+/// One offered rate against one server.
+struct Row {
+    offered: f64,
+    report: loadtest::Report,
+    /// The server process's CPU per acknowledged message, in µs.
+    cpu_us: f64,
+}
+
+impl Row {
+    fn errors(&self) -> u64 {
+        let u = &self.report.upstream;
+        u.errors.values().sum::<u64>() + u.rate_limited
+    }
+}
+
+/// Runs every rate against the server in `child` (listening on `ws`), then stops it.
+async fn measure(mut child: Child, ws: &str, conns: usize, rates: &[f64]) -> Vec<Row> {
+    let pid = child.id();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = cpu_seconds(pid);
+    gateway(ws, conns, 0.0).await;
+    let idle = cpu_seconds(pid) - before;
+    println!("  its CPU for the same run without messages (connect, hold, close): {idle:.3} s");
+    let mut rows = Vec::new();
+    for &offered in rates {
+        let before = cpu_seconds(pid);
+        let report = gateway(ws, conns, offered).await;
+        let cpu = cpu_seconds(pid) - before - idle;
+        let cpu_us = cpu * 1e6 / report.upstream.answered.max(1) as f64;
+        rows.push(Row { offered, report, cpu_us });
+    }
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = child.wait();
+    rows
 }
 
 async fn start_backend() -> SocketAddr {
@@ -170,16 +211,30 @@ fn cpu_seconds(pid: u32) -> f64 {
     wsgw::loadtest::cpu_seconds(pid).unwrap_or_default()
 }
 
-fn start_wsgw(program: &str, backend: SocketAddr, batch: bool) -> Child {
-    let mut cmd = if Command::new("taskset").arg("-V").output().is_ok() {
+/// `program` pinned to CPU 0 when `taskset` is there.
+fn pinned(program: &str) -> Command {
+    if Command::new("taskset").arg("-V").output().is_ok() {
         let mut c = Command::new("taskset");
         c.args(["-c", "0", program]);
         c
     } else {
         Command::new(program)
-    };
-    cmd.arg("serve")
-        .env("WSGW_SERVER__WEBSOCKET__LISTEN", "127.0.0.1:19602")
+    }
+}
+
+/// This benchmark's own binary as the floor server.
+fn start_floor(backend: SocketAddr) -> Child {
+    let me = std::env::current_exe().expect("own path");
+    pinned(&me.to_string_lossy())
+        .args(["--serve-floor", FLOOR_WS, &backend.to_string()])
+        .spawn()
+        .expect("start the floor server")
+}
+
+fn start_wsgw(program: &str, backend: SocketAddr, batch: bool) -> Child {
+    pinned(program)
+        .arg("serve")
+        .env("WSGW_SERVER__WEBSOCKET__LISTEN", WSGW_WS)
         .env("WSGW_SERVER__GOVERNOR__LISTEN", "127.0.0.1:19603")
         .env("WSGW_SERVER__GRPC__LISTEN", "127.0.0.1:19604")
         .env("WSGW_AUTH__JWT__SECRET", SECRET)
@@ -193,9 +248,9 @@ fn start_wsgw(program: &str, backend: SocketAddr, batch: bool) -> Child {
         .expect("start wsgw")
 }
 
-async fn gateway(conns: usize, offered: f64) -> loadtest::Report {
+async fn gateway(ws: &str, conns: usize, offered: f64) -> loadtest::Report {
     let plan = Plan {
-        urls: vec!["ws://127.0.0.1:19602/".into()],
+        urls: vec![format!("ws://{ws}/")],
         connections: conns,
         ramp: 5000.0,
         tokens: Tokens::Secret(SECRET.into()),
