@@ -15,7 +15,10 @@
 
 use std::net::SocketAddr;
 
-use tonic::{Request, metadata::MetadataValue};
+use tonic::{
+    Request,
+    metadata::{MetadataMap, MetadataValue},
+};
 
 use crate::auth::Identity;
 
@@ -36,25 +39,33 @@ pub const CLIENT_ADDR: &str = "x-wsgw-client-addr";
 /// `msg` as a request carrying its senders (one for `OnReceive`, one per request of a batch).
 pub(super) fn with_senders<T>(msg: T, senders: &[Sender], node_id: &str) -> Request<T> {
     let mut request = Request::new(msg);
-    let list = |f: fn(&Sender) -> String| senders.iter().map(f).collect::<Vec<_>>().join(",");
-    let headers = [
-        (USER_ID, list(|s| s.identity.user_id.to_string())),
-        (BIZ_ID, list(|s| s.identity.biz_id.to_string())),
-        (CONN_ID, list(|s| s.conn.to_string())),
-        (CLIENT_ADDR, list(|s| s.remote.to_string())),
-        (NODE_ID, node_id.to_owned()),
-    ];
     let metadata = request.metadata_mut();
-    for (name, value) in headers {
-        // Numbers and addresses are always printable ASCII; a node id that is not is left out.
-        if !value.bytes().all(|b| b.is_ascii_graphic()) {
-            continue;
-        }
-        if let Ok(value) = MetadataValue::try_from(value) {
-            metadata.insert(name, value);
-        }
+    if let [one] = senders {
+        // The common case, without building lists: integers are written straight into the
+        // header values.
+        metadata.insert(USER_ID, one.identity.user_id.into());
+        metadata.insert(BIZ_ID, one.identity.biz_id.into());
+        metadata.insert(CONN_ID, one.conn.into());
+        insert_ascii(metadata, CLIENT_ADDR, one.remote.to_string());
+    } else {
+        let list = |f: fn(&Sender) -> String| senders.iter().map(f).collect::<Vec<_>>().join(",");
+        insert_ascii(metadata, USER_ID, list(|s| s.identity.user_id.to_string()));
+        insert_ascii(metadata, BIZ_ID, list(|s| s.identity.biz_id.to_string()));
+        insert_ascii(metadata, CONN_ID, list(|s| s.conn.to_string()));
+        insert_ascii(metadata, CLIENT_ADDR, list(|s| s.remote.to_string()));
     }
+    insert_ascii(metadata, NODE_ID, node_id.to_owned());
     request
+}
+
+/// Numbers and addresses are always printable ASCII; a node id that is not is left out.
+fn insert_ascii(metadata: &mut MetadataMap, name: &'static str, value: String) {
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return;
+    }
+    if let Ok(value) = MetadataValue::try_from(value) {
+        metadata.insert(name, value);
+    }
 }
 
 #[cfg(test)]
@@ -62,7 +73,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_value_per_request_in_order() {
+    fn one_value_per_request_in_order_and_single_senders_alike() {
         let s = |user, conn, port| Sender {
             identity: Identity { biz_id: 9, user_id: user },
             conn,
@@ -75,7 +86,12 @@ mod tests {
         assert_eq!(get(CONN_ID), "11,12");
         assert_eq!(get(CLIENT_ADDR), "10.0.0.1:5000,10.0.0.1:5001");
         assert_eq!(get(NODE_ID), "n1");
-        let odd = with_senders((), &[s(1, 11, 5000)], "nœud");
+        let odd = with_senders((), &[s(-7, 11, 5000)], "nœud");
         assert!(odd.metadata().get(NODE_ID).is_none(), "not ASCII: left out");
+        let get = |name| odd.metadata().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-");
+        assert_eq!(get(USER_ID), "-7", "one sender: the same values, without lists");
+        assert_eq!(get(BIZ_ID), "9");
+        assert_eq!(get(CONN_ID), "11");
+        assert_eq!(get(CLIENT_ADDR), "10.0.0.1:5000");
     }
 }
