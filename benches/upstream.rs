@@ -4,14 +4,17 @@
 //! same round trip) driven by the same clients, pinned to the same core.
 //!
 //!   cargo build --release
-//!   taskset -c 1 cargo bench --bench upstream -- [--conns 1000] [--rates 10000,25000,50000] [--batch]
+//!   taskset -c 1 cargo bench --bench upstream -- [--conns 1000] [--rates 10000,25000,50000] [--batch] [--runs 3]
+//!   scripts/bench/upstream.sh [--batch] [--rates …]      # the same, built and pinned
 //!
 //! wsgw (and, before it, the floor) runs as its own process pinned to CPU 0; this process (load generator and the fast
 //! in-process backend) should run on CPU 1. For each offered rate (messages/s in total, open
 //! loop: every client sends on its own clock) it prints the achieved ACK rate, the latency
 //! percentiles and each server process's CPU time per acknowledged message (utime + stime from
 //! `/proc/<pid>/stat`, minus what the same run costs with no messages: connecting and holding
-//! the clients). A benchmark: nothing fails on a number.
+//! the clients). `--runs` (default 3) repeats floor-then-wsgw; a summary gives the median and
+//! range of each figure and of wsgw's CPU ratio to the floor within each run. A benchmark:
+//! nothing fails on a number.
 
 use std::{
     net::SocketAddr,
@@ -75,7 +78,7 @@ impl BatchBackendService for Fast {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flag =
-        |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+        |name: &str| args.iter().rposition(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     if let (Some(listen), Some(backend)) = (flag("--serve-floor"), args.last()) {
         return floor::serve(&listen, backend);
     }
@@ -87,35 +90,89 @@ fn main() {
         .collect();
     let wsgw = flag("--wsgw").unwrap_or_else(|| "target/release/wsgw".into());
     let batch = args.iter().any(|a| a == "--batch");
+    let runs: usize = flag("--runs").and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
+        print_machine(&wsgw);
         let backend = start_backend().await;
         println!("baseline: direct gRPC to the backend, 64 callers, closed loop, 5 s");
         let (rate, lat) = direct(backend, 64, Duration::from_secs(5)).await;
         println!("  {rate:.0} calls/s, p50 {:.3} ms, p99 {:.3} ms", lat.0, lat.1);
-        println!("\nfloor: {}", floor::ABOUT);
-        let floor = measure(start_floor(backend), FLOOR_WS, conns, &rates).await;
+        println!("floor: {}", floor::ABOUT);
         let mode = if batch { "BatchOnReceive (batch.enabled)" } else { "OnReceive, one call per message" };
         println!("wsgw → backend: {mode}");
-        let gateway = measure(start_wsgw(&wsgw, backend, batch), WSGW_WS, conns, &rates).await;
-        println!("\n| offered msg/s | server | ACKs/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | p99 vs direct gRPC | CPU µs/msg | CPU vs floor |");
-        println!("|---|---|---|---|---|---|---|---|---|---|---|");
-        for (f, g) in floor.iter().zip(&gateway) {
-            for (name, row) in [("floor", f), ("wsgw", g)] {
-                let u = &row.report.upstream;
-                println!(
-                    "| {:.0} | {name} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} | +{:.3} ms | {:.1} | {:.2}x |",
-                    row.offered, u.per_second, u.latency_ms.p50, u.latency_ms.p90, u.latency_ms.p99,
-                    u.latency_ms.p999, row.errors(), u.latency_ms.p99 - lat.1, row.cpu_us, row.cpu_us / f.cpu_us
-                );
+        println!("{runs} runs, each the floor then wsgw, {conns} clients, 5 s per rate\n");
+        println!("| run | offered msg/s | server | ACKs/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | p99 vs direct gRPC | CPU µs/msg | CPU vs floor |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let mut all = Vec::new();
+        for run in 1..=runs {
+            let floor = measure(start_floor(backend), FLOOR_WS, conns, &rates).await;
+            let gateway = measure(start_wsgw(&wsgw, backend, batch), WSGW_WS, conns, &rates).await;
+            for (f, g) in floor.iter().zip(&gateway) {
+                for (name, row) in [("floor", f), ("wsgw", g)] {
+                    let u = &row.report.upstream;
+                    println!(
+                        "| {run} | {:.0} | {name} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} | +{:.3} ms | {:.1} | {:.2}x |",
+                        row.offered, u.per_second, u.latency_ms.p50, u.latency_ms.p90, u.latency_ms.p99,
+                        u.latency_ms.p999, row.errors(), u.latency_ms.p99 - lat.1, row.cpu_us, row.cpu_us / f.cpu_us
+                    );
+                }
             }
+            for row in floor.iter().chain(&gateway).filter(|r| r.errors() > 0) {
+                let u = &row.report.upstream;
+                println!("errors at {:.0} msg/s: {:?}, rate-limited {}", row.offered, u.errors, u.rate_limited);
+            }
+            all.push((floor, gateway));
         }
-        for row in floor.iter().chain(&gateway).filter(|r| r.errors() > 0) {
-            let u = &row.report.upstream;
-            println!("errors at {:.0} msg/s: {:?}, rate-limited {}", row.offered, u.errors, u.rate_limited);
-        }
+        summary(&all, lat.1);
     });
+}
+
+/// Medians and ranges over the runs, per offered rate.
+fn summary(runs: &[(Vec<Row>, Vec<Row>)], direct_p99: f64) {
+    println!("\nSummary: median (min–max) over {} runs\n", runs.len());
+    println!(
+        "| offered msg/s | floor µs/msg | wsgw µs/msg | **wsgw / floor** | wsgw ACKs/s | wsgw p99 vs direct gRPC |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let Some((first, _)) = runs.first() else { return };
+    for (i, offered) in first.iter().map(|r| r.offered).enumerate() {
+        // "median (min–max)" of one figure over the runs, with `digits` decimals.
+        let pick = |digits: usize, unit: &str, f: &dyn Fn(&Row, &Row) -> f64| -> String {
+            let mut v: Vec<f64> = runs.iter().map(|(fl, gw)| f(&fl[i], &gw[i])).collect();
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+            format!("{median:.digits$}{unit} ({:.digits$}–{:.digits$})", v[0], v[n - 1])
+        };
+        println!(
+            "| {offered:.0} | {} | {} | **{}** | {} | +{} |",
+            pick(1, "", &|f, _| f.cpu_us),
+            pick(1, "", &|_, g| g.cpu_us),
+            pick(2, "x", &|f, g| g.cpu_us / f.cpu_us),
+            pick(0, "", &|_, g| g.report.upstream.per_second),
+            pick(2, " ms", &|_, g| g.report.upstream.latency_ms.p99 - direct_p99),
+        );
+    }
+}
+
+/// The machine and versions the numbers come from.
+fn print_machine(wsgw: &str) {
+    let output = |program: &str, arg: &str| {
+        Command::new(program)
+            .arg(arg)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_else(|_| "?".into())
+    };
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).unwrap_or("?");
+    let model = model.trim_start_matches(|c: char| c == ':' || c.is_whitespace());
+    let cpus = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("machine: {model}, {cpus} CPUs, kernel {}", kernel.trim());
+    println!("wsgw: {} ({wsgw}); {}", output(wsgw, "--version"), output("rustc", "-V"));
 }
 
 const WSGW_WS: &str = "127.0.0.1:19602";
@@ -143,7 +200,6 @@ async fn measure(mut child: Child, ws: &str, conns: usize, rates: &[f64]) -> Vec
     let before = cpu_seconds(pid);
     gateway(ws, conns, 0.0).await;
     let idle = cpu_seconds(pid) - before;
-    println!("  its CPU for the same run without messages (connect, hold, close): {idle:.3} s");
     let mut rows = Vec::new();
     for &offered in rates {
         let before = cpu_seconds(pid);
