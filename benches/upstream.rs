@@ -109,24 +109,41 @@ fn main() {
         for run in 1..=runs {
             let floor = measure(start_floor(backend), FLOOR_WS, conns, &rates).await;
             let gateway = measure(start_wsgw(&wsgw, backend, batch), WSGW_WS, conns, &rates).await;
-            for (f, g) in floor.iter().zip(&gateway) {
-                for (name, row) in [("floor", f), ("wsgw", g)] {
-                    let u = &row.report.upstream;
-                    println!(
-                        "| {run} | {:.0} | {name} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} | +{:.3} ms | {:.1} | {:.2}x |",
-                        row.offered, u.per_second, u.latency_ms.p50, u.latency_ms.p90, u.latency_ms.p99,
-                        u.latency_ms.p999, row.errors(), u.latency_ms.p99 - lat.1, row.cpu_us, row.cpu_us / f.cpu_us
-                    );
-                }
-            }
-            for row in floor.iter().chain(&gateway).filter(|r| r.errors() > 0) {
-                let u = &row.report.upstream;
-                println!("errors at {:.0} msg/s: {:?}, rate-limited {}", row.offered, u.errors, u.rate_limited);
-            }
+            print_run(run, &floor, &gateway, lat.1);
             all.push((floor, gateway));
         }
         summary(&all, lat.1);
     });
+}
+
+/// One run's rows, floor and wsgw side by side per rate, and any errors.
+fn print_run(run: usize, floor: &[Row], gateway: &[Row], direct_p99: f64) {
+    for (f, g) in floor.iter().zip(gateway) {
+        for (name, row) in [("floor", f), ("wsgw", g)] {
+            let u = &row.report.upstream;
+            let l = &u.latency_ms;
+            println!(
+                "| {run} | {:.0} | {name} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} | +{:.3} ms | {:.1} | {:.2}x |",
+                row.offered,
+                u.per_second,
+                l.p50,
+                l.p90,
+                l.p99,
+                l.p999,
+                row.errors(),
+                l.p99 - direct_p99,
+                row.cpu_us,
+                row.cpu_us / f.cpu_us
+            );
+        }
+    }
+    for row in floor.iter().chain(gateway).filter(|r| r.errors() > 0) {
+        let u = &row.report.upstream;
+        println!(
+            "errors at {:.0} msg/s: {:?}, rate-limited {}",
+            row.offered, u.errors, u.rate_limited
+        );
+    }
 }
 
 /// Medians and ranges over the runs, per offered rate.
