@@ -110,8 +110,8 @@ pub struct Upstream {
     static_endpoints: HashMap<i64, Vec<GrpcAddr>>,
     /// Businesses whose backends came (partly) from discovery.
     discovered: std::sync::Mutex<HashSet<i64>>,
-    /// This node, as backends are told (`x-wsgw-node-id`).
-    node_id: String,
+    /// This node, as backends are told (`x-wsgw-node-id`; `None`: not printable ASCII).
+    node_header: Option<tonic::metadata::AsciiMetadataValue>,
     tls: ClientTls,
 }
 
@@ -178,7 +178,7 @@ impl Upstream {
             metrics,
             tasks,
             directory,
-            node_id,
+            node_header: sender::node_header(&node_id),
             tls,
         });
         let runs: Vec<_> =
@@ -381,7 +381,7 @@ impl Upstream {
         sender: Sender,
     ) -> Result<OnReceiveResponse, UpstreamError> {
         self.with_retries(biz, |endpoint| {
-            let request = sender::with_senders(request.clone(), &[sender], &self.node_id);
+            let request = sender::with_senders(request.clone(), &[sender], self.node_header.as_ref());
             async move { endpoint.client().on_receive(request).await.map(tonic::Response::into_inner) }
         })
         .await

@@ -105,7 +105,8 @@ impl Upstream {
         let result = self
             .with_retries(biz, |endpoint| {
                 let batch = BatchOnReceiveRequest { reqs: reqs.clone() };
-                let request = super::sender::with_senders(batch, &senders, &self.node_id);
+                let request =
+                    super::sender::with_senders(batch, &senders, self.node_header.as_ref());
                 async move {
                     endpoint
                         .batch_client()

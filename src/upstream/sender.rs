@@ -13,12 +13,12 @@
 //! On `BatchOnReceive` each header carries one value per request, comma-separated, in the order
 //! of `reqs` (`x-wsgw-node-id` once: a batch comes from one node).
 
-use std::net::SocketAddr;
-
-use tonic::{
-    Request,
-    metadata::{MetadataMap, MetadataValue},
+use std::{
+    fmt::{self, Write},
+    net::SocketAddr,
 };
+
+use tonic::{Request, metadata::AsciiMetadataValue};
 
 use crate::auth::Identity;
 
@@ -36,36 +36,45 @@ pub const CONN_ID: &str = "x-wsgw-conn-id";
 pub const NODE_ID: &str = "x-wsgw-node-id";
 pub const CLIENT_ADDR: &str = "x-wsgw-client-addr";
 
-/// `msg` as a request carrying its senders (one for `OnReceive`, one per request of a batch).
-pub(super) fn with_senders<T>(msg: T, senders: &[Sender], node_id: &str) -> Request<T> {
+/// `msg` as a request carrying its senders (one for `OnReceive`, one per request of a batch)
+/// and the node's header ([`node_header`], made once per node).
+pub(super) fn with_senders<T>(
+    msg: T,
+    senders: &[Sender],
+    node: Option<&AsciiMetadataValue>,
+) -> Request<T> {
     let mut request = Request::new(msg);
     let metadata = request.metadata_mut();
-    if let [one] = senders {
-        // The common case, without building lists: integers are written straight into the
-        // header values.
-        metadata.insert(USER_ID, one.identity.user_id.into());
-        metadata.insert(BIZ_ID, one.identity.biz_id.into());
-        metadata.insert(CONN_ID, one.conn.into());
-        insert_ascii(metadata, CLIENT_ADDR, one.remote.to_string());
-    } else {
-        let list = |f: fn(&Sender) -> String| senders.iter().map(f).collect::<Vec<_>>().join(",");
-        insert_ascii(metadata, USER_ID, list(|s| s.identity.user_id.to_string()));
-        insert_ascii(metadata, BIZ_ID, list(|s| s.identity.biz_id.to_string()));
-        insert_ascii(metadata, CONN_ID, list(|s| s.conn.to_string()));
-        insert_ascii(metadata, CLIENT_ADDR, list(|s| s.remote.to_string()));
+    let mut insert = |name, each: fn(&mut String, &Sender) -> fmt::Result| {
+        let mut list = String::new();
+        for (i, sender) in senders.iter().enumerate() {
+            if i > 0 {
+                list.push(',');
+            }
+            // Writing into a String cannot fail.
+            let _ = each(&mut list, sender);
+        }
+        // Numbers and addresses are always valid header values.
+        if let Ok(value) = AsciiMetadataValue::try_from(list) {
+            metadata.insert(name, value);
+        }
+    };
+    insert(USER_ID, |out, s| write!(out, "{}", s.identity.user_id));
+    insert(BIZ_ID, |out, s| write!(out, "{}", s.identity.biz_id));
+    insert(CONN_ID, |out, s| write!(out, "{}", s.conn));
+    insert(CLIENT_ADDR, |out, s| write!(out, "{}", s.remote));
+    if let Some(node) = node {
+        metadata.insert(NODE_ID, node.clone());
     }
-    insert_ascii(metadata, NODE_ID, node_id.to_owned());
     request
 }
 
-/// Numbers and addresses are always printable ASCII; a node id that is not is left out.
-fn insert_ascii(metadata: &mut MetadataMap, name: &'static str, value: String) {
-    if !value.bytes().all(|b| b.is_ascii_graphic()) {
-        return;
+/// The `x-wsgw-node-id` value for `node_id`, or `None` (left out) when it is not printable ASCII.
+pub(super) fn node_header(node_id: &str) -> Option<AsciiMetadataValue> {
+    if !node_id.bytes().all(|b| b.is_ascii_graphic()) {
+        return None;
     }
-    if let Ok(value) = MetadataValue::try_from(value) {
-        metadata.insert(name, value);
-    }
+    AsciiMetadataValue::try_from(node_id).ok()
 }
 
 #[cfg(test)]
@@ -79,17 +88,17 @@ mod tests {
             conn,
             remote: SocketAddr::from(([10, 0, 0, 1], port)),
         };
-        let r = with_senders((), &[s(1, 11, 5000), s(2, 12, 5001)], "n1");
+        let r = with_senders((), &[s(1, 11, 5000), s(2, 12, 5001)], node_header("n1").as_ref());
         let get = |name| r.metadata().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-");
         assert_eq!(get(USER_ID), "1,2");
         assert_eq!(get(BIZ_ID), "9,9");
         assert_eq!(get(CONN_ID), "11,12");
         assert_eq!(get(CLIENT_ADDR), "10.0.0.1:5000,10.0.0.1:5001");
         assert_eq!(get(NODE_ID), "n1");
-        let odd = with_senders((), &[s(-7, 11, 5000)], "nœud");
+        let odd = with_senders((), &[s(-7, 11, 5000)], node_header("nœud").as_ref());
         assert!(odd.metadata().get(NODE_ID).is_none(), "not ASCII: left out");
         let get = |name| odd.metadata().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-");
-        assert_eq!(get(USER_ID), "-7", "one sender: the same values, without lists");
+        assert_eq!(get(USER_ID), "-7", "one sender: its values, no commas");
         assert_eq!(get(BIZ_ID), "9");
         assert_eq!(get(CONN_ID), "11");
         assert_eq!(get(CLIENT_ADDR), "10.0.0.1:5000");
