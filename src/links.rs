@@ -422,6 +422,17 @@ impl LinkRegistry {
         self.links.iter().map(|l| l.clone()).collect()
     }
 
+    /// The ids of every live link, oldest first. Writing to many sockets in this order walks
+    /// the links, the kernel's file table and its sockets in the order they were allocated; in
+    /// the registry's hash order, a fan-out to 10k connections took 1.25x as long, nearly all
+    /// of it the kernel's cache misses (docs/benchmarks.md, "Fan-out in connection order").
+    /// Only the map's own entries are read to make the list: no cold link is touched.
+    pub fn ids_in_order(&self) -> Vec<ConnId> {
+        let mut ids: Vec<ConnId> = self.links.iter().map(|l| *l.key()).collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Live connections.
     pub fn len(&self) -> usize {
         self.links.len()
@@ -513,6 +524,20 @@ mod tests {
         assert!(r.user_links(&ALICE).is_empty());
         assert!(r.remove(&l3));
         assert!(r.is_empty() && r.users() == 0);
+    }
+
+    #[test]
+    fn ids_are_listed_oldest_first_without_the_closed_ones() {
+        let r = LinkRegistry::new(1000);
+        let links: Vec<_> = (0..300)
+            .map(|i| r.insert(if i % 2 == 0 { ALICE } else { BOB }, addr(), 100).0)
+            .collect();
+        for closed in links.iter().step_by(7) {
+            r.remove(closed);
+        }
+        let open: Vec<ConnId> =
+            links.iter().enumerate().filter(|(i, _)| i % 7 != 0).map(|(_, l)| l.id).collect();
+        assert_eq!(r.ids_in_order(), open);
     }
 
     #[test]
