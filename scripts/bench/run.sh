@@ -105,7 +105,7 @@ done
   case " $servers " in *" ws "*)
     echo "node: $(node -v), ws $(node -p "require('$scratch/node_modules/ws/package.json').version")" ;; esac
   case " $servers " in *" pushpin "*) echo "pushpin: $(dpkg -s pushpin | awk '/^Version/{print $2}')" ;; esac
-  echo "kernel: $(uname -r), cpus: $(nproc)"
+  echo "kernel: $(uname -r), cpus: $(nproc) ($(sed -n "s/^model name\t*: //p" /proc/cpuinfo | head -1))"
 } >"$out/versions.txt"
 python3 "$root/scripts/bench/summarize.py" "$out/raw.jsonl" "$out/versions.txt" "$out/results.json" >"$out/results.md"
 cat "$out/results.md"
