@@ -29,12 +29,17 @@ use std::{
 use bytes::Bytes;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
+    net::{
+        TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
 };
 
-/// A plain client socket shared by its connection's task and publishers.
+/// A plain client socket's write side, shared by its connection's task and publishers.
+/// Dropping it (with the task's read side) closes the socket; the write side is shut down
+/// first, as a close would.
 pub struct Gate {
-    socket: TcpStream,
+    socket: OwnedWriteHalf,
     state: Mutex<State>,
 }
 
@@ -56,10 +61,6 @@ pub enum Direct {
 }
 
 impl Gate {
-    pub fn new(socket: TcpStream) -> Arc<Self> {
-        Arc::new(Self { socket, state: Mutex::default() })
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         // Plain flags and bytes: a panic elsewhere leaves nothing half-done here.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -98,7 +99,7 @@ impl Gate {
                     let _ = rest.split_to(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(self.socket.poll_write_ready(cx))?;
+                    ready!(self.socket.as_ref().poll_write_ready(cx))?;
                 }
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -108,27 +109,36 @@ impl Gate {
 }
 
 /// The connection task's side of a [`Gate`]: the socket as its WebSocket stream reads and
-/// writes it.
-pub struct GateStream(pub Arc<Gate>);
+/// writes it. The task alone reads, through tokio's own read half: a read that fills less than
+/// the buffer marks the socket drained, so the next read waits for readiness instead of
+/// asking the kernel again (one `recvfrom` less per client message than reading with
+/// `try_read`, which keeps the readiness until a read fails).
+pub struct GateStream {
+    read: OwnedReadHalf,
+    gate: Arc<Gate>,
+}
+
+impl GateStream {
+    /// Splits `socket`: the gate shares its write side, the stream (the connection task's)
+    /// owns its read side.
+    pub fn new(socket: TcpStream) -> Self {
+        let (read, write) = socket.into_split();
+        Self { read, gate: Arc::new(Gate { socket: write, state: Mutex::default() }) }
+    }
+
+    /// The gate publishers write through.
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+}
 
 impl AsyncRead for GateStream {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let socket = &self.0.socket;
-        loop {
-            ready!(socket.poll_read_ready(cx))?;
-            match socket.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        Pin::new(&mut self.read).poll_read(cx, buf)
     }
 }
 
@@ -138,7 +148,7 @@ impl AsyncWrite for GateStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let gate = &self.0;
+        let gate = &self.gate;
         let mut st = gate.lock();
         if let Err(e) = ready!(gate.poll_partial(&mut st, cx)) {
             return Poll::Ready(Err(e));
@@ -153,7 +163,7 @@ impl AsyncWrite for GateStream {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     st.dirty = !buf.is_empty();
-                    ready!(gate.socket.poll_write_ready(cx))?;
+                    ready!(gate.socket.as_ref().poll_write_ready(cx))?;
                 }
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -161,7 +171,7 @@ impl AsyncWrite for GateStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let gate = &self.0;
+        let gate = &self.gate;
         let mut st = gate.lock();
         gate.poll_partial(&mut st, cx)
     }
@@ -169,7 +179,7 @@ impl AsyncWrite for GateStream {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.as_mut().poll_flush(cx))?;
         // Half-close the write side, as `TcpStream`'s own shutdown does.
-        let socket = socket2::SockRef::from(&self.0.socket);
+        let socket = socket2::SockRef::from(self.gate.socket.as_ref());
         Poll::Ready(socket.shutdown(std::net::Shutdown::Write).or_else(|e| match e.kind() {
             io::ErrorKind::NotConnected => Ok(()),
             _ => Err(e),
@@ -186,13 +196,13 @@ pub(super) mod tests {
 
     use super::*;
 
-    /// A connected pair: (the server side's gate, the client side).
-    pub(in crate::links) async fn pair() -> (Arc<Gate>, TcpStream) {
+    /// A connected pair: (the server side's task stream, the client side).
+    pub(in crate::links) async fn pair() -> (GateStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let (server, _) = accepted.expect("accept");
-        (Gate::new(server), client.expect("connect"))
+        (GateStream::new(server), client.expect("connect"))
     }
 
     /// Reads everything the peer writes until it shuts its side down.
@@ -211,7 +221,8 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn the_end_of_a_frame_written_in_part_goes_out_before_the_tasks_next_bytes() {
-        let (gate, client) = pair().await;
+        let (mut task, client) = pair().await;
+        let gate = task.gate().clone();
         let frame = big(b'f');
         assert_eq!(
             gate.try_frame(&frame),
@@ -222,7 +233,6 @@ pub(super) mod tests {
         assert_eq!(gate.try_frame(&Bytes::from_static(b"x")), Direct::Busy, "mid-frame: queue");
 
         let reader = read_to_end(client);
-        let mut task = GateStream(gate.clone());
         task.write_all(b"after").await.expect("write");
         task.shutdown().await.expect("shutdown");
         assert!(!gate.has_partial());
@@ -234,8 +244,8 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn publishers_wait_while_the_task_holds_the_rest_of_a_frame() {
-        let (gate, mut client) = pair().await;
-        let mut task = GateStream(gate.clone());
+        let (mut task, mut client) = pair().await;
+        let gate = task.gate().clone();
         let held = big(b't');
         // The task's WebSocket layer writes its buffer; the socket takes only part of it.
         let n = task.write(&held).await.expect("write");
