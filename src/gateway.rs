@@ -53,7 +53,7 @@ pub(crate) trait Stream:
 
 impl Stream for metered::Metered<crate::links::GateStream> {
     fn gate(&self) -> Option<&Arc<crate::links::Gate>> {
-        Some(self.get_ref().gate())
+        Some(&self.get_ref().0)
     }
 }
 

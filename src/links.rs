@@ -470,9 +470,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_link_writes_at_once_and_never_overtakes_what_its_task_holds() {
-        let (task, mut client) = gate::tests::pair().await;
+        let (gate, mut client) = gate::tests::pair().await;
         let r = LinkRegistry::new(10);
-        let (link, _) = r.insert_gated(ALICE, addr(), 1 << 20, Some(task.gate()));
+        let (link, _) = r.insert_gated(ALICE, addr(), 1 << 20, Some(&gate));
         let text = |t: &str| WsMessage::Text(t.into());
         let frame = |t: &str| encode(&text(t)).expect("a data frame");
 
@@ -494,7 +494,7 @@ mod tests {
         assert_eq!(link.message_counts().1, 5, "every message counts as sent");
 
         // Once the task is gone (its stream dropped), the link queues as any other.
-        drop(task);
+        drop(gate);
         link.written(0);
         link.send(text("e")).expect("queued");
         assert_eq!(link.take().expect("open").len(), 1);

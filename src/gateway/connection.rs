@@ -30,7 +30,7 @@ use super::{
     rate::{RateLimit, Verdict},
 };
 use crate::{
-    links::{GateStream, Slot},
+    links::{Gate, GateStream, Slot},
     protocol::{CommandType, Message},
     telemetry::{BizMetrics, Direction},
     wire::command,
@@ -96,7 +96,7 @@ async fn prepare(
     };
     // Paced from the first byte after the PROXY header: TLS and the upgrade count too.
     let Some(tls) = &gw.tls else {
-        let plain = Metered::new(GateStream::new(stream), gw.read_rate.clone());
+        let plain = Metered::new(GateStream(Gate::new(stream)), gw.read_rate.clone());
         return Some((Prepared::Plain(plain), remote, gw));
     };
     let stream = Metered::new(stream, gw.read_rate.clone());

@@ -20,7 +20,7 @@
 //! (`try_write`), and the task's writes wait for readiness like any socket's.
 
 use std::{
-    io,
+    io::{self, Read},
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, ready},
@@ -28,18 +28,13 @@ use std::{
 
 use bytes::Bytes;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{
-        TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
+    io::{AsyncRead, AsyncWrite, Interest, ReadBuf},
+    net::TcpStream,
 };
 
-/// A plain client socket's write side, shared by its connection's task and publishers.
-/// Dropping it (with the task's read side) closes the socket; the write side is shut down
-/// first, as a close would.
+/// A plain client socket shared by its connection's task and publishers.
 pub struct Gate {
-    socket: OwnedWriteHalf,
+    socket: TcpStream,
     state: Mutex<State>,
 }
 
@@ -61,6 +56,10 @@ pub enum Direct {
 }
 
 impl Gate {
+    pub fn new(socket: TcpStream) -> Arc<Self> {
+        Arc::new(Self { socket, state: Mutex::default() })
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Plain flags and bytes: a panic elsewhere leaves nothing half-done here.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -99,7 +98,7 @@ impl Gate {
                     let _ = rest.split_to(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(self.socket.as_ref().poll_write_ready(cx))?;
+                    ready!(self.socket.poll_write_ready(cx))?;
                 }
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -109,36 +108,44 @@ impl Gate {
 }
 
 /// The connection task's side of a [`Gate`]: the socket as its WebSocket stream reads and
-/// writes it. The task alone reads, through tokio's own read half: a read that fills less than
-/// the buffer marks the socket drained, so the next read waits for readiness instead of
-/// asking the kernel again (one `recvfrom` less per client message than reading with
-/// `try_read`, which keeps the readiness until a read fails).
-pub struct GateStream {
-    read: OwnedReadHalf,
-    gate: Arc<Gate>,
-}
-
-impl GateStream {
-    /// Splits `socket`: the gate shares its write side, the stream (the connection task's)
-    /// owns its read side.
-    pub fn new(socket: TcpStream) -> Self {
-        let (read, write) = socket.into_split();
-        Self { read, gate: Arc::new(Gate { socket: write, state: Mutex::default() }) }
-    }
-
-    /// The gate publishers write through.
-    pub fn gate(&self) -> &Arc<Gate> {
-        &self.gate
-    }
-}
+/// writes it.
+pub struct GateStream(pub Arc<Gate>);
 
 impl AsyncRead for GateStream {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.read).poll_read(cx, buf)
+        let socket = &self.0.socket;
+        loop {
+            ready!(socket.poll_read_ready(cx))?;
+            let dst = buf.initialize_unfilled();
+            let room = dst.len();
+            let mut got = 0;
+            // A read that fills less than the buffer has drained the socket (readiness is
+            // edge-triggered): it is reported as `WouldBlock` to `try_io`, which then clears
+            // the readiness it saw before the read (data arriving meanwhile sets it again), so
+            // the next read waits for readiness instead of asking the kernel once more only to
+            // hear `EAGAIN`. Tokio's own `TcpStream` reads do the same; `try_read` cannot,
+            // and cost one `recvfrom` more per client message.
+            let read = socket.try_io(Interest::READABLE, || {
+                got = (&*socket2::SockRef::from(socket)).read(dst)?;
+                match got > 0 && got < room {
+                    true => Err(io::ErrorKind::WouldBlock.into()),
+                    false => Ok(()),
+                }
+            });
+            match read {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got == 0 => continue,
+                Ok(()) | Err(_) if got > 0 => {
+                    buf.advance(got);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(()) => return Poll::Ready(Ok(())),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 }
 
@@ -148,7 +155,7 @@ impl AsyncWrite for GateStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let gate = &self.gate;
+        let gate = &self.0;
         let mut st = gate.lock();
         if let Err(e) = ready!(gate.poll_partial(&mut st, cx)) {
             return Poll::Ready(Err(e));
@@ -163,7 +170,7 @@ impl AsyncWrite for GateStream {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     st.dirty = !buf.is_empty();
-                    ready!(gate.socket.as_ref().poll_write_ready(cx))?;
+                    ready!(gate.socket.poll_write_ready(cx))?;
                 }
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -171,7 +178,7 @@ impl AsyncWrite for GateStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let gate = &self.gate;
+        let gate = &self.0;
         let mut st = gate.lock();
         gate.poll_partial(&mut st, cx)
     }
@@ -179,7 +186,7 @@ impl AsyncWrite for GateStream {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.as_mut().poll_flush(cx))?;
         // Half-close the write side, as `TcpStream`'s own shutdown does.
-        let socket = socket2::SockRef::from(self.gate.socket.as_ref());
+        let socket = socket2::SockRef::from(&self.0.socket);
         Poll::Ready(socket.shutdown(std::net::Shutdown::Write).or_else(|e| match e.kind() {
             io::ErrorKind::NotConnected => Ok(()),
             _ => Err(e),
@@ -196,13 +203,13 @@ pub(super) mod tests {
 
     use super::*;
 
-    /// A connected pair: (the server side's task stream, the client side).
-    pub(in crate::links) async fn pair() -> (GateStream, TcpStream) {
+    /// A connected pair: (the server side's gate, the client side).
+    pub(in crate::links) async fn pair() -> (Arc<Gate>, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let (server, _) = accepted.expect("accept");
-        (GateStream::new(server), client.expect("connect"))
+        (Gate::new(server), client.expect("connect"))
     }
 
     /// Reads everything the peer writes until it shuts its side down.
@@ -220,9 +227,35 @@ pub(super) mod tests {
     }
 
     #[tokio::test]
+    async fn a_read_that_drains_the_socket_waits_for_the_next_bytes_and_gets_them() {
+        use std::time::Duration;
+        let (gate, mut client) = pair().await;
+        let mut task = GateStream(gate);
+        let mut buf = [0u8; 64];
+        client.write_all(b"hello").await.expect("write");
+        assert_eq!(task.read(&mut buf).await.expect("read"), 5);
+        let idle = tokio::time::timeout(Duration::from_millis(50), task.read(&mut buf)).await;
+        assert!(idle.is_err(), "nothing more was sent");
+        // The readiness cleared after the short read comes back with the next bytes.
+        client.write_all(b"world!").await.expect("write");
+        let wait = tokio::time::timeout(Duration::from_secs(5), task.read(&mut buf));
+        let n = wait.await.expect("woken by the new bytes").expect("read");
+        assert_eq!(&buf[..n], b"world!");
+        // A read that fills the buffer keeps the readiness: the rest follows.
+        client.write_all(&[7u8; 100]).await.expect("write");
+        let mut got = 0;
+        while got < 100 {
+            let n = task.read(&mut buf).await.expect("read");
+            assert!(n > 0 && buf[..n].iter().all(|&b| b == 7));
+            got += n;
+        }
+        drop(client);
+        assert_eq!(task.read(&mut buf).await.expect("end of stream"), 0);
+    }
+
+    #[tokio::test]
     async fn the_end_of_a_frame_written_in_part_goes_out_before_the_tasks_next_bytes() {
-        let (mut task, client) = pair().await;
-        let gate = task.gate().clone();
+        let (gate, client) = pair().await;
         let frame = big(b'f');
         assert_eq!(
             gate.try_frame(&frame),
@@ -233,6 +266,7 @@ pub(super) mod tests {
         assert_eq!(gate.try_frame(&Bytes::from_static(b"x")), Direct::Busy, "mid-frame: queue");
 
         let reader = read_to_end(client);
+        let mut task = GateStream(gate.clone());
         task.write_all(b"after").await.expect("write");
         task.shutdown().await.expect("shutdown");
         assert!(!gate.has_partial());
@@ -244,8 +278,8 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn publishers_wait_while_the_task_holds_the_rest_of_a_frame() {
-        let (mut task, mut client) = pair().await;
-        let gate = task.gate().clone();
+        let (gate, mut client) = pair().await;
+        let mut task = GateStream(gate.clone());
         let held = big(b't');
         // The task's WebSocket layer writes its buffer; the socket takes only part of it.
         let n = task.write(&held).await.expect("write");
