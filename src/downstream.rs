@@ -21,6 +21,7 @@
 //! driven by the instants it is given.
 
 use std::{
+    ops::Range,
     sync::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -241,7 +242,7 @@ impl Downstream {
     /// one task per runtime worker when there are several). Back-to-back broadcasts are
     /// throughput-bound: they queue, and each connection's task writes what piled up in one
     /// wake-up. Either way the connections are visited oldest first
-    /// ([`LinkRegistry::ids_in_order`]): the kernel's sockets are then walked in the order they
+    /// ([`LinkRegistry::walk_in_order`]): the kernel's sockets are then walked in the order they
     /// were made, which took a fifth off a fan-out to 10k connections.
     pub async fn broadcast(
         &self,
@@ -254,12 +255,11 @@ impl Downstream {
         let frame = self.wire.frame(&Message { cmd, key, body: self.wire.seal(body) });
         let workers = tokio::runtime::Handle::current().metrics().num_workers();
         let direct = self.pace.quiet(Instant::now());
-        let ids = self.links.ids_in_order();
         let sent = if direct && workers > 1 {
-            self.write_each(ids, biz_id, frame, cmd, workers).await
+            self.write_each(biz_id, frame, cmd, workers).await
         } else {
             let mut fanout = self.wire.fanout(frame, cmd, direct);
-            send_to(&self.links, &ids, biz_id, &mut fanout);
+            send_to(&self.links, 0..ConnId::MAX, biz_id, &mut fanout);
             fanout.finish()
         };
         self.pace.ended(Instant::now());
@@ -267,24 +267,15 @@ impl Downstream {
         Ok(sent as usize)
     }
 
-    /// Hands `frame` to the links `ids` (of `biz_id`, or all when 0), written directly where
-    /// they are idle, split into one task per runtime worker, each a run of consecutive ids
-    /// (writes are syscalls: several workers make them on several cores at once).
-    async fn write_each(
-        &self,
-        ids: Vec<ConnId>,
-        biz_id: i64,
-        frame: WsMessage,
-        cmd: i32,
-        workers: usize,
-    ) -> u64 {
-        let per_task = ids.len().div_ceil(workers).max(1);
-        let tasks = ids.chunks(per_task).map(|part| {
-            let (wire, links, frame, part) =
-                (self.wire.clone(), self.links.clone(), frame.clone(), part.to_vec());
+    /// Hands `frame` to the links of `biz_id` (or all when 0), written directly where they are
+    /// idle, split into one task per runtime worker, each a run of consecutive ids (writes are
+    /// syscalls: several workers make them on several cores at once).
+    async fn write_each(&self, biz_id: i64, frame: WsMessage, cmd: i32, workers: usize) -> u64 {
+        let tasks = self.links.split_in_order(workers).into_iter().map(|ids| {
+            let (wire, links, frame) = (self.wire.clone(), self.links.clone(), frame.clone());
             tokio::spawn(async move {
                 let mut fanout = wire.fanout(frame, cmd, true);
-                send_to(&links, &part, biz_id, &mut fanout);
+                send_to(&links, ids, biz_id, &mut fanout);
                 fanout.finish()
             })
         });
@@ -458,13 +449,13 @@ impl Downstream {
     }
 }
 
-/// Sends to each still-open link of `ids` (of `biz_id`, or all when 0), in the order given.
-fn send_to(links: &LinkRegistry, ids: &[ConnId], biz_id: i64, fanout: &mut Fanout<'_>) {
-    for link in ids.iter().filter_map(|id| links.get(*id)) {
+/// Sends to each open link whose id is in `ids` (of `biz_id`, or all when 0), oldest first.
+fn send_to(links: &LinkRegistry, ids: Range<ConnId>, biz_id: i64, fanout: &mut Fanout<'_>) {
+    links.walk_in_order(ids, |link| {
         if biz_id == 0 || link.identity.biz_id == biz_id {
-            fanout.send(&link);
+            fanout.send(link);
         }
-    }
+    });
 }
 
 #[cfg(test)]
