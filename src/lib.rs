@@ -30,6 +30,9 @@
 //! - [`shutdown`] — the node's lifecycle: phase and drain stages.
 //! - [`loadtest`] — the load generator of `wsgw loadtest` (a client of the public contracts).
 
+// The one exception, a prefetch hint, is allowed where it is (`links/order.rs`).
+#![deny(unsafe_code)]
+
 pub mod admin;
 pub mod auth;
 pub mod cluster;

@@ -1,4 +1,5 @@
-//! The registry of live links: connection id → [`Link`], and user → their connections.
+//! The registry of live links: connection id → [`Link`], user → their connections, and the
+//! links in connection order for broadcasts (`order.rs`).
 //!
 //! A [`Link`] is how anything outside a connection's task talks to it: a bounded outbound queue
 //! (bounded in bytes) and a close request. Enqueueing never blocks; a full queue marks the link

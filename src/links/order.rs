@@ -55,8 +55,13 @@ impl Order {
     pub(super) fn insert(&self, link: Arc<Link>) {
         let mut inner = self.write();
         let id = link.id;
-        let at = inner.entries.iter().rposition(|e| e.id < id).map_or(0, |i| i + 1);
-        inner.entries.insert(at, Entry { id, link: Some(link) });
+        match inner.entries.last() {
+            Some(last) if last.id > id => {
+                let at = inner.entries.partition_point(|e| e.id < id);
+                inner.entries.insert(at, Entry { id, link: Some(link) });
+            }
+            _ => inner.entries.push(Entry { id, link: Some(link) }),
+        }
     }
 
     /// Leaves a hole where link `id` was; compacts once the holes are half of the array.
@@ -132,6 +137,7 @@ fn prefetch_lines<T>(value: &T, n: usize) {
 /// Asks the CPU to start loading the cache line holding `p`, without waiting for it (a no-op
 /// where no prefetch instruction is wrapped).
 #[inline(always)]
+#[allow(unsafe_code)]
 fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is only a hint to the cache: it never faults and reads nothing the
@@ -174,7 +180,8 @@ mod tests {
         for link in links.iter().step_by(3) {
             order.remove(link.id);
         }
-        let open: Vec<ConnId> = all.iter().copied().filter(|id| !(id - all[0]).is_multiple_of(3)).collect();
+        let open: Vec<ConnId> =
+            all.iter().copied().filter(|id| !(id - all[0]).is_multiple_of(3)).collect();
         assert_eq!(walked(0..ConnId::MAX), open);
         for link in links.iter().skip(1).step_by(3) {
             order.remove(link.id);
